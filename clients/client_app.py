@@ -1,0 +1,72 @@
+"""Flower ClientApp: decode the message, call the library's client update, encode the reply.
+
+Client data is rebuilt deterministically from (data config, seed) in each worker process and
+cached there; clients keep no state between rounds (FedLabel restarts both branches from the
+global model every round), so nothing goes into Context.state."""
+
+from __future__ import annotations
+
+import functools
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedlabel import keys
+from fedlabel.algorithms import build_algorithm
+from fedlabel.config import Config, DataConfig, config_from_run_config
+from fedlabel.data import FederatedData
+from fedlabel.federation import client_generator, initial_model, load_federated
+from fedlabel.training import resolve_device
+
+app = ClientApp()
+
+
+@functools.lru_cache(maxsize=2)
+def _federated(data: DataConfig, seed: int) -> FederatedData:
+    return load_federated(Config(data=data, seed=seed))
+
+
+def _setup(msg: Message, context: Context):
+    cfg = config_from_run_config(context.run_config)
+    fed = _federated(cfg.data, cfg.seed)
+    cid = int(context.node_config[keys.PARTITION_ID])
+    if not 0 <= cid < len(fed.clients):
+        raise ValueError(f"node_config {keys.PARTITION_ID}={cid} is outside 0..{len(fed.clients) - 1}")
+    return cfg, fed, cid
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Report this node's partition id and data statistics (no raw data leaves)."""
+    _, fed, cid = _setup(msg, context)
+    stats = fed.client_stats()[cid]
+    record = MetricRecord({k: v for k, v in stats.items()})
+    return Message(RecordDict({keys.STATS: record}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg, fed, cid = _setup(msg, context)
+    rnd = int(msg.content[keys.CONFIG][keys.ROUND])
+    device = resolve_device(cfg.device)
+    model, _ = initial_model(cfg, in_channels=fed.in_channels, num_classes=fed.num_classes, image_size=fed.image_size)
+    global_params = {k: v.to(device) for k, v in msg.content[keys.ARRAYS].to_torch_state_dict().items()}
+    update = build_algorithm(cfg.algorithm).client_update(
+        model,
+        global_params,
+        fed.clients[cid],
+        generator=client_generator(seed=cfg.seed, round=rnd, client_id=cid),
+        device=device,
+    )
+    content = RecordDict(
+        {
+            **{
+                keys.DELTA_PREFIX + name: ArrayRecord(torch_state_dict={k: v.cpu() for k, v in delta.items()})
+                for name, delta in update.deltas.items()
+            },
+            keys.METRICS: MetricRecord(
+                {keys.CLIENT_ID: cid, keys.WEIGHT: update.weight, "num-examples": update.weight, **update.metrics}
+            ),
+        }
+    )
+    return Message(content, reply_to=msg)

@@ -1,0 +1,14 @@
+"""Algorithm registry: name -> class. Each class carries its frozen ``Params`` dataclass."""
+
+from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate
+from fedlabel.algorithms.fedavg import FedAvg
+from fedlabel.algorithms.fedlabel import FedLabel
+
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (FedAvg, FedLabel)}
+
+
+def build_algorithm(params: AlgorithmParams) -> Algorithm:
+    return ALGORITHMS[params.name](params)
+
+
+__all__ = ["ALGORITHMS", "Algorithm", "AlgorithmParams", "ClientUpdate", "build_algorithm"]

@@ -1,0 +1,85 @@
+"""The protocol every algorithm implements: a frozen params dataclass, a client update and a
+server aggregation. Both engines (in-process and Flower) call exactly these functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from fedlabel.data import ClientData
+from fedlabel.training import Params, SgdConfig, add_scaled, zeros_like
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class AlgorithmParams:
+    """Hyperparameters shared by every algorithm (the supervised branch)."""
+
+    name: str = ""
+    lr: float = 0.05  # client SGD learning rate
+    momentum: float = 0.0  # client SGD momentum (reset every round; clients are stateless)
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    local_steps: int = 10  # tau: SGD steps on labeled batches per round
+    weak_shift: int = 2  # weak view on labeled batches: random shift of up to N pixels (0 = off)
+
+    def sgd(self) -> SgdConfig:
+        return SgdConfig(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+
+    def validate(self) -> None:
+        from fedlabel.config import _check
+
+        _check(self.lr > 0, "algorithm.lr", f"must be > 0, got {self.lr}")
+        _check(0 <= self.momentum < 1, "algorithm.momentum", f"must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, "algorithm.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.batch_size >= 1, "algorithm.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.local_steps >= 0, "algorithm.local_steps", f"must be >= 0, got {self.local_steps}")
+        _check(self.weak_shift >= 0, "algorithm.weak_shift", f"must be >= 0, got {self.weak_shift}")
+
+
+@dataclass
+class ClientUpdate:
+    """What a client sends back: named parameter deltas, its aggregation weight r_k, and
+    counters (sums, not ratios, so the server can pool them exactly across clients)."""
+
+    client_id: int
+    deltas: dict[str, StateDict]
+    weight: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Algorithm:
+    """Base class. Subclasses set ``name`` and ``Params`` and override what differs."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[AlgorithmParams]] = AlgorithmParams
+
+    def __init__(self, params: AlgorithmParams) -> None:
+        self.params = params
+
+    def client_update(
+        self,
+        model: nn.Module,
+        global_params: Params,
+        data: ClientData,
+        *,
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> ClientUpdate:
+        raise NotImplementedError
+
+    def aggregate(self, global_params: Params, updates: list[ClientUpdate]) -> Params:
+        """FedAvg over deltas with server learning rate 1: w + sum_k (r_k / sum_j r_j) Delta_k.
+        Updates are summed in client-id order so both engines do identical arithmetic."""
+        updates = sorted((u for u in updates if u.weight > 0), key=lambda u: u.client_id)
+        total = sum(u.weight for u in updates)
+        if total <= 0:
+            return {k: v.clone() for k, v in global_params.items()}
+        step = zeros_like(global_params)
+        for u in updates:
+            add_scaled(step, u.deltas["model"], u.weight / total)
+        return {k: global_params[k] + step[k] for k in global_params}

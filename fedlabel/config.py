@@ -1,0 +1,220 @@
+"""One typed configuration schema for the Hydra CLI and Flower's flat run_config.
+
+The dataclasses below hold every default. Hydra composes them (they are registered as config
+groups in :mod:`fedlabel.hydra_schema`), and Flower's run_config is the same tree flattened with
+dots: ``data.num_clients`` in Hydra is the run_config key ``data.num_clients``. Values that
+Flower cannot carry (None, lists) are not used in the schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedlabel.algorithms import ALGORITHMS, AlgorithmParams
+
+
+class ConfigError(ValueError):
+    """An impossible or unknown configuration value; the message names the field."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from and how it is split across clients."""
+
+    name: str = "fashion_mnist"  # fashion_mnist | npz
+    root: str = ""  # directory (fashion_mnist) or .npz file (npz); "" = search defaults
+    cache_dir: str = "~/.cache/fedlabel"  # where downloads land
+    download: bool = True  # allow downloading Fashion-MNIST into cache_dir
+    num_clients: int = 100
+    partition: str = "dirichlet"  # iid | dirichlet
+    alpha: float = 0.1  # Dirichlet concentration over classes (smaller = more skew)
+    min_client_size: int = 10  # redraw the Dirichlet split until every client has this many
+    label_ratio: float = 0.05  # share of each client's samples that keep their labels
+    # 0 = labeled part drawn uniformly inside each client (the paper). >0 = the labeled part
+    # follows its own Dirichlet(labeled_class_alpha) class mix, so labeled and unlabeled
+    # class distributions differ (label/unlabel mismatch).
+    labeled_class_alpha: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "cnn"  # cnn | resnet18 (both GroupNorm)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    name: str = "flower"  # flower | inprocess
+    # Flower simulation engine (Ray backend) resources per client. num_gpus may be fractional
+    # so that several clients share one GPU; it must be 0 on a machine without a GPU.
+    num_cpus_per_client: int = 1
+    num_gpus_per_client: float = 0.0
+    superlink_port: int = 0  # 0 = pick a free port on 127.0.0.1
+
+
+@dataclass(frozen=True)
+class Config:
+    algorithm: AlgorithmParams = field(default_factory=lambda: ALGORITHMS["fedlabel"].Params())
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    rounds: int = 50
+    clients_per_round: int = 10
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    eval_every: int = 1  # central test-set evaluation every N rounds (and after the last)
+    output_dir: str = "outputs/run"
+
+
+# ---------------------------------------------------------------------------------------------
+# dict <-> Config
+
+
+def _build(cls: type, values: dict[str, Any], path: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(path + k for k in unknown)}")
+    kwargs = {}
+    for key, value in values.items():
+        f = names[key]
+        default = getattr(cls(), key) if _has_defaults(cls) else None
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _build(type(default), dict(value), f"{path}{key}.")
+        else:
+            kwargs[key] = _coerce(value, type(default), f"{path}{key}") if default is not None else value
+    return cls(**kwargs)
+
+
+def _has_defaults(cls: type) -> bool:
+    try:
+        cls()
+    except TypeError:
+        return False
+    return True
+
+
+def _coerce(value: Any, kind: type, name: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Build and validate a Config from a nested dict (e.g. a resolved Hydra config)."""
+    values = dict(values)
+    algo = dict(values.pop("algorithm", {}) or {})
+    name = algo.get("name", "fedlabel")
+    if name not in ALGORITHMS:
+        raise ConfigError(f"algorithm.name: unknown algorithm {name!r}; choose from {sorted(ALGORITHMS)}")
+    params = _build(ALGORITHMS[name].Params, algo, "algorithm.")
+    cfg = _build(Config, values, "")
+    cfg = dataclasses.replace(cfg, algorithm=params)
+    validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> Flower run_config keys joined by '.'."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return nested
+
+
+def config_from_run_config(run_config: dict[str, Any]) -> Config:
+    """Flower run_config (flat) -> Config. Keys of other algorithms' params are dropped."""
+    nested = unflatten(dict(run_config))
+    algo = nested.get("algorithm", {})
+    name = algo.get("name", "fedlabel")
+    if name in ALGORITHMS:
+        known = {f.name for f in dataclasses.fields(ALGORITHMS[name].Params)}
+        nested["algorithm"] = {k: v for k, v in algo.items() if k in known}
+    return config_from_dict(nested)
+
+
+def default_run_config() -> dict[str, Any]:
+    """Every run_config key Flower must know: the schema defaults, union over algorithms."""
+    flat = flatten(config_to_dict(Config()))
+    for algo in ALGORITHMS.values():
+        for key, value in flatten(dataclasses.asdict(algo.Params()), "algorithm.").items():
+            flat.setdefault(key, value)
+    return flat
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+def _check(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field_name}: {message}")
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError naming the first impossible field; called before any work starts."""
+    d = cfg.data
+    _check(d.name in ("fashion_mnist", "npz"), "data.name", f"unknown data set {d.name!r}; choose fashion_mnist or npz")
+    _check(d.name != "npz" or bool(d.root), "data.root", "data.name=npz needs data.root=<path to the .npz file>")
+    _check(d.partition in ("iid", "dirichlet"), "data.partition", f"unknown partition {d.partition!r}; choose iid or dirichlet")
+    _check(d.alpha > 0, "data.alpha", f"must be > 0, got {d.alpha}")
+    _check(0 < d.label_ratio <= 1, "data.label_ratio", f"must be in (0, 1], got {d.label_ratio}")
+    _check(d.labeled_class_alpha >= 0, "data.labeled_class_alpha", f"must be >= 0 (0 = uniform split), got {d.labeled_class_alpha}")
+    _check(d.num_clients >= 1, "data.num_clients", f"must be >= 1, got {d.num_clients}")
+    _check(d.min_client_size >= 1, "data.min_client_size", f"must be >= 1, got {d.min_client_size}")
+    _check(cfg.model.name in ("cnn", "resnet18"), "model.name", f"unknown model {cfg.model.name!r}; choose cnn or resnet18")
+    e = cfg.engine
+    _check(e.name in ("flower", "inprocess"), "engine.name", f"unknown engine {e.name!r}; choose flower or inprocess")
+    _check(e.num_cpus_per_client >= 1, "engine.num_cpus_per_client", f"must be >= 1, got {e.num_cpus_per_client}")
+    _check(e.num_gpus_per_client >= 0, "engine.num_gpus_per_client", f"must be >= 0, got {e.num_gpus_per_client}")
+    _check(0 <= e.superlink_port < 65536, "engine.superlink_port", f"must be a port number, got {e.superlink_port}")
+    _check(cfg.rounds >= 1, "rounds", f"must be >= 1, got {cfg.rounds}")
+    _check(cfg.clients_per_round >= 1, "clients_per_round", f"must be >= 1, got {cfg.clients_per_round}")
+    _check(
+        cfg.clients_per_round <= d.num_clients,
+        "clients_per_round",
+        f"{cfg.clients_per_round} is more than data.num_clients={d.num_clients}",
+    )
+    _check(cfg.eval_every >= 1, "eval_every", f"must be >= 1, got {cfg.eval_every}")
+    _check(
+        cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
+        "device",
+        f"unknown device {cfg.device!r}; choose auto, cpu or cuda[:N]",
+    )
+    _check(bool(cfg.output_dir), "output_dir", "must not be empty")
+    cfg.algorithm.validate()

@@ -1,0 +1,22 @@
+"""Datasets (Fashion-MNIST, MedMNIST-style .npz), client partitions and labeled/unlabeled splits."""
+
+from fedlabel.data.dataset import ImageDataset
+from fedlabel.data.errors import DataError
+from fedlabel.data.fashion_mnist import load_fashion_mnist
+from fedlabel.data.federated import ClientData, FederatedData, build_federated, load_images
+from fedlabel.data.npz import load_npz
+from fedlabel.data.partition import partition_dirichlet, partition_iid, split_labeled
+
+__all__ = [
+    "ClientData",
+    "DataError",
+    "FederatedData",
+    "ImageDataset",
+    "build_federated",
+    "load_fashion_mnist",
+    "load_images",
+    "load_npz",
+    "partition_dirichlet",
+    "partition_iid",
+    "split_labeled",
+]

@@ -1,0 +1,1 @@
+"""Runtimes: ``inprocess`` (one process, no Flower) and ``flower`` (Flower simulation engine)."""

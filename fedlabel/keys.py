@@ -1,0 +1,13 @@
+"""Names of message records and metric keys exchanged between the ServerApp and ClientApp."""
+
+ARRAYS = "arrays"  # global parameters, server -> client
+CONFIG = "config"  # ConfigRecord, server -> client
+METRICS = "metrics"  # MetricRecord, client -> server
+DELTA_PREFIX = "delta."  # one ArrayRecord per named delta, client -> server
+STATS = "stats"  # MetricRecord of a client's data statistics (query reply)
+
+ROUND = "round"
+PARTITION_ID = "partition-id"  # node_config key in simulation and deployment
+NUM_PARTITIONS = "num-partitions"
+CLIENT_ID = "client-id"
+WEIGHT = "weight"  # r_k

@@ -1,0 +1,122 @@
+"""Image classifiers with GroupNorm and no buffers.
+
+Every model takes float images in [0, 1] of shape ``N x C x H x W``, standardises them
+internally with the fixed map ``(x - 0.5) / 0.5`` and exposes ``features(x)`` (the penultimate
+embedding, ``N x D``) and ``classifier`` (the final :class:`torch.nn.Linear`), so that
+``forward(x) == classifier(features(x))``. No BatchNorm is used anywhere (``torch.func.vmap`` and
+Opacus need per-sample independence) and models hold no buffers, so a model's state is exactly
+its ``named_parameters()``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+_MEAN = 0.5
+_STD = 0.5
+
+
+def _standardise(x: Tensor) -> Tensor:
+    return (x - _MEAN) / _STD
+
+
+def _group_norm(channels: int, *, max_groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with the largest group count <= ``max_groups`` that divides ``channels``."""
+    groups = next(g for g in range(min(max_groups, channels), 0, -1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels)
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks (32, 64 channels, GroupNorm(8), max-pool) and a 128-unit hidden layer."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> None:
+        super().__init__()
+        if image_size <= 0 or image_size % 4:
+            raise ValueError(f"image_size must be a positive multiple of 4, got {image_size}")
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1),
+            nn.GroupNorm(8, 32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.GroupNorm(8, 64),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * (image_size // 4) ** 2, 128),
+            nn.ReLU(),
+        )
+        self.classifier = nn.Linear(128, num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Penultimate embedding, ``N x 128``."""
+        return self.body(_standardise(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+class _BasicBlock(nn.Module):
+    """ResNet basic block (two 3x3 convs) with GroupNorm and a projection shortcut if needed."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.norm1 = _group_norm(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.norm2 = _group_norm(planes)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), _group_norm(planes)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet18GN(nn.Module):
+    """ResNet-18 (BasicBlock x [2, 2, 2, 2], widths 64-512) with GroupNorm(32).
+
+    Images of at most 64 px get the CIFAR stem (3x3 conv, stride 1, no max-pool); larger images
+    get the ImageNet stem (7x7 conv, stride 2, 3x3 max-pool).
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> None:
+        super().__init__()
+        if image_size <= 64:
+            stem: list[nn.Module] = [nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)]
+        else:
+            stem = [nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)]
+        stem += [_group_norm(64), nn.ReLU()]
+        if image_size > 64:
+            stem.append(nn.MaxPool2d(3, stride=2, padding=1))
+        layers: list[nn.Module] = []
+        in_planes = 64
+        for stage, planes in enumerate((64, 128, 256, 512)):
+            for block in range(2):
+                stride = 2 if stage > 0 and block == 0 else 1
+                layers.append(_BasicBlock(in_planes, planes, stride))
+                in_planes = planes
+        self.body = nn.Sequential(*stem, *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(512, num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Penultimate embedding, ``N x 512``."""
+        return self.body(_standardise(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+MODELS: dict[str, type[nn.Module]] = {"cnn": SmallCNN, "resnet18": ResNet18GN}
+
+
+def build_model(name: str, *, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """Instantiate the registered model ``name``; an unknown name raises ValueError."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[name](in_channels=in_channels, num_classes=num_classes, image_size=image_size)

@@ -1,0 +1,136 @@
+"""Run outputs: per-round CSV, summary.json (rewritten atomically after every round, so a
+crash loses nothing already written), an accuracy plot, and the console progress bar/table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+ROUND_FIELDS = [
+    "round",
+    "accuracy",
+    "loss",
+    "pseudo_label_coverage",
+    "pseudo_label_accuracy",
+    "global_expert_share",
+    "loss_labeled",
+    "loss_unlabeled",
+    "clients",
+    "seconds",
+]
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh, indent=2, allow_nan=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class RunRecorder:
+    """Collects round records and writes them to ``output_dir`` as they arrive."""
+
+    def __init__(self, output_dir: str | Path, *, config: dict[str, Any], total_rounds: int, progress: bool = True) -> None:
+        self.dir = Path(output_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.rounds: list[dict[str, Any]] = []
+        self.start = time.perf_counter()
+        self.csv_path = self.dir / "rounds.csv"
+        with open(self.csv_path, "w", newline="") as fh:
+            csv.writer(fh).writerow(ROUND_FIELDS)
+        self.bar = tqdm(total=total_rounds, desc="rounds", unit="round", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        self._write_summary(status="running")
+
+    def write_json(self, name: str, payload: Any) -> None:
+        write_json_atomic(self.dir / name, payload)
+
+    def log_round(self, record: dict[str, Any]) -> None:
+        record = {k: _clean(v) for k, v in record.items()}
+        self.rounds.append(record)
+        with open(self.csv_path, "a", newline="") as fh:
+            csv.writer(fh).writerow(["" if record.get(k) is None else record.get(k) for k in ROUND_FIELDS])
+        self._write_summary(status="running")
+        postfix = {}
+        if record.get("accuracy") is not None:
+            postfix["acc"] = f"{record['accuracy']:.4f}"
+        if record.get("pseudo_label_coverage") is not None:
+            postfix["coverage"] = f"{record['pseudo_label_coverage']:.2f}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(1)
+
+    def final_accuracy(self) -> float | None:
+        evaluated = [r["accuracy"] for r in self.rounds if r.get("accuracy") is not None]
+        return evaluated[-1] if evaluated else None
+
+    def _write_summary(self, *, status: str, error: str | None = None) -> None:
+        summary = {
+            "status": status,
+            "final_accuracy": self.final_accuracy(),
+            "wall_seconds": time.perf_counter() - self.start,
+            "rounds": self.rounds,
+            "config": self.config,
+        }
+        if error:
+            summary["error"] = error
+        write_json_atomic(self.dir / "summary.json", summary)
+
+    def finish(self, *, error: str | None = None) -> dict[str, Any]:
+        self.bar.close()
+        self._write_summary(status="failed" if error else "completed", error=error)
+        if self.rounds:
+            plot_accuracy(self.rounds, self.dir / "accuracy.png", title=str(self.config.get("algorithm", {}).get("name", "")))
+        return json.loads((self.dir / "summary.json").read_text())
+
+
+def plot_accuracy(rounds: list[dict[str, Any]], path: Path, *, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(r["round"], r["accuracy"]) for r in rounds if r.get("accuracy") is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 60 else None)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def format_table(rounds: list[dict[str, Any]], *, max_rows: int = 12) -> str:
+    """A compact console table of selected rounds (evenly spaced, always the last)."""
+    cols = [("round", "{:>5}"), ("accuracy", "{:>8.4f}"), ("loss", "{:>7.4f}"), ("pseudo_label_coverage", "{:>8.3f}"),
+            ("pseudo_label_accuracy", "{:>8.3f}"), ("global_expert_share", "{:>8.3f}"), ("seconds", "{:>7.2f}")]
+    heads = ["round", "accuracy", "loss", "coverage", "pl_acc", "glob_exp", "sec"]
+    rows = [r for r in rounds if r.get("accuracy") is not None] or rounds
+    if len(rows) > max_rows:
+        step = math.ceil(len(rows) / max_rows)
+        rows = rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else [])
+    lines = ["  ".join(f"{h:>{max(5, len(h))}}" for h in heads)]
+    for r in rows:
+        cells = []
+        for (key, fmt), h in zip(cols, heads):
+            v = r.get(key)
+            cells.append(f"{'-':>{max(5, len(h))}}" if v is None else f"{fmt.format(v):>{max(5, len(h))}}")
+        lines.append("  ".join(cells))
+    return "\n".join(lines)

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install fedlabel and what it needs into ./.venv (idempotent; safe to rerun).
+#   scripts/install.sh          runtime only
+#   scripts/install.sh dev      runtime + test tools
+# torch is installed FIRST and pinned, so no other requirement can pull a multi-GB CUDA build.
+# GPU users: set FEDLABEL_TORCH_SPEC, e.g.
+#   FEDLABEL_TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra="${1:-}"
+venv=.venv
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+py="$venv/bin/python"
+stamp="$venv/.fedlabel-installed-$extra-$(cat pyproject.toml scripts/install.sh | sha1sum | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  "$py" -m pip install -q --upgrade pip
+  # shellcheck disable=SC2086
+  "$py" -m pip install -q ${FEDLABEL_TORCH_SPEC:-torch==2.13.0}
+  if [ "$extra" = dev ]; then
+    "$py" -m pip install -q -e ".[dev]"
+  else
+    "$py" -m pip install -q -e .
+  fi
+  touch "$stamp"
+fi
+# Fashion-MNIST from Debian (the loader also downloads to a cache or reads user files).
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null \
+   && [ "$(id -u)" = 0 ] && [ -z "${FEDLABEL_SKIP_APT:-}" ]; then
+  apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+    || echo "note: could not install dataset-fashion-mnist; fedlabel will try its cache/download" >&2
+fi

@@ -1,0 +1,114 @@
+"""Flower ServerApp: the library's server loop with Flower messages as the transport.
+
+Round logic (cohort sampling, aggregation, evaluation, outputs) is fedlabel.federation's; this
+file only discovers which node holds which partition, sends train messages to the sampled
+nodes, and decodes their replies into ClientUpdates."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fedlabel import keys
+from fedlabel.algorithms import ClientUpdate
+from fedlabel.config import config_from_run_config, config_to_dict
+from fedlabel.federation import initial_model, load_dataset, run_federation
+from fedlabel.report import RunRecorder
+from fedlabel.training import Params, resolve_device
+
+log = logging.getLogger("fedlabel.server")
+app = ServerApp()
+
+NODE_WAIT_S = 60.0
+
+
+def discover_partitions(grid: Grid, num_clients: int) -> tuple[dict[int, int], list[dict]]:
+    """Ask every node for its partition id and data statistics: {partition: node_id}, stats."""
+    deadline = time.monotonic() + NODE_WAIT_S
+    node_ids = list(grid.get_node_ids())
+    while len(node_ids) < num_clients and time.monotonic() < deadline:
+        time.sleep(1.0)
+        node_ids = list(grid.get_node_ids())
+    msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in node_ids]
+    nodes: dict[int, int] = {}
+    stats: list[dict] = []
+    for reply in grid.send_and_receive(msgs, timeout=NODE_WAIT_S):
+        if reply.has_error():
+            log.warning("node %s failed the query: %s", reply.metadata.src_node_id, reply.error.reason)
+            continue
+        record = dict(reply.content[keys.STATS])
+        nodes[int(record["client_id"])] = reply.metadata.src_node_id
+        stats.append(record)
+    missing = sorted(set(range(num_clients)) - set(nodes))
+    if missing:
+        raise RuntimeError(f"no node answered for partition(s) {missing[:10]}{'...' if len(missing) > 10 else ''}; "
+                           f"{len(node_ids)} nodes connected, data.num_clients={num_clients}")
+    return nodes, sorted(stats, key=lambda s: s["client_id"])
+
+
+def decode_update(reply: Message) -> ClientUpdate:
+    metrics = dict(reply.content[keys.METRICS])
+    deltas = {
+        name[len(keys.DELTA_PREFIX) :]: record.to_torch_state_dict()
+        for name, record in reply.content.array_records.items()
+        if name.startswith(keys.DELTA_PREFIX)
+    }
+    return ClientUpdate(
+        client_id=int(metrics.pop(keys.CLIENT_ID)),
+        deltas=deltas,
+        weight=float(metrics.pop(keys.WEIGHT)),
+        metrics={k: v for k, v in metrics.items() if k != "num-examples"},
+    )
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = config_from_run_config(context.run_config)
+    device = resolve_device(cfg.device)
+    dataset = load_dataset(cfg)
+    model, params = initial_model(
+        cfg, in_channels=dataset.in_channels, num_classes=dataset.num_classes, image_size=dataset.image_size
+    )
+    recorder = RunRecorder(cfg.output_dir, config=config_to_dict(cfg), total_rounds=cfg.rounds, progress=False)
+    try:
+        nodes, stats = discover_partitions(grid, cfg.data.num_clients)
+        recorder.write_json("clients.json", stats)
+
+        def train_cohort(rnd: int, cohort: list[int], global_params: Params) -> list[ClientUpdate]:
+            arrays = ArrayRecord(torch_state_dict={k: v.cpu() for k, v in global_params.items()})
+            msgs = [
+                Message(
+                    RecordDict({keys.ARRAYS: arrays, keys.CONFIG: ConfigRecord({keys.ROUND: rnd})}),
+                    dst_node_id=nodes[cid],
+                    message_type=MessageType.TRAIN,
+                )
+                for cid in cohort
+            ]
+            updates = []
+            for reply in grid.send_and_receive(msgs):
+                if reply.has_error():
+                    log.warning("round %d: node %s failed: %s", rnd, reply.metadata.src_node_id, reply.error.reason)
+                    continue
+                updates.append(decode_update(reply))
+            return updates
+
+        params = run_federation(
+            cfg,
+            model=model,
+            params={k: v.to(device) for k, v in params.items()},
+            test_images=dataset.test_images,
+            test_labels=dataset.test_labels,
+            train_cohort=train_cohort,
+            recorder=recorder,
+            device=device,
+        )
+    except BaseException as err:
+        recorder.finish(error=f"{type(err).__name__}: {err}")
+        raise
+    import torch
+
+    torch.save({k: v.cpu() for k, v in params.items()}, recorder.dir / "model.pt")
+    recorder.finish()
