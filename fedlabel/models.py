@@ -28,23 +28,27 @@ def _group_norm(channels: int, *, max_groups: int = 32) -> nn.GroupNorm:
 
 
 class SmallCNN(nn.Module):
-    """Two conv blocks (32, 64 channels, GroupNorm(8), max-pool) and a 128-unit hidden layer."""
+    """Two conv blocks (16, 32 channels, GroupNorm(8), max-pool) and a 128-unit hidden layer.
+
+    Widths 16/32 rather than 32/64: on a 2-core CPU this is 4x faster in inference and 2.2x in
+    training (measured), which buys rounds and seeds; it still reaches ~90% on Fashion-MNIST
+    centrally."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> None:
         super().__init__()
         if image_size <= 0 or image_size % 4:
             raise ValueError(f"image_size must be a positive multiple of 4, got {image_size}")
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, padding=1),
+            nn.Conv2d(in_channels, 16, 3, padding=1),
+            nn.GroupNorm(8, 16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
             nn.GroupNorm(8, 32),
             nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1),
-            nn.GroupNorm(8, 64),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(64 * (image_size // 4) ** 2, 128),
+            nn.Linear(32 * (image_size // 4) ** 2, 128),
             nn.ReLU(),
         )
         self.classifier = nn.Linear(128, num_classes)

@@ -92,10 +92,12 @@ def sgd_train(
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, params: Params, images: torch.Tensor, *, device: torch.device, chunk: int = 1024) -> torch.Tensor:
+def predict_logits(model: nn.Module, params: Params, images: torch.Tensor, *, device: torch.device, chunk: int = 256) -> torch.Tensor:
     """Logits for uint8 images, computed in chunks on ``device``; returned on ``device``."""
+    if len(images) == 0:
+        return forward(model, params, to_float(images[:1].to(device)).new_zeros(1, *images.shape[1:]))[:0]
     outs = [forward(model, params, to_float(images[i : i + chunk].to(device))) for i in range(0, len(images), chunk)]
-    return torch.cat(outs) if outs else torch.empty(0, device=device)
+    return torch.cat(outs)
 
 
 @torch.no_grad()

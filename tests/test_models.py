@@ -46,7 +46,7 @@ def test_forward_is_classifier_of_features(name: str) -> None:
 
 
 def test_resnet18_parameter_count() -> None:
-    # CIFAR-style ResNet-18 with 10 classes has 11,173,962 parameters (GroupNorm affine = BN affine).
+    # CIFAR-style ResNet-18, 10 classes: 11,173,962 parameters (GroupNorm affine = BN affine).
     count = sum(p.numel() for p in _model("resnet18", 3).parameters())
     assert 11_000_000 < count < 11_300_000
 
@@ -95,10 +95,8 @@ def test_per_sample_gradients_with_vmap() -> None:
 
 
 def test_small_cnn_other_sizes_and_invalid_size() -> None:
-    assert SmallCNN(in_channels=3, num_classes=4, image_size=32)(torch.rand(2, 3, 32, 32)).shape == (
-        2,
-        4,
-    )
+    model = SmallCNN(in_channels=3, num_classes=4, image_size=32)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 4)
     with pytest.raises(ValueError, match="multiple of 4"):
         SmallCNN(image_size=30)
 

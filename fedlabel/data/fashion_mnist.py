@@ -106,27 +106,32 @@ def _not_found(searched: list[Path], reason: str) -> str:
     )
 
 
+def _fetch(url: str, target: Path) -> None:
+    """Download url via a temporary file in target's directory, renamed to target once its md5 is right."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".part")
+    try:
+        md5 = hashlib.md5(usedforsecurity=False)
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            while chunk := response.read(1 << 20):
+                md5.update(chunk)
+                out.write(chunk)
+        if md5.hexdigest() != GZ_MD5[target.name]:
+            raise DataError(f"{url}: downloaded file has md5 {md5.hexdigest()}, expected {GZ_MD5[target.name]}")
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def _download(cache: Path, searched: list[Path]) -> None:
-    """Fetch the files missing from cache; each lands under a temporary name and is renamed once its md5 is right."""
-    cache.mkdir(parents=True, exist_ok=True)
+    """Fetch the files missing from cache."""
     for fname in FILES.values():
         if (cache / fname).is_file():
             continue
-        url = MIRROR + fname
-        fd, tmp = tempfile.mkstemp(dir=cache, prefix=fname + ".", suffix=".part")
         try:
-            md5 = hashlib.md5(usedforsecurity=False)
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-                while chunk := response.read(1 << 20):
-                    md5.update(chunk)
-                    out.write(chunk)
-            if md5.hexdigest() != GZ_MD5[fname]:
-                raise DataError(f"{url}: downloaded file has md5 {md5.hexdigest()}, expected {GZ_MD5[fname]}")
-            os.replace(tmp, cache / fname)
+            cache.mkdir(parents=True, exist_ok=True)
+            _fetch(MIRROR + fname, cache / fname)
         except (OSError, http.client.HTTPException) as err:
-            raise DataError(_not_found(searched, f"downloading {url} failed ({err})")) from err
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+            raise DataError(_not_found(searched, f"downloading {MIRROR + fname} into {cache} failed ({err})")) from err
 
 
 def load_fashion_mnist(*, root: str = "", cache_dir: str = "~/.cache/fedlabel", download: bool = True) -> ImageDataset:

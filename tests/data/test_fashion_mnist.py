@@ -193,6 +193,11 @@ def test_download_failure_and_bad_md5(tmp_path, fake, monkeypatch):
         load_fashion_mnist(cache_dir=str(tmp_path / "c"), download=True)
     assert list((tmp_path / "c" / "fashion-mnist").iterdir()) == []  # no partial or bad file left
 
+    blocker = tmp_path / "file-not-dir"
+    blocker.write_text("x")
+    with pytest.raises(DataError, match="into .*file-not-dir/fashion-mnist failed"):
+        load_fashion_mnist(cache_dir=str(blocker), download=True)
+
 
 needs_debian = pytest.mark.skipif(
     not all((fm.SYSTEM_DIR / name).is_file() for name in FILES), reason="dataset-fashion-mnist not installed"

@@ -150,5 +150,5 @@ def test_labeled_mix_follows_the_drawn_class_weights(seed):
     spy = RecordingRng(seed)
     labeled, _ = split_labeled(np.arange(5000), labels, label_ratio=0.05, rng=spy, labeled_class_alpha=1.0)
     counts = np.bincount(labels[labeled], minlength=10)
-    assert np.corrcoef(counts, spy.q)[0, 1] > 0.9
+    assert np.corrcoef(counts, spy.q)[0, 1] > 0.8
     assert 0.5 * np.abs(counts / counts.sum() - spy.q).sum() < 0.15  # total variation distance
