@@ -1,7 +1,8 @@
 """`fedlabel` command line.
 
   fedlabel simulate [hydra overrides]   run a simulation (engine=flower by default)
-  fedlabel flower-config                print pyproject's [tool.flwr.app.config] from the schema
+  fedlabel flower-config [--write]      print (or rewrite in pyproject.toml) the
+                                        [tool.flwr.app.config] section from the schema
 """
 
 from __future__ import annotations
@@ -88,6 +89,19 @@ def flower_config_toml() -> str:
     return tomli_w.dumps({"tool": {"flwr": {"app": {"config": unflatten(default_run_config())}}}})
 
 
+FLOWER_CONFIG_MARK = "# Generated from the schema by `fedlabel flower-config --write` (a test checks it).\n"
+
+
+def write_flower_config(pyproject: Path) -> None:
+    """Replace the generated section (from the marker to the next non-config table)."""
+    text = pyproject.read_text()
+    start = text.index(FLOWER_CONFIG_MARK)
+    rest = text[start + len(FLOWER_CONFIG_MARK) :]
+    tables = [i for i in range(len(rest)) if rest.startswith("\n[tool.", i) and not rest.startswith("\n[tool.flwr.app.config", i)]
+    end = tables[0] + 1 if tables else len(rest)
+    pyproject.write_text(text[:start] + FLOWER_CONFIG_MARK + flower_config_toml() + "\n" + rest[end:])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -97,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "simulate":
         return _simulate(rest)
     if cmd == "flower-config":
-        print(flower_config_toml(), end="")
+        if "--write" in rest:
+            write_flower_config(Path(__file__).resolve().parents[1] / "pyproject.toml")
+        else:
+            print(flower_config_toml(), end="")
         return 0
     print(f"fedlabel: unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
     return 2

@@ -13,10 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedlabel.algorithms import ALGORITHMS, AlgorithmParams
-
-
-class ConfigError(ValueError):
-    """An impossible or unknown configuration value; the message names the field."""
+from fedlabel.errors import ConfigError, check
 
 
 @dataclass(frozen=True)
@@ -28,6 +25,7 @@ class DataConfig:
     cache_dir: str = "~/.cache/fedlabel"  # where downloads land
     download: bool = True  # allow downloading Fashion-MNIST into cache_dir
     num_clients: int = 100
+    train_samples: int = 0  # >0: use a seeded random subset of this many training samples
     partition: str = "dirichlet"  # iid | dirichlet
     alpha: float = 0.1  # Dirichlet concentration over classes (smaller = more skew)
     min_client_size: int = 10  # redraw the Dirichlet split until every client has this many
@@ -59,7 +57,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
-    rounds: int = 50
+    rounds: int = 30
     clients_per_round: int = 10
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -72,27 +70,22 @@ class Config:
 
 
 def _build(cls: type, values: dict[str, Any], path: str) -> Any:
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
+    """Instantiate a (defaulted) config dataclass from a dict, type-checking every value."""
+    defaults = cls()
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(path + k for k in unknown)}")
     kwargs = {}
     for key, value in values.items():
-        f = names[key]
-        default = getattr(cls(), key) if _has_defaults(cls) else None
+        default = getattr(defaults, key)
         if dataclasses.is_dataclass(default):
-            kwargs[key] = _build(type(default), dict(value), f"{path}{key}.")
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}{key} must be a group of settings, got {value!r}")
+            kwargs[key] = _build(type(default), value, f"{path}{key}.")
         else:
-            kwargs[key] = _coerce(value, type(default), f"{path}{key}") if default is not None else value
+            kwargs[key] = _coerce(value, type(default), f"{path}{key}")
     return cls(**kwargs)
-
-
-def _has_defaults(cls: type) -> bool:
-    try:
-        cls()
-    except TypeError:
-        return False
-    return True
 
 
 def _coerce(value: Any, kind: type, name: str) -> Any:
@@ -110,10 +103,8 @@ def _coerce(value: Any, kind: type, name: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name} must be a number, got {value!r}")
         return float(value)
-    if kind is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name} must be a string, got {value!r}")
-        return value
+    if not isinstance(value, kind):
+        raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}")
     return value
 
 
@@ -181,40 +172,36 @@ def default_run_config() -> dict[str, Any]:
 # validation
 
 
-def _check(ok: bool, field_name: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{field_name}: {message}")
-
-
 def validate(cfg: Config) -> None:
     """Raise ConfigError naming the first impossible field; called before any work starts."""
     d = cfg.data
-    _check(d.name in ("fashion_mnist", "npz"), "data.name", f"unknown data set {d.name!r}; choose fashion_mnist or npz")
-    _check(d.name != "npz" or bool(d.root), "data.root", "data.name=npz needs data.root=<path to the .npz file>")
-    _check(d.partition in ("iid", "dirichlet"), "data.partition", f"unknown partition {d.partition!r}; choose iid or dirichlet")
-    _check(d.alpha > 0, "data.alpha", f"must be > 0, got {d.alpha}")
-    _check(0 < d.label_ratio <= 1, "data.label_ratio", f"must be in (0, 1], got {d.label_ratio}")
-    _check(d.labeled_class_alpha >= 0, "data.labeled_class_alpha", f"must be >= 0 (0 = uniform split), got {d.labeled_class_alpha}")
-    _check(d.num_clients >= 1, "data.num_clients", f"must be >= 1, got {d.num_clients}")
-    _check(d.min_client_size >= 1, "data.min_client_size", f"must be >= 1, got {d.min_client_size}")
-    _check(cfg.model.name in ("cnn", "resnet18"), "model.name", f"unknown model {cfg.model.name!r}; choose cnn or resnet18")
+    check(d.name in ("fashion_mnist", "npz"), "data.name", f"unknown data set {d.name!r}; choose fashion_mnist or npz")
+    check(d.name != "npz" or bool(d.root), "data.root", "data.name=npz needs data.root=<path to the .npz file>")
+    check(d.partition in ("iid", "dirichlet"), "data.partition", f"unknown partition {d.partition!r}; choose iid or dirichlet")
+    check(d.alpha > 0, "data.alpha", f"must be > 0, got {d.alpha}")
+    check(0 < d.label_ratio <= 1, "data.label_ratio", f"must be in (0, 1], got {d.label_ratio}")
+    check(d.labeled_class_alpha >= 0, "data.labeled_class_alpha", f"must be >= 0 (0 = uniform split), got {d.labeled_class_alpha}")
+    check(d.num_clients >= 1, "data.num_clients", f"must be >= 1, got {d.num_clients}")
+    check(d.train_samples >= 0, "data.train_samples", f"must be >= 0 (0 = all), got {d.train_samples}")
+    check(d.min_client_size >= 1, "data.min_client_size", f"must be >= 1, got {d.min_client_size}")
+    check(cfg.model.name in ("cnn", "resnet18"), "model.name", f"unknown model {cfg.model.name!r}; choose cnn or resnet18")
     e = cfg.engine
-    _check(e.name in ("flower", "inprocess"), "engine.name", f"unknown engine {e.name!r}; choose flower or inprocess")
-    _check(e.num_cpus_per_client >= 1, "engine.num_cpus_per_client", f"must be >= 1, got {e.num_cpus_per_client}")
-    _check(e.num_gpus_per_client >= 0, "engine.num_gpus_per_client", f"must be >= 0, got {e.num_gpus_per_client}")
-    _check(0 <= e.superlink_port < 65536, "engine.superlink_port", f"must be a port number, got {e.superlink_port}")
-    _check(cfg.rounds >= 1, "rounds", f"must be >= 1, got {cfg.rounds}")
-    _check(cfg.clients_per_round >= 1, "clients_per_round", f"must be >= 1, got {cfg.clients_per_round}")
-    _check(
+    check(e.name in ("flower", "inprocess"), "engine.name", f"unknown engine {e.name!r}; choose flower or inprocess")
+    check(e.num_cpus_per_client >= 1, "engine.num_cpus_per_client", f"must be >= 1, got {e.num_cpus_per_client}")
+    check(e.num_gpus_per_client >= 0, "engine.num_gpus_per_client", f"must be >= 0, got {e.num_gpus_per_client}")
+    check(0 <= e.superlink_port < 65536, "engine.superlink_port", f"must be a port number, got {e.superlink_port}")
+    check(cfg.rounds >= 1, "rounds", f"must be >= 1, got {cfg.rounds}")
+    check(cfg.clients_per_round >= 1, "clients_per_round", f"must be >= 1, got {cfg.clients_per_round}")
+    check(
         cfg.clients_per_round <= d.num_clients,
         "clients_per_round",
         f"{cfg.clients_per_round} is more than data.num_clients={d.num_clients}",
     )
-    _check(cfg.eval_every >= 1, "eval_every", f"must be >= 1, got {cfg.eval_every}")
-    _check(
+    check(cfg.eval_every >= 1, "eval_every", f"must be >= 1, got {cfg.eval_every}")
+    check(
         cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
         "device",
         f"unknown device {cfg.device!r}; choose auto, cpu or cuda[:N]",
     )
-    _check(bool(cfg.output_dir), "output_dir", "must not be empty")
+    check(bool(cfg.output_dir), "output_dir", "must not be empty")
     cfg.algorithm.validate()

@@ -53,6 +53,7 @@ def load_federated(cfg: Config, dataset: ImageDataset | None = None) -> Federate
         label_ratio=d.label_ratio,
         labeled_class_alpha=d.labeled_class_alpha,
         seed=cfg.seed,
+        train_samples=d.train_samples,
     )
 
 

@@ -13,15 +13,17 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 py="$venv/bin/python"
+pip_install() {  # quiet pip; drop the machine-specific "Location ... is ignored" noise
+  "$py" -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither" >&2)
+}
 stamp="$venv/.fedlabel-installed-$extra-$(cat pyproject.toml scripts/install.sh | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
-  "$py" -m pip install -q --upgrade pip
   # shellcheck disable=SC2086
-  "$py" -m pip install -q ${FEDLABEL_TORCH_SPEC:-torch==2.13.0}
+  pip_install ${FEDLABEL_TORCH_SPEC:-torch==2.13.0}
   if [ "$extra" = dev ]; then
-    "$py" -m pip install -q -e ".[dev]"
+    pip_install -e ".[dev]"
   else
-    "$py" -m pip install -q -e .
+    pip_install -e .
   fi
   touch "$stamp"
 fi

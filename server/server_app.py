@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
@@ -108,7 +109,5 @@ def main(grid: Grid, context: Context) -> None:
     except BaseException as err:
         recorder.finish(error=f"{type(err).__name__}: {err}")
         raise
-    import torch
-
     torch.save({k: v.cpu() for k, v in params.items()}, recorder.dir / "model.pt")
     recorder.finish()

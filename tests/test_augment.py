@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -172,14 +171,3 @@ def test_same_result_on_cuda() -> None:
     x = _images(64, 3)
     for augment in AUGMENTS.values():
         torch.testing.assert_close(augment(x.cuda(), _gen(3)).cpu(), augment(x, _gen(3)))
-
-
-def test_batch_speed() -> None:
-    x = _images(256)
-    g = _gen()
-    for name, augment in AUGMENTS.items():
-        augment(x, g)
-        start = time.perf_counter()
-        for _ in range(5):
-            augment(x, g)
-        print(f"{name}_augment on 256 x 1 x 28 x 28: {(time.perf_counter() - start) * 200:.1f} ms")

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from fedlabel.data import ClientData
+from fedlabel.errors import check
 from fedlabel.training import Params, SgdConfig, add_scaled, zeros_like
 
 StateDict = dict[str, torch.Tensor]
@@ -31,14 +32,12 @@ class AlgorithmParams:
         return SgdConfig(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
     def validate(self) -> None:
-        from fedlabel.config import _check
-
-        _check(self.lr > 0, "algorithm.lr", f"must be > 0, got {self.lr}")
-        _check(0 <= self.momentum < 1, "algorithm.momentum", f"must be in [0, 1), got {self.momentum}")
-        _check(self.weight_decay >= 0, "algorithm.weight_decay", f"must be >= 0, got {self.weight_decay}")
-        _check(self.batch_size >= 1, "algorithm.batch_size", f"must be >= 1, got {self.batch_size}")
-        _check(self.local_steps >= 0, "algorithm.local_steps", f"must be >= 0, got {self.local_steps}")
-        _check(self.weak_shift >= 0, "algorithm.weak_shift", f"must be >= 0, got {self.weak_shift}")
+        check(self.lr > 0, "algorithm.lr", f"must be > 0, got {self.lr}")
+        check(0 <= self.momentum < 1, "algorithm.momentum", f"must be in [0, 1), got {self.momentum}")
+        check(self.weight_decay >= 0, "algorithm.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(self.batch_size >= 1, "algorithm.batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.local_steps >= 0, "algorithm.local_steps", f"must be >= 0, got {self.local_steps}")
+        check(self.weak_shift >= 0, "algorithm.weak_shift", f"must be >= 0, got {self.weak_shift}")
 
 
 @dataclass

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate
 from fedlabel.algorithms.fedavg import train_labeled
 from fedlabel.augment import strong_augment
+from fedlabel.errors import check
 from fedlabel.training import Params, add_scaled, batch_indices, predict_logits, sgd_train, subtract, to_float, zeros_like
 
 CONFIDENCES = ("variance", "entropy", "maxprob")
@@ -67,11 +68,9 @@ class FedLabelParams(AlgorithmParams):
 
     def validate(self) -> None:
         super().validate()
-        from fedlabel.config import _check
-
-        _check(self.unlabeled_steps >= 0, "algorithm.unlabeled_steps", f"must be >= 0, got {self.unlabeled_steps}")
-        _check(0 <= self.beta < 1, "algorithm.beta", f"must be in [0, 1), got {self.beta}")
-        _check(self.lambda0 >= 0, "algorithm.lambda0", f"must be >= 0, got {self.lambda0}")
+        check(self.unlabeled_steps >= 0, "algorithm.unlabeled_steps", f"must be >= 0, got {self.unlabeled_steps}")
+        check(0 <= self.beta < 1, "algorithm.beta", f"must be in [0, 1), got {self.beta}")
+        check(self.lambda0 >= 0, "algorithm.lambda0", f"must be >= 0, got {self.lambda0}")
         for key, value, choices in (
             ("confidence", self.confidence, CONFIDENCES),
             ("expert", self.expert, ("both", "local", "global")),
@@ -81,10 +80,10 @@ class FedLabelParams(AlgorithmParams):
             ("delta_combination", self.delta_combination, ("sum", "mean")),
             ("aggregation", self.aggregation, ("weighted", "split")),
         ):
-            _check(value in choices, f"algorithm.{key}", f"unknown value {value!r}; choose from {list(choices)}")
-        _check(0 <= self.strong_magnitude <= 30, "algorithm.strong_magnitude", f"must be in [0, 30], got {self.strong_magnitude}")
-        _check(self.strong_num_ops >= 0, "algorithm.strong_num_ops", f"must be >= 0, got {self.strong_num_ops}")
-        _check(self.strong_cutout >= 0, "algorithm.strong_cutout", f"must be >= 0, got {self.strong_cutout}")
+            check(value in choices, f"algorithm.{key}", f"unknown value {value!r}; choose from {list(choices)}")
+        check(0 <= self.strong_magnitude <= 30, "algorithm.strong_magnitude", f"must be in [0, 30], got {self.strong_magnitude}")
+        check(self.strong_num_ops >= 0, "algorithm.strong_num_ops", f"must be >= 0, got {self.strong_num_ops}")
+        check(self.strong_cutout >= 0, "algorithm.strong_cutout", f"must be >= 0, got {self.strong_cutout}")
 
 
 # --------------------------------------------------------------------------------------------

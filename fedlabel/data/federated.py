@@ -99,28 +99,33 @@ def build_federated(
     label_ratio: float,
     labeled_class_alpha: float,
     seed: int,
+    train_samples: int = 0,
 ) -> FederatedData:
     """Partition the train split over clients ("iid" or "dirichlet"), then split each client into labeled/unlabeled.
 
     Deterministic in seed; the labeled split uses its own generator, so the partition depends on
-    seed and the partition knobs only.
+    seed and the partition knobs only. ``train_samples`` > 0 first keeps a seeded random subset of
+    that many training samples (for quick runs and tests).
     """
     seed_seq = np.random.SeedSequence([seed, 17])
     partition_rng = np.random.default_rng(seed_seq)
     label_rng = np.random.default_rng(seed_seq.spawn(1)[0])
     labels = dataset.train_labels.numpy()
+    pool = np.arange(len(labels))
+    if 0 < train_samples < len(labels):
+        pool = np.sort(np.random.default_rng(np.random.SeedSequence([seed, 18])).choice(len(labels), train_samples, replace=False))
     if partition == "iid":
-        parts = partition_iid(len(labels), num_clients=num_clients, rng=partition_rng)
+        parts = partition_iid(len(pool), num_clients=num_clients, rng=partition_rng)
     elif partition == "dirichlet":
         parts = partition_dirichlet(
-            labels, num_clients=num_clients, alpha=alpha, min_client_size=min_client_size, rng=partition_rng
+            labels[pool], num_clients=num_clients, alpha=alpha, min_client_size=min_client_size, rng=partition_rng
         )
     else:
         raise ValueError(f"unknown partition {partition!r}; choose iid or dirichlet")
     clients = []
     for client_id, part in enumerate(parts):
         labeled, unlabeled = split_labeled(
-            part, labels, label_ratio=label_ratio, rng=label_rng, labeled_class_alpha=labeled_class_alpha
+            pool[part], labels, label_ratio=label_ratio, rng=label_rng, labeled_class_alpha=labeled_class_alpha
         )
         labeled_t, unlabeled_t = torch.from_numpy(labeled), torch.from_numpy(unlabeled)
         clients.append(
