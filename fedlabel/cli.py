@@ -55,6 +55,8 @@ def _simulate(argv: list[str]) -> int:
     from omegaconf import DictConfig, OmegaConf
 
     from fedlabel.config import ConfigError
+    from fedlabel.data import DataError
+    from fedlabel.engines.flower import FlowerRunError
     from fedlabel.report import format_table
 
     register_configs()
@@ -65,8 +67,9 @@ def _simulate(argv: list[str]) -> int:
         values = OmegaConf.to_container(hcfg, resolve=True)
         try:
             summary = run_config(values)
-        except ConfigError as err:
-            print(f"fedlabel: config error: {err}", file=sys.stderr)
+        except (ConfigError, DataError, FlowerRunError) as err:
+            kind = {ConfigError: "config", DataError: "data", FlowerRunError: "flower"}[type(err)]
+            print(f"fedlabel: {kind} error: {err}", file=sys.stderr)
             status["code"] = 2
             return
         print(format_table(summary["rounds"]))

@@ -105,6 +105,8 @@ def run_federation(
             seed=cfg.seed, round=rnd, num_clients=cfg.data.num_clients, clients_per_round=cfg.clients_per_round
         )
         updates = train_cohort(rnd, cohort, params)
+        if not updates:
+            raise RuntimeError(f"round {rnd}: none of the {len(cohort)} sampled clients returned an update")
         params = algorithm.aggregate(params, updates)
         record = {"round": rnd, **pool_metrics(updates)}
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:

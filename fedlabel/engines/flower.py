@@ -23,6 +23,7 @@ import tomli_w
 from tqdm import tqdm
 
 from fedlabel.config import Config, config_to_dict
+from fedlabel.federation import load_dataset
 
 CONNECTION = "fedlabel"
 STARTUP_TIMEOUT_S = 60.0
@@ -93,6 +94,7 @@ def run_status(env: dict[str, str]) -> list[dict[str, Any]]:
 
 def run_flower(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     """Run cfg on Flower's simulation engine; returns the ServerApp's summary.json."""
+    load_dataset(cfg)  # fail here, with the data error, rather than inside the ServerApp
     out = Path(cfg.output_dir).resolve()
     work = out / "flower"
     (work / "home").mkdir(parents=True, exist_ok=True)
@@ -133,11 +135,18 @@ def run_flower(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         statuses = [r.get("status", "") for r in runs]
         if not runs or statuses[-1] != "finished:completed":
             raise FlowerRunError(
-                f"Flower run ended as {statuses[-1] if statuses else 'unknown'}; see {run_log} and {superlink_log}"
+                f"Flower run ended as {statuses[-1] if statuses else 'unknown'}; {_last_error(run_log)}"
+                f"logs: {run_log}, {superlink_log}"
             )
     finally:
         _stop(superlink)
     return json.loads((out / "summary.json").read_text())
+
+
+def _last_error(log: Path) -> str:
+    """The last exception line of the run's log, if any, to put in the error message."""
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if "Error" in ln or "Exception" in ln]
+    return f"last error: {lines[-1]}; " if lines else ""
 
 
 def _follow(runner: subprocess.Popen, summary: Path, rounds: int, progress: bool) -> None:
