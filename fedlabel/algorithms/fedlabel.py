@@ -92,6 +92,8 @@ class FedLabelParams(AlgorithmParams):
 
 def confidence(logits: torch.Tensor, kind: str) -> torch.Tensor:
     """h(s) >= 0 per row: logit variance, log(C) - entropy, or max softmax probability."""
+    if logits.shape[0] == 0:
+        return logits.new_zeros(0)
     if kind == "variance":
         return logits.var(dim=1, unbiased=False)
     probs = logits.softmax(dim=1)
