@@ -81,6 +81,13 @@ def pool_metrics(updates: list[ClientUpdate]) -> dict[str, float | None]:
         "pseudo_label_coverage": kept / n_u if n_u else None,
         "pseudo_label_accuracy": total("num_kept_correct") / kept if kept and has_truth else None,
         "global_expert_share": total("num_kept_global") / kept if kept else None,
+        # pseudo-label accuracy on the kept samples where the global (resp. local) model was the expert
+        "global_expert_accuracy": total("num_kept_global_correct") / total("num_kept_global")
+        if has_truth and total("num_kept_global")
+        else None,
+        "local_expert_accuracy": (total("num_kept_correct") - total("num_kept_global_correct")) / (kept - total("num_kept_global"))
+        if has_truth and kept - total("num_kept_global")
+        else None,
         "loss_labeled": mean("loss_labeled"),
         "loss_unlabeled": mean("loss_unlabeled"),
     }

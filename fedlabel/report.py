@@ -21,6 +21,8 @@ ROUND_FIELDS = [
     "pseudo_label_coverage",
     "pseudo_label_accuracy",
     "global_expert_share",
+    "global_expert_accuracy",
+    "local_expert_accuracy",
     "loss_labeled",
     "loss_unlabeled",
     "clients",

@@ -223,7 +223,9 @@ class FedLabel(Algorithm):
         }
         if data.unlabeled_true_labels is not None:
             truth = data.unlabeled_true_labels.to(device)
-            metrics["num_kept_correct"] = int(((choice.pseudo_label == truth) & kept).sum())
+            correct = (choice.pseudo_label == truth) & kept
+            metrics["num_kept_correct"] = int(correct.sum())
+            metrics["num_kept_global_correct"] = int((correct & choice.global_is_expert).sum())
         weight = float(data.num_labeled + n_kept)
         if p.aggregation == "split":
             deltas = {"labeled": delta_l, "unlabeled": delta_u}
