@@ -103,9 +103,23 @@ def run_federation(
     train_cohort: TrainCohort,
     recorder: RunRecorder,
     device: torch.device,
-) -> Params:
-    """Run cfg.rounds rounds: sample, train (via ``train_cohort``), aggregate, evaluate, record."""
+) -> dict:
+    """Run cfg.rounds rounds: sample, train (via ``train_cohort``), aggregate, evaluate, record.
+    Saves the final parameters as model.pt and returns the summary; on any error the summary
+    is closed as failed (with the rounds recorded so far) and the error re-raised."""
+    try:
+        params = _rounds(cfg, model=model, params=params, test_images=test_images, test_labels=test_labels,
+                         train_cohort=train_cohort, recorder=recorder, device=device)  # fmt: skip
+    except BaseException as err:
+        recorder.finish(error=f"{type(err).__name__}: {err}")
+        raise
+    torch.save({k: v.cpu() for k, v in params.items()}, recorder.dir / "model.pt")
+    return recorder.finish()
+
+
+def _rounds(cfg: Config, *, model, params, test_images, test_labels, train_cohort, recorder, device) -> Params:
     algorithm = build_algorithm(cfg.algorithm)
+    params = {k: v.to(device) for k, v in params.items()}
     for rnd in range(1, cfg.rounds + 1):
         start = time.perf_counter()
         cohort = sample_cohort(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
@@ -76,38 +75,36 @@ def main(grid: Grid, context: Context) -> None:
     recorder = RunRecorder(cfg.output_dir, config=config_to_dict(cfg), total_rounds=cfg.rounds, progress=False)
     try:
         nodes, stats = discover_partitions(grid, cfg.data.num_clients)
-        recorder.write_json("clients.json", stats)
-
-        def train_cohort(rnd: int, cohort: list[int], global_params: Params) -> list[ClientUpdate]:
-            arrays = ArrayRecord(torch_state_dict={k: v.cpu() for k, v in global_params.items()})
-            msgs = [
-                Message(
-                    RecordDict({keys.ARRAYS: arrays, keys.CONFIG: ConfigRecord({keys.ROUND: rnd})}),
-                    dst_node_id=nodes[cid],
-                    message_type=MessageType.TRAIN,
-                )
-                for cid in cohort
-            ]
-            updates = []
-            for reply in grid.send_and_receive(msgs):
-                if reply.has_error():
-                    log.warning("round %d: node %s failed: %s", rnd, reply.metadata.src_node_id, reply.error.reason)
-                    continue
-                updates.append(decode_update(reply))
-            return updates
-
-        params = run_federation(
-            cfg,
-            model=model,
-            params={k: v.to(device) for k, v in params.items()},
-            test_images=dataset.test_images,
-            test_labels=dataset.test_labels,
-            train_cohort=train_cohort,
-            recorder=recorder,
-            device=device,
-        )
-    except BaseException as err:
+    except Exception as err:
         recorder.finish(error=f"{type(err).__name__}: {err}")
         raise
-    torch.save({k: v.cpu() for k, v in params.items()}, recorder.dir / "model.pt")
-    recorder.finish()
+    recorder.write_json("clients.json", stats)
+
+    def train_cohort(rnd: int, cohort: list[int], global_params: Params) -> list[ClientUpdate]:
+        arrays = ArrayRecord(torch_state_dict={k: v.cpu() for k, v in global_params.items()})
+        msgs = [
+            Message(
+                RecordDict({keys.ARRAYS: arrays, keys.CONFIG: ConfigRecord({keys.ROUND: rnd})}),
+                dst_node_id=nodes[cid],
+                message_type=MessageType.TRAIN,
+            )
+            for cid in cohort
+        ]
+        updates = []
+        for reply in grid.send_and_receive(msgs):
+            if reply.has_error():
+                log.warning("round %d: node %s failed: %s", rnd, reply.metadata.src_node_id, reply.error.reason)
+                continue
+            updates.append(decode_update(reply))
+        return updates
+
+    run_federation(
+        cfg,
+        model=model,
+        params=params,
+        test_images=dataset.test_images,
+        test_labels=dataset.test_labels,
+        train_cohort=train_cohort,
+        recorder=recorder,
+        device=device,
+    )

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
+import torch
 from tqdm import tqdm
 
 from fedlabel.config import Config, config_to_dict
@@ -95,6 +96,11 @@ def run_status(env: dict[str, str]) -> list[dict[str, Any]]:
 def run_flower(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     """Run cfg on Flower's simulation engine; returns the ServerApp's summary.json."""
     load_dataset(cfg)  # fail here, with the data error, rather than inside the ServerApp
+    if cfg.engine.num_gpus_per_client > 0 and not torch.cuda.is_available():
+        raise FlowerRunError(
+            f"engine.num_gpus_per_client={cfg.engine.num_gpus_per_client} but torch sees no GPU here "
+            "(Ray would find no worker to place clients on); set it to 0"
+        )
     out = Path(cfg.output_dir).resolve()
     work = out / "flower"
     (work / "home").mkdir(parents=True, exist_ok=True)

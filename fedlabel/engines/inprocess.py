@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from fedlabel.algorithms import build_algorithm
 from fedlabel.config import Config, config_to_dict
 from fedlabel.federation import client_generator, initial_model, load_federated, run_federation
@@ -34,19 +32,13 @@ def run_inprocess(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
             for cid in cohort
         ]
 
-    try:
-        params = run_federation(
-            cfg,
-            model=model,
-            params={k: v.to(device) for k, v in params.items()},
-            test_images=fed.test_images,
-            test_labels=fed.test_labels,
-            train_cohort=train_cohort,
-            recorder=recorder,
-            device=device,
-        )
-    except BaseException as err:
-        recorder.finish(error=f"{type(err).__name__}: {err}")
-        raise
-    torch.save({k: v.cpu() for k, v in params.items()}, recorder.dir / "model.pt")
-    return recorder.finish()
+    return run_federation(
+        cfg,
+        model=model,
+        params=params,
+        test_images=fed.test_images,
+        test_labels=fed.test_labels,
+        train_cohort=train_cohort,
+        recorder=recorder,
+        device=device,
+    )
