@@ -75,7 +75,12 @@ def _simulate(argv: list[str]) -> int:
         print(format_table(summary["rounds"]))
         out = Path(summary["config"]["output_dir"])
         acc = summary["final_accuracy"]
-        print(f"final accuracy: {acc:.4f}  ({summary['wall_seconds']:.1f} s)" if acc is not None else "final accuracy: n/a")
+        evaluated = [r["accuracy"] for r in summary["rounds"] if r["accuracy"] is not None][-10:]
+        if acc is None:
+            print("final accuracy: n/a")
+        else:
+            print(f"final accuracy: {acc:.4f}  (mean of the last {len(evaluated)} evaluations: "
+                  f"{sum(evaluated) / len(evaluated):.4f}; {summary['wall_seconds']:.1f} s)")
         print(f"outputs: {out}/summary.json, rounds.csv, accuracy.png, clients.json, model.pt")
 
     sys.argv = [sys.argv[0], *argv]
