@@ -17,7 +17,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,6 +33,22 @@ def run(cmd: list[str], env: dict[str, str]) -> None:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+
+
+def out_dir(cmd: list[str]) -> Path:
+    return Path(cmd[-1].split("=", 1)[1])
+
+
+def completed(cmd: list[str]) -> bool:
+    summary = out_dir(cmd) / "summary.json"
+    return summary.exists() and json.loads(summary.read_text())["status"] == "completed"
+
+
+def end_to_end_seconds(path: Path) -> float:
+    """From the command's first output (Hydra's config; run_config.toml on the Flower engine,
+    written before the SuperLink starts) to the final summary.json."""
+    first = path / "flower" / "run_config.toml" if (path / "flower").is_dir() else path / ".hydra" / "config.yaml"
+    return (path / "summary.json").stat().st_mtime - first.stat().st_mtime
 
 
 def summarize(path: Path) -> dict:
@@ -78,9 +93,7 @@ def main() -> None:
                          f"rounds={args.rounds}", f"seed={seed}", *args.extra]  # fmt: skip
             jobs[(label, seed)] = command(name, args.out, overrides)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    start = time.time()
-    pending = {k: c for k, c in jobs.items() if not (Path(c[-1].split("=", 1)[1]) / "summary.json").exists()
-               or json.loads((Path(c[-1].split("=", 1)[1]) / "summary.json").read_text())["status"] != "completed"}  # fmt: skip
+    pending = {k: c for k, c in jobs.items() if not completed(c)}
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda c: run(c, env), pending.values()))
     flower = None
@@ -90,14 +103,15 @@ def main() -> None:
         pair = {}
         for engine in ("flower", "inprocess"):
             cmd = command(f"engine_{engine}", args.out, [*overrides, f"engine={engine}"])
-            run(cmd, dict(os.environ))  # default threads: the engines' own settings
-            pair[engine] = (cmd, summarize(args.out / f"engine_{engine}"))
+            if not completed(cmd):
+                run(cmd, dict(os.environ))  # default threads: the engines' own settings
+            pair[engine] = (cmd, {**summarize(out_dir(cmd)), "end_to_end": end_to_end_seconds(out_dir(cmd))})
         flower = pair
-    results = {k: summarize(Path(c[-1].split("=", 1)[1])) for k, c in jobs.items()}
-    write_report(args, methods, jobs, results, flower, time.time() - start)
+    results = {k: summarize(out_dir(c)) for k, c in jobs.items()}
+    write_report(args, methods, jobs, results, flower)
 
 
-def write_report(args, methods, jobs, results, flower, elapsed) -> None:
+def write_report(args, methods, jobs, results, flower) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,7 +138,8 @@ def write_report(args, methods, jobs, results, flower, elapsed) -> None:
         + (f" --extra {' '.join(args.extra)}" if args.extra else ""),
         "```",
         "",
-        f"Total wall time {elapsed / 60:.1f} min. Each run is one command, e.g.:",
+        "Wall s/run below: runs shared the 2 cores with one to three other runs, so they compare methods",
+        "only roughly. Each run is one command, e.g.:",
         "",
         "```bash",
         *sorted({shlex.join(["fedlabel", *c[1:-1]]) for (label, seed), c in jobs.items() if seed == args.seeds[0]}),
@@ -160,9 +175,15 @@ def write_report(args, methods, jobs, results, flower, elapsed) -> None:
         lines += ["", f"![accuracy at {ratio:.0%} labels]({png})"]
     if flower:
         lines += ["", "## Same FedLabel run on both engines", "",
-                  "| engine | acc. (mean of last 10) | wall s | command |", "|---|---|---|---|"]  # fmt: skip
+                  "Run one after the other on the otherwise idle 2-core machine, each with its default threads",
+                  "(Flower: 2 Ray workers x 1 CPU; in-process: one process, 2 torch threads). Round time: the",
+                  "ServerApp's / in-process loop's own wall time; end to end: the whole command, Flower's SuperLink",
+                  "and Ray start-up included.", "",
+                  "| engine | acc. (mean of last 10) | s per round | rounds wall s | end to end s | command |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
         for engine, (cmd, r) in flower.items():
-            lines.append(f"| {engine} | {r['last']:.4f} | {r['wall']:.0f} | `{shlex.join(['fedlabel', *cmd[1:-1]])}` |")
+            lines.append(f"| {engine} | {r['last']:.4f} | {r['wall'] / len(r['curve']):.2f} | {r['wall']:.0f} | "
+                         f"{r['end_to_end']:.0f} | `{shlex.join(['fedlabel', *cmd[1:-1]])}` |")
     lines += ["", "Pseudo-label columns are means over the last 10 rounds of the pooled per-round metrics in summary.json",
               "(coverage: share of unlabeled samples kept; accuracies against the hidden true labels).", "",
               "Why FedLabel stands where it does at 5% labels, with the runs that show it: "
