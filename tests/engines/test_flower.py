@@ -10,24 +10,29 @@ from fedlabel.cli import run_config
 from fedlabel.engines.flower import FlowerRunError
 from tests.engines.conftest import tiny_config
 
-# Both engines run the same client code with the same seeds, sum updates in client-id order
-# and evaluate the same way. What can differ is float rounding inside torch kernels: Flower's
-# Ray workers run torch with one thread, the in-process engine with the default thread count,
-# and convolution/GEMM reductions split differently. That perturbs weights at ~1e-7 relative,
-# which can flip the prediction of a test image sitting on a decision boundary; we allow
-# 0.5% of the 10,000 test images.
-ACCURACY_TOLERANCE = 0.005
+# Both engines run the same client code with the same seeds, sum updates in client-id order and
+# evaluate the same way, so with the same torch thread count they do the same arithmetic: Flower's
+# Ray workers run clients with one thread, so the in-process side runs with one thread too and the
+# per-round accuracies must be equal exactly (docs/results.md shows 150 of 150 rounds equal on
+# the full benchmark). The evaluation itself runs with the ServerApp's default threads; only the
+# loss is compared with a tolerance, for its last digits.
 
 
 def test_flower_engine_matches_inprocess(tmp_path):
     flower = run_config(tiny_config(tmp_path, engine="flower", name="flower"), progress=False)
-    inproc = run_config(tiny_config(tmp_path, engine="inprocess", name="inproc"), progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        inproc = run_config(tiny_config(tmp_path, engine="inprocess", name="inproc"), progress=False)
+    finally:
+        torch.set_num_threads(threads)
     assert flower["status"] == "completed"
     assert [r["round"] for r in flower["rounds"]] == [1, 2]
     for f, i in zip(flower["rounds"], inproc["rounds"], strict=True):
         assert f["clients"] == i["clients"] == 2
-        assert f["accuracy"] == pytest.approx(i["accuracy"], abs=ACCURACY_TOLERANCE)
-        assert f["pseudo_label_coverage"] == pytest.approx(i["pseudo_label_coverage"], abs=0.02)
+        for key in ("accuracy", "pseudo_label_coverage", "pseudo_label_accuracy", "global_expert_share"):
+            assert f[key] == i[key], key
+        assert f["loss"] == pytest.approx(i["loss"], rel=1e-5)
     stats = json.loads((tmp_path / "flower" / "clients.json").read_text())
     assert stats == json.loads((tmp_path / "inproc" / "clients.json").read_text())
 
