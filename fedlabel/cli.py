@@ -83,6 +83,10 @@ def _simulate(argv: list[str]) -> int:
                   f"{sum(evaluated) / len(evaluated):.4f}; {summary['wall_seconds']:.1f} s)")
         print(f"outputs: {out}/summary.json, rounds.csv, accuracy.png, clients.json, model.pt")
 
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("output_dir=")]
+    if given and not multirun and not any(a.startswith("hydra.run.dir=") for a in argv):
+        argv = [*argv, f"hydra.run.dir={given[-1]}"]  # Hydra's own files go with the outputs
     sys.argv = [sys.argv[0], *argv]
     _main()
     return status["code"]

@@ -103,4 +103,4 @@ def test_cli_rejects_bad_value_before_any_work(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2
     assert "data.label_ratio" in proc.stderr
-    assert not out.exists()
+    assert not (out / "summary.json").exists() and not (out / "clients.json").exists()
