@@ -1,20 +1,23 @@
 import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
+from fedlabel.cli import register_configs
 from fedlabel.data import DataError, load_fashion_mnist
 
 
 def tiny_config(tmp_path, *, engine: str = "inprocess", algorithm: str = "fedlabel", seed: int = 0, name: str = "run") -> dict:
-    """A real Fashion-MNIST run shrunk to seconds: 2,000 training images over 4 clients."""
-    return {
-        "algorithm": {"name": algorithm, "local_steps": 3, **({"unlabeled_steps": 3} if algorithm == "fedlabel" else {})},
-        "data": {"num_clients": 4, "train_samples": 2000, "alpha": 0.5, "label_ratio": 0.1},
-        "engine": {"name": engine},
-        "rounds": 2,
-        "clients_per_round": 2,
-        "seed": seed,
-        "device": "cpu",
-        "output_dir": str(tmp_path / name),
-    }
+    """The `smoke` experiment (real Fashion-MNIST shrunk to 2,000 images over 4 clients, 2 rounds)
+    with fewer local steps, composed by Hydra exactly as the CLI does."""
+    steps = ["algorithm.local_steps=3"] + (["algorithm.unlabeled_steps=3"] if algorithm == "fedlabel" else [])
+    register_configs()
+    with initialize_config_module(config_module="configs", version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=["experiment=smoke", f"engine={engine}", f"algorithm={algorithm}", *steps, f"seed={seed}",
+                       "device=cpu", f"output_dir={tmp_path / name}"],
+        )  # fmt: skip
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
