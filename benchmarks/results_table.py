@@ -190,7 +190,7 @@ def write_report(args, methods, jobs, results, flower) -> None:
             fl, ip = flower["flower"][1]["curve"], flower["inprocess"][1]["curve"]
             same = sum(a == b for a, b in zip(fl, table_run["curve"]))
             first = next((i + 1 for i, (a, b) in enumerate(zip(fl, ip)) if a != b), None)
-            lines += ["", f"Reproducibility across engines: the Flower run's test accuracy equals, bit for bit, that of the",
+            lines += ["", "Reproducibility across engines: the Flower run's test accuracy equals, bit for bit, that of the",
                       f"table's in-process run with the same seed and one torch thread in {same} of {len(fl)} rounds. The",
                       "in-process run above used two torch threads, which sums inside convolutions in another order:",
                       f"its accuracy first differs in round {first} and the runs then drift apart (chaotic training under",

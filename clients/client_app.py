@@ -10,12 +10,14 @@ import functools
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch import nn
 
 from fedlabel import keys
 from fedlabel.algorithms import build_algorithm
 from fedlabel.config import Config, DataConfig, config_from_run_config
 from fedlabel.data import FederatedData
-from fedlabel.federation import client_generator, initial_model, load_federated
+from fedlabel.federation import client_generator, load_federated
+from fedlabel.models import build_model
 from fedlabel.training import resolve_device
 
 app = ClientApp()
@@ -24,6 +26,12 @@ app = ClientApp()
 @functools.lru_cache(maxsize=2)
 def _federated(data: DataConfig, seed: int) -> FederatedData:
     return load_federated(Config(data=data, seed=seed))
+
+
+@functools.lru_cache(maxsize=2)
+def _model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """A resident model skeleton per worker process; its parameters come with each message."""
+    return build_model(name, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
 
 
 def _setup(msg: Message, context: Context):
@@ -39,9 +47,8 @@ def _setup(msg: Message, context: Context):
 def query(msg: Message, context: Context) -> Message:
     """Report this node's partition id and data statistics (no raw data leaves)."""
     _, fed, cid = _setup(msg, context)
-    stats = fed.client_stats()[cid]
-    record = MetricRecord({k: v for k, v in stats.items()})
-    return Message(RecordDict({keys.STATS: record}), reply_to=msg)
+    stats = MetricRecord(fed.clients[cid].stats(fed.num_classes))
+    return Message(RecordDict({keys.STATS: stats}), reply_to=msg)
 
 
 @app.train()
@@ -49,7 +56,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg, fed, cid = _setup(msg, context)
     rnd = int(msg.content[keys.CONFIG][keys.ROUND])
     device = resolve_device(cfg.device)
-    model, _ = initial_model(cfg, in_channels=fed.in_channels, num_classes=fed.num_classes, image_size=fed.image_size)
+    model = _model(cfg.model.name, fed.in_channels, fed.num_classes, fed.image_size)
     global_params = {k: v.to(device) for k, v in msg.content[keys.ARRAYS].to_torch_state_dict().items()}
     update = build_algorithm(cfg.algorithm).client_update(
         model,

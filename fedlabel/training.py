@@ -95,7 +95,7 @@ def sgd_train(
 def predict_logits(model: nn.Module, params: Params, images: torch.Tensor, *, device: torch.device, chunk: int = 256) -> torch.Tensor:
     """Logits for uint8 images, computed in chunks on ``device``; returned on ``device``."""
     if len(images) == 0:
-        return forward(model, params, to_float(images[:1].to(device)).new_zeros(1, *images.shape[1:]))[:0]
+        return forward(model, params, torch.zeros(1, *images.shape[1:], device=device))[:0]  # N x C with N = 0
     outs = [forward(model, params, to_float(images[i : i + chunk].to(device))) for i in range(0, len(images), chunk)]
     return torch.cat(outs)
 

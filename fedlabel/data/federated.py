@@ -48,6 +48,20 @@ class ClientData:
     def num_unlabeled(self) -> int:
         return len(self.unlabeled_images)
 
+    def stats(self, num_classes: int) -> dict[str, Any]:
+        """Id, sizes and class histograms (unlabeled_histogram is None without true labels)."""
+
+        def histogram(labels: torch.Tensor | None) -> list[int] | None:
+            return None if labels is None else torch.bincount(labels, minlength=num_classes).tolist()
+
+        return {
+            "client_id": self.client_id,
+            "num_labeled": self.num_labeled,
+            "num_unlabeled": self.num_unlabeled,
+            "labeled_histogram": histogram(self.labeled_labels),
+            "unlabeled_histogram": histogram(self.unlabeled_true_labels),
+        }
+
 
 @dataclass(frozen=True)
 class FederatedData:
@@ -62,20 +76,7 @@ class FederatedData:
 
     def client_stats(self) -> list[dict[str, Any]]:
         """Per client: id, sizes and class histograms (unlabeled_histogram is None without true labels)."""
-
-        def histogram(labels: torch.Tensor | None) -> list[int] | None:
-            return None if labels is None else torch.bincount(labels, minlength=self.num_classes).tolist()
-
-        return [
-            {
-                "client_id": c.client_id,
-                "num_labeled": c.num_labeled,
-                "num_unlabeled": c.num_unlabeled,
-                "labeled_histogram": histogram(c.labeled_labels),
-                "unlabeled_histogram": histogram(c.unlabeled_true_labels),
-            }
-            for c in self.clients
-        ]
+        return [c.stats(self.num_classes) for c in self.clients]
 
 
 def load_images(*, name: str, root: str, cache_dir: str, download: bool) -> ImageDataset:
