@@ -1,21 +1,25 @@
 """Flower ClientApp: decode the message, call the library's client update, encode the reply.
 
-Client data is rebuilt deterministically from (data config, seed) in each worker process and
-cached there; clients keep no state between rounds (FedLabel restarts both branches from the
-global model every round), so nothing goes into Context.state."""
+In simulation, client data is rebuilt deterministically from (data config, seed) in each worker
+process and cached there. In a deployment, the SuperNode's node config names its site directory
+(``site-dir``, optionally ``site-id``): the site's own files are read and checked against the
+model input the server sends, and the server assigns the client id. Clients keep no state between
+rounds (FedLabel restarts both branches from the global model every round), so nothing goes into
+Context.state."""
 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedlabel import keys
 from fedlabel.algorithms import build_algorithm
 from fedlabel.config import Config, DataConfig, config_from_run_config
-from fedlabel.data import FederatedData
+from fedlabel.data import ClientData, FederatedData, load_site
 from fedlabel.federation import client_generator, load_federated
 from fedlabel.models import build_model
 from fedlabel.training import resolve_device
@@ -34,34 +38,59 @@ def _model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn
     return build_model(name, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
 
 
-def _setup(msg: Message, context: Context):
+@functools.lru_cache(maxsize=2)
+def _site(site_dir: str, client_id: int, in_channels: int, image_size: int, num_classes: int) -> ClientData:
+    return load_site(site_dir, in_channels=in_channels, image_size=image_size, num_classes=num_classes, client_id=client_id)
+
+
+def _setup(msg: Message, context: Context) -> tuple[Config, ClientData, tuple[int, int, int]]:
+    """(config, this client's data, (in_channels, num_classes, image_size))."""
     cfg = config_from_run_config(context.run_config)
+    if keys.SITE_DIR in context.node_config:
+        config = msg.content[keys.CONFIG]
+        shape = (int(config[keys.IN_CHANNELS]), int(config[keys.NUM_CLASSES]), int(config[keys.IMAGE_SIZE]))
+        cid = int(config.get(keys.CLIENT_ID, 0))  # assigned by the server after the query
+        site = _site(str(context.node_config[keys.SITE_DIR]), cid, shape[0], shape[2], shape[1])
+        return cfg, site, shape
     fed = _federated(cfg.data, cfg.seed)
     cid = int(context.node_config[keys.PARTITION_ID])
     if not 0 <= cid < len(fed.clients):
         raise ValueError(f"node_config {keys.PARTITION_ID}={cid} is outside 0..{len(fed.clients) - 1}")
-    return cfg, fed, cid
+    return cfg, fed.clients[cid], (fed.in_channels, fed.num_classes, fed.image_size)
+
+
+def site_name(node_config) -> str:
+    """A deployed site's name: node config site-id, else the name of its site directory."""
+    name = node_config.get(keys.SITE_ID) or Path(str(node_config[keys.SITE_DIR])).expanduser().resolve().name
+    return str(name)
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Report this node's partition id and data statistics (no raw data leaves)."""
-    _, fed, cid = _setup(msg, context)
-    stats = MetricRecord(fed.clients[cid].stats(fed.num_classes))
-    return Message(RecordDict({keys.STATS: stats}), reply_to=msg)
+    """Report this node's partition id (simulation) or site name (deployment) and its data
+    statistics (no raw data leaves)."""
+    _, client, shape = _setup(msg, context)
+    stats = {k: v for k, v in client.stats(shape[1]).items() if v is not None}
+    content = RecordDict()
+    if keys.SITE_DIR in context.node_config:
+        del stats["client_id"]  # the server assigns it
+        content[keys.SITE] = ConfigRecord({keys.SITE_ID: site_name(context.node_config)})
+    content[keys.STATS] = MetricRecord(stats)
+    return Message(content, reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    cfg, fed, cid = _setup(msg, context)
+    cfg, client, shape = _setup(msg, context)
+    cid = client.client_id
     rnd = int(msg.content[keys.CONFIG][keys.ROUND])
     device = resolve_device(cfg.device)
-    model = _model(cfg.model.name, fed.in_channels, fed.num_classes, fed.image_size)
+    model = _model(cfg.model.name, *shape)
     global_params = {k: v.to(device) for k, v in msg.content[keys.ARRAYS].to_torch_state_dict().items()}
     update = build_algorithm(cfg.algorithm).client_update(
         model,
         global_params,
-        fed.clients[cid],
+        client,
         generator=client_generator(seed=cfg.seed, round=rnd, client_id=cid),
         device=device,
     )

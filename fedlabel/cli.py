@@ -3,6 +3,8 @@
   fedlabel simulate [hydra overrides]   run a simulation (engine=flower by default)
   fedlabel flower-config [--write]      print (or rewrite in pyproject.toml) the
                                         [tool.flwr.app.config] section from the schema
+  fedlabel deploy <command> ...         run on real sites (server, join, submit, ...;
+                                        `fedlabel deploy -h`, docs/deploy.md)
 """
 
 from __future__ import annotations
@@ -122,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd == "simulate":
         return _simulate(rest)
+    if cmd == "deploy":
+        from fedlabel.deploy import main as deploy_main
+
+        return deploy_main(rest)
     if cmd == "flower-config":
         if "--write" in rest:
             write_flower_config(Path(__file__).resolve().parents[1] / "pyproject.toml")

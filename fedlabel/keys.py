@@ -11,3 +11,11 @@ PARTITION_ID = "partition-id"  # node_config key in simulation and deployment
 NUM_PARTITIONS = "num-partitions"
 CLIENT_ID = "client-id"
 WEIGHT = "weight"  # r_k
+
+# Deployment: a SuperNode's node_config names its site; the server tells clients the model's input.
+SITE_DIR = "site-dir"  # node_config: the site's data directory (see fedlabel.data.site)
+SITE_ID = "site-id"  # node_config: the site's name (default: the site directory's name)
+SITE = "site"  # ConfigRecord of a site's name (query reply, deployment only)
+IN_CHANNELS = "in-channels"
+IMAGE_SIZE = "image-size"
+NUM_CLASSES = "num-classes"

@@ -1,11 +1,14 @@
 """Flower ServerApp: the library's server loop with Flower messages as the transport.
 
 Round logic (cohort sampling, aggregation, evaluation, outputs) is fedlabel.federation's; this
-file only discovers which node holds which partition, sends train messages to the sampled
-nodes, and decodes their replies into ClientUpdates."""
+file only discovers which node holds which client (a simulated partition, or a real site that
+reads its own data), sends train messages to the sampled nodes, and decodes their replies into
+ClientUpdates. In a deployment, data.name/data.root name the server's own test set (only its test
+split is used, for central evaluation)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -15,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedlabel import keys
 from fedlabel.algorithms import ClientUpdate
 from fedlabel.config import config_from_run_config, config_to_dict
+from fedlabel.errors import check
 from fedlabel.federation import initial_model, load_dataset, run_federation
 from fedlabel.report import RunRecorder
 from fedlabel.training import Params, resolve_device
@@ -25,28 +29,66 @@ app = ServerApp()
 NODE_WAIT_S = 60.0
 
 
-def discover_partitions(grid: Grid, num_clients: int) -> tuple[dict[int, int], list[dict]]:
-    """Ask every node for its partition id and data statistics: {partition: node_id}, stats."""
+def discover_clients(grid: Grid, num_clients: int, shape: ConfigRecord) -> tuple[dict[int, int], list[dict]]:
+    """Ask every connected node which client it is: ({client_id: node_id}, per-client stats).
+
+    Simulation: each node reports its partition id, and every id in 0..num_clients-1 must answer.
+    Deployment: each node reports its site name; the server waits for num_clients sites and uses
+    all that answer, numbered 0..K-1 in name order (see :func:`assign_client_ids`)."""
     deadline = time.monotonic() + NODE_WAIT_S
     node_ids = list(grid.get_node_ids())
     while len(node_ids) < num_clients and time.monotonic() < deadline:
         time.sleep(1.0)
         node_ids = list(grid.get_node_ids())
-    msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in node_ids]
-    nodes: dict[int, int] = {}
-    stats: list[dict] = []
+    msgs = [
+        Message(RecordDict({keys.CONFIG: shape}), dst_node_id=n, message_type=MessageType.QUERY) for n in node_ids
+    ]
+    answers: dict[int, dict] = {}
+    sites: dict[int, str] = {}
+    failures: list[str] = []
     for reply in grid.send_and_receive(msgs, timeout=NODE_WAIT_S):
+        node = reply.metadata.src_node_id
         if reply.has_error():
-            log.warning("node %s failed the query: %s", reply.metadata.src_node_id, reply.error.reason)
+            log.warning("node %s failed the query: %s", node, reply.error.reason)
+            failures.append(f"node {node}: {reply.error.reason}")
             continue
-        record = dict(reply.content[keys.STATS])
-        nodes[int(record["client_id"])] = reply.metadata.src_node_id
-        stats.append(record)
+        answers[node] = dict(reply.content[keys.STATS])
+        if keys.SITE in reply.content.config_records:
+            sites[node] = str(reply.content[keys.SITE][keys.SITE_ID])
+    if sites:
+        return _deployed_sites(answers, sites, num_clients, failures)
+    nodes = {int(record["client_id"]): node for node, record in answers.items()}
     missing = sorted(set(range(num_clients)) - set(nodes))
     if missing:
         raise RuntimeError(f"no node answered for partition(s) {missing[:10]}{'...' if len(missing) > 10 else ''}; "
-                           f"{len(node_ids)} nodes connected, data.num_clients={num_clients}")
-    return nodes, sorted(stats, key=lambda s: s["client_id"])
+                           f"{len(node_ids)} nodes connected, data.num_clients={num_clients}"
+                           + (f"; failures: {'; '.join(failures)}" if failures else ""))  # fmt: skip
+    return nodes, sorted(answers.values(), key=lambda s: s["client_id"])
+
+
+def assign_client_ids(sites: dict[int, str]) -> dict[int, int]:
+    """{node_id: site name} -> {client_id: node_id}, client ids 0..K-1 in site-name order, so a
+    run's client ids (and with them its seeded sampling) depend on which sites took part, not on
+    the order in which they connected."""
+    names = sorted(sites.values())
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise RuntimeError(f"several nodes report the same site name {', '.join(map(repr, duplicates))}; "
+                           "give each SuperNode its own site-id in its node config")  # fmt: skip
+    by_name = {name: node for node, name in sites.items()}
+    return {cid: by_name[name] for cid, name in enumerate(names)}
+
+
+def _deployed_sites(answers: dict[int, dict], sites: dict[int, str], num_clients: int, failures: list[str]):
+    if len(sites) != len(answers):
+        raise RuntimeError("some nodes report a site directory and others a simulated partition; "
+                           "a run is either simulated or deployed")  # fmt: skip
+    if len(sites) < num_clients:
+        raise RuntimeError(f"{len(sites)} site(s) answered ({', '.join(sorted(sites.values()))}) but the run waits for "
+                           f"data.num_clients={num_clients}" + (f"; failures: {'; '.join(failures)}" if failures else ""))  # fmt: skip
+    nodes = assign_client_ids(sites)
+    stats = [{"client_id": cid, "site": sites[node], **answers[node]} for cid, node in nodes.items()]
+    return nodes, stats
 
 
 def decode_update(reply: Message) -> ClientUpdate:
@@ -73,8 +115,13 @@ def main(grid: Grid, context: Context) -> None:
         cfg, in_channels=dataset.in_channels, num_classes=dataset.num_classes, image_size=dataset.image_size
     )
     recorder = RunRecorder(cfg.output_dir, config=config_to_dict(cfg), total_rounds=cfg.rounds, progress=False)
+    shape = {keys.IN_CHANNELS: dataset.in_channels, keys.NUM_CLASSES: dataset.num_classes, keys.IMAGE_SIZE: dataset.image_size}
     try:
-        nodes, stats = discover_partitions(grid, cfg.data.num_clients)
+        nodes, stats = discover_clients(grid, cfg.data.num_clients, ConfigRecord(shape))
+        if "site" in stats[0]:  # deployment: the federation is the sites that answered
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_clients=len(nodes)))
+            check(cfg.clients_per_round <= len(nodes), "clients_per_round",
+                  f"{cfg.clients_per_round} is more than the {len(nodes)} site(s) that answered")  # fmt: skip
     except Exception as err:
         recorder.finish(error=f"{type(err).__name__}: {err}")
         raise
@@ -84,7 +131,7 @@ def main(grid: Grid, context: Context) -> None:
         arrays = ArrayRecord(torch_state_dict={k: v.cpu() for k, v in global_params.items()})
         msgs = [
             Message(
-                RecordDict({keys.ARRAYS: arrays, keys.CONFIG: ConfigRecord({keys.ROUND: rnd})}),
+                RecordDict({keys.ARRAYS: arrays, keys.CONFIG: ConfigRecord({keys.ROUND: rnd, keys.CLIENT_ID: cid, **shape})}),
                 dst_node_id=nodes[cid],
                 message_type=MessageType.TRAIN,
             )

@@ -1,4 +1,5 @@
-"""Datasets (Fashion-MNIST, MedMNIST-style .npz), client partitions and labeled/unlabeled splits."""
+"""Datasets (Fashion-MNIST, MedMNIST-style .npz), client partitions and labeled/unlabeled splits,
+and real sites' data directories."""
 
 from fedlabel.data.dataset import ImageDataset
 from fedlabel.data.errors import DataError
@@ -6,6 +7,7 @@ from fedlabel.data.fashion_mnist import load_fashion_mnist
 from fedlabel.data.federated import ClientData, FederatedData, build_federated, load_images
 from fedlabel.data.npz import load_npz
 from fedlabel.data.partition import partition_dirichlet, partition_iid, split_labeled
+from fedlabel.data.site import load_site, save_site
 
 __all__ = [
     "ClientData",
@@ -16,7 +18,9 @@ __all__ = [
     "load_fashion_mnist",
     "load_images",
     "load_npz",
+    "load_site",
     "partition_dirichlet",
     "partition_iid",
+    "save_site",
     "split_labeled",
 ]
