@@ -137,6 +137,17 @@ def list_sites(*, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
     return flwr("supernode", "list", env=env)["nodes"]
 
 
+def parse_override(item: str) -> tuple[str, Any]:
+    """'key=value' with a TOML value (strings may go unquoted) -> (key, value)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise DeployError(f"override {item!r}: expected key=value")
+    try:
+        return key, tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key, raw
+
+
 def run_config_file(*, sites: int, output_dir: str, overrides: list[str], path: Path) -> Path:
     """Validate the run's settings locally (schema defaults + key=value overrides, TOML values) and
     write them as a run-config TOML for `flwr run`."""
@@ -145,13 +156,10 @@ def run_config_file(*, sites: int, output_dir: str, overrides: list[str], path: 
     values = default_run_config()
     values.update({"data.num_clients": sites, "output_dir": output_dir})
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or key not in values:
-            raise DeployError(f"override {item!r}: expected key=value with a known key (see `fedlabel flower-config`)")
-        try:
-            values[key] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            values[key] = raw
+        key, value = parse_override(item)
+        if key not in values:
+            raise DeployError(f"override {item!r}: unknown key {key!r} (`fedlabel flower-config` lists them)")
+        values[key] = value
     if not Path(str(values["output_dir"])).is_absolute():
         raise DeployError(f"output_dir must be an absolute path on the server machine, got {values['output_dir']!r}")
     cfg = config_from_run_config(values)

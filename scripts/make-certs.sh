@@ -31,12 +31,12 @@ for extra in "$@"; do
 done
 
 if [[ ! -f "$out/ca.crt" ]]; then
-  openssl req -x509 -newkey rsa:3072 -nodes -sha256 -days "$days" \
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 -days "$days" \
     -keyout "$out/ca.key" -out "$out/ca.crt" -subj "/O=fedlabel test CA/CN=fedlabel test CA" \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
 fi
 if [[ ! -f "$out/server.pem" ]]; then
-  openssl req -newkey rsa:3072 -nodes -sha256 -keyout "$out/server.key" -out "$out/server.csr" \
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 -keyout "$out/server.key" -out "$out/server.csr" \
     -subj "/O=fedlabel/CN=localhost" 2>/dev/null
   printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' \
     "$san" > "$out/server.ext"
