@@ -3,8 +3,10 @@
 from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate
 from fedlabel.algorithms.fedavg import FedAvg
 from fedlabel.algorithms.fedlabel import FedLabel
+from fedlabel.algorithms.fedmatch import FedMatch
+from fedlabel.algorithms.fedtrinet import FedTriNet
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (FedAvg, FedLabel)}
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (FedAvg, FedLabel, FedMatch, FedTriNet)}
 
 
 def build_algorithm(params: AlgorithmParams) -> Algorithm:

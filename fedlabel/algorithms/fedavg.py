@@ -49,7 +49,7 @@ class FedAvg(Algorithm):
     name = "fedavg"
     Params = FedAvgParams
 
-    def client_update(self, model, global_params, data, *, generator, device) -> ClientUpdate:
+    def client_update(self, model, global_params, data, *, generator, device, extras=None) -> ClientUpdate:
         local, loss = train_labeled(model, global_params, data, self.params, generator=generator, device=device)
         return ClientUpdate(
             client_id=data.client_id,
