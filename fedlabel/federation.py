@@ -78,17 +78,18 @@ def pool_metrics(updates: list[ClientUpdate]) -> dict[str, float | None]:
 
     n_u, kept = total("num_unlabeled"), total("num_kept")
     has_truth = all("num_kept_correct" in u.metrics for u in updates) and any("num_kept" in u.metrics for u in updates)
+    experts = any("num_kept_global" in u.metrics for u in updates)  # only FedLabel chooses an expert
     pooled = {
         "clients": len(updates),
         "pseudo_label_coverage": kept / n_u if n_u else None,
         "pseudo_label_accuracy": total("num_kept_correct") / kept if kept and has_truth else None,
-        "global_expert_share": total("num_kept_global") / kept if kept else None,
+        "global_expert_share": total("num_kept_global") / kept if kept and experts else None,
         # pseudo-label accuracy on the kept samples where the global (resp. local) model was the expert
         "global_expert_accuracy": total("num_kept_global_correct") / total("num_kept_global")
         if has_truth and total("num_kept_global")
         else None,
         "local_expert_accuracy": (total("num_kept_correct") - total("num_kept_global_correct")) / (kept - total("num_kept_global"))
-        if has_truth and kept - total("num_kept_global")
+        if has_truth and experts and kept - total("num_kept_global")
         else None,
         "loss_labeled": mean("loss_labeled"),
         "loss_unlabeled": mean("loss_unlabeled"),

@@ -255,16 +255,16 @@ class FedMatch(Algorithm):
         return {"embeddings": dict(self.embeddings), "helper_models": dict(self.helper_models)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.embeddings = {int(k): v for k, v in state["embeddings"].items()}
-        self.helper_models = {int(k): v for k, v in state["helper_models"].items()}
+        self.embeddings = {int(k): v for k, v in state.get("embeddings", {}).items()}
+        self.helper_models = {int(k): v for k, v in state.get("helper_models", {}).items()}
 
     # ---- client side
 
     def _helpers(self, extras: dict[str, StateDict] | None, sigma: Params) -> list[Params]:
+        """The helper models, nearest first: own sigma + helper psi, or the sent model."""
         names = sorted((n for n in (extras or {}) if n.startswith(HELPER)), key=lambda n: int(n[len(HELPER) :]))
-        if self.params.helper_payload == "psi":
-            return [compose(sigma, extras[n]) for n in names]
-        return [extras[n] for n in names]
+        sent = [{k: v.to(sigma[k].device) for k, v in extras[n].items()} for n in names]
+        return [compose(sigma, h) for h in sent] if self.params.helper_payload == "psi" else sent
 
     def client_update(self, model, global_params, data, *, generator, device, extras=None) -> ClientUpdate:
         p: FedMatchParams = self.params

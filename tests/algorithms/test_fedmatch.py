@@ -145,3 +145,13 @@ def test_params_validation_names_field():
         FedMatchParams(helper_payload="both").validate()
     with pytest.raises(ConfigError, match="algorithm.confidence_threshold"):
         FedMatchParams(confidence_threshold=1.5).validate()
+
+
+def test_pooled_round_metrics_count_helpers_and_no_expert_share():
+    from fedlabel.federation import pool_metrics
+
+    ups = [ClientUpdate(c, {}, 1.0, {"num_unlabeled": 10, "num_kept": 5, "num_kept_correct": 4, "num_helper_models": c}) for c in (1, 2)]
+    m = pool_metrics(ups)
+    assert m["helper_models"] == 3 and m["pseudo_label_coverage"] == 0.5 and m["pseudo_label_accuracy"] == 0.8
+    assert m["global_expert_share"] is None and m["local_expert_accuracy"] is None  # no expert choice in FedMatch
+    assert "helper_models" not in pool_metrics([ClientUpdate(0, {}, 1.0, {"num_labeled": 3})])
