@@ -75,8 +75,9 @@ def discover_clients(grid: Grid, num_clients: int, shape: ConfigRecord) -> tuple
     for reply in grid.send_and_receive(msgs, timeout=NODE_WAIT_S):
         node = reply.metadata.src_node_id
         if reply.has_error():
+            reason = (str(reply.error.reason).strip().splitlines() or [""])[-1]  # the last line of a traceback
             log.warning("node %s failed the query: %s", node, reply.error.reason)
-            failures.append(f"node {node}: {reply.error.reason}")
+            failures.append(f"node {node}: {reason}")
             continue
         answers[node] = dict(reply.content[keys.STATS])
         if keys.SITE in reply.content.config_records:

@@ -10,11 +10,12 @@ import json
 import signal
 import time
 
+import numpy as np
 import pytest
 
 from fedlabel import deploy
 from fedlabel.config import default_run_config
-from fedlabel.data import DataError, load_fashion_mnist
+from fedlabel.data import DataError, load_fashion_mnist, save_site
 from fedlabel.deploy_local import LocalFederation, kill
 
 RUN_TIMEOUT_S = 150
@@ -23,8 +24,8 @@ RUN_SETTINGS = ["clients_per_round=2", "algorithm.local_steps=2", "algorithm.unl
                 "algorithm.batch_size=16", "device='cpu'", "data.name='npz'"]  # fmt: skip
 
 
-def _submit(fed: LocalFederation, name: str, *overrides: str) -> int:
-    return deploy.submit(sites=2, output_dir=str(fed.work / name), env=fed.env,
+def _submit(fed: LocalFederation, name: str, *overrides: str, sites: int = 2) -> int:
+    return deploy.submit(sites=sites, output_dir=str(fed.work / name), env=fed.env,
                          overrides=[*RUN_SETTINGS, f"data.root='{fed.work / 'test.npz'}'", *overrides])  # fmt: skip
 
 
@@ -35,7 +36,7 @@ def federation(tmp_path_factory):
     except DataError as err:
         pytest.skip(f"Fashion-MNIST not installed: {err}")
     fed = LocalFederation(tmp_path_factory.mktemp("deploy"))
-    fed.make_certs(3)
+    fed.make_certs(4)
     deploy.demo_sites(fed.work, sites=2, per_site=200, label_ratio=0.1, test_samples=300)
     try:
         fed.start_server()
@@ -73,6 +74,24 @@ def test_unregistered_key_is_refused(federation):
     assert "Failed to activate SuperNode" in federation.log("site3")
     nodes = deploy.list_sites(env=federation.env)
     assert sorted(int(n["node-id"]) for n in nodes) == sorted(federation.node_ids.values())
+
+
+def test_bad_site_data_fails_the_run_naming_the_file(federation):
+    """A third site whose images have 3 channels (the server's test set has 1): the run stops
+    before round 1 and its error names the site's file and the problem."""
+    bad = federation.work / "site4"
+    save_site(bad, labeled_images=np.zeros((4, 3, 28, 28), np.uint8), labeled_labels=np.arange(4))
+    federation.register("site4")
+    proc = federation.join("site4")
+    try:
+        federation.wait_online(3)
+        run_id = _submit(federation, "bad", "rounds=1", sites=3)
+        state = deploy.wait_run(run_id, timeout=RUN_TIMEOUT_S, env=federation.env)
+    finally:
+        kill(proc)  # SIGTERM: the SuperNode signs off
+    assert state["status"] == "finished:failed"
+    error = json.loads((federation.work / "bad" / "summary.json").read_text())["error"]
+    assert f"{bad / 'labeled.npz'}: x has 3 channel(s)" in error and "have 1" in error
 
 
 FAULTS = "faults.round_deadline_s" in default_run_config()
