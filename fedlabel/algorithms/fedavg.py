@@ -78,7 +78,7 @@ class FedAvg(Algorithm):
         """FedProx's mu for the supervised branch (0 = plain FedAvg)."""
         return 0.0
 
-    def client_update(self, model, global_params, data, *, generator, device) -> ClientUpdate:
+    def client_update(self, model, global_params, data, *, generator, device, extras=None) -> ClientUpdate:
         local, loss = train_labeled(
             model, global_params, data, self.params, generator=generator, device=device, mu=self.proximal_mu()
         )

@@ -107,7 +107,7 @@ class FedAvgFixMatch(Algorithm):
         """(loss, keep mask, pseudo-labels) of one unlabeled batch; UDA overrides this."""
         return fixmatch_loss(weak_logits, strong_logits, threshold=self.params.threshold)
 
-    def client_update(self, model, global_params, data, *, generator, device) -> ClientUpdate:
+    def client_update(self, model, global_params, data, *, generator, device, extras=None) -> ClientUpdate:
         p: SemiSupervisedParams = self.params
         x_u = data.unlabeled_images.to(device)
         truth = data.unlabeled_true_labels.to(device) if data.unlabeled_true_labels is not None else None
