@@ -16,7 +16,8 @@ KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+def read_arrays(path: Path, keys: tuple[str, ...] = KEYS) -> dict[str, np.ndarray]:
+    """The arrays named keys from the .npz archive at path (no pickles); errors name the file."""
     if not path.is_file():
         raise DataError(f"{path}: .npz file is missing")
     try:
@@ -24,13 +25,13 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     except _READ_ERRORS as err:
         raise DataError(f"{path}: not a valid .npz archive ({err})") from err
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: holds a single array, expected an .npz archive with keys {', '.join(KEYS)}")
+        raise DataError(f"{path}: holds a single array, expected an .npz archive with keys {', '.join(keys)}")
     with archive:
-        missing = [key for key in KEYS if key not in archive.files]
+        missing = [key for key in keys if key not in archive.files]
         if missing:
             raise DataError(f"{path}: missing key(s) {', '.join(missing)}; found {', '.join(archive.files) or 'none'}")
         try:
-            return {key: archive[key] for key in KEYS}
+            return {key: archive[key] for key in keys}
         except _READ_ERRORS as err:
             raise DataError(f"{path}: corrupt .npz archive ({err})") from err
 
@@ -75,7 +76,7 @@ def load_npz(path: str) -> ImageDataset:
     val_* keys are ignored; num_classes is the largest label + 1 over both splits.
     """
     file = Path(path).expanduser()
-    arrays = _read_arrays(file)
+    arrays = read_arrays(file)
     tensors = {}
     for split in ("train", "test"):
         images = _images(file, f"{split}_images", arrays[f"{split}_images"])

@@ -13,8 +13,6 @@ image size, number of classes, all sent by the server); an error names the file 
 
 from __future__ import annotations
 
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,27 +20,10 @@ import torch
 
 from fedlabel.data.errors import DataError
 from fedlabel.data.federated import ClientData
+from fedlabel.data.npz import read_arrays
 
 LABELED = "labeled.npz"
 UNLABELED = "unlabeled.npz"
-_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
-
-
-def _read(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except _READ_ERRORS as err:
-        raise DataError(f"{path}: not a valid .npz archive ({err})") from err
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: holds a single array, expected an .npz archive with key(s) {', '.join(keys)}")
-    with archive:
-        missing = [k for k in keys if k not in archive.files]
-        if missing:
-            raise DataError(f"{path}: missing key(s) {', '.join(missing)}; found {', '.join(archive.files) or 'none'}")
-        try:
-            return {k: archive[k] for k in keys}
-        except _READ_ERRORS as err:
-            raise DataError(f"{path}: corrupt .npz archive ({err})") from err
 
 
 def _images(path: Path, x: np.ndarray, *, in_channels: int, image_size: int) -> torch.Tensor:
@@ -83,14 +64,14 @@ def load_site(site_dir: str | Path, *, in_channels: int, image_size: int, num_cl
     labeled_path = root / LABELED
     if not labeled_path.is_file():
         raise DataError(f"{labeled_path}: file is missing; a site needs labeled.npz with x and y")
-    labeled = _read(labeled_path, ("x", "y"))
+    labeled = read_arrays(labeled_path, ("x", "y"))
     x = _images(labeled_path, labeled["x"], in_channels=in_channels, image_size=image_size)
     if len(x) == 0:
         raise DataError(f"{labeled_path}: holds no labeled images")
     y = _labels(labeled_path, labeled["y"], n=len(x), num_classes=num_classes)
     unlabeled_path = root / UNLABELED
     if unlabeled_path.is_file():
-        u = _images(unlabeled_path, _read(unlabeled_path, ("x",))["x"], in_channels=in_channels, image_size=image_size)
+        u = _images(unlabeled_path, read_arrays(unlabeled_path, ("x",))["x"], in_channels=in_channels, image_size=image_size)
     else:
         u = torch.empty((0, in_channels, image_size, image_size), dtype=torch.uint8)
     return ClientData(client_id=client_id, labeled_images=x, labeled_labels=y, unlabeled_images=u, unlabeled_true_labels=None)
