@@ -24,6 +24,7 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     top = {f.name: getattr(Config(), f.name) for f in dataclasses.fields(Config) if f.name not in ("algorithm", "data", "model", "engine")}
+    top = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in top.items()}  # e.g. faults
     cs.store(name="fedlabel_defaults", node=top)
     for name, algo in ALGORITHMS.items():
         cs.store(group="algorithm", name=name, node=dataclasses.asdict(algo.Params()))

@@ -71,6 +71,17 @@ class Algorithm:
     ) -> ClientUpdate:
         raise NotImplementedError
 
+    def delta_names(self) -> frozenset[str]:
+        """The names of the deltas every client update must carry (checked before aggregation)."""
+        return frozenset({"model"})
+
+    def state_dict(self) -> dict:
+        """Server-side state carried between rounds (saved in checkpoints); none by default."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
     def aggregate(self, global_params: Params, updates: list[ClientUpdate]) -> Params:
         """FedAvg over deltas with server learning rate 1: w + sum_k (r_k / sum_j r_j) Delta_k.
         Updates are summed in client-id order so both engines do identical arithmetic."""
