@@ -74,7 +74,8 @@ def collect_replies(replies: list[Message], cohort: list[int], nodes: dict[int, 
     for reply in replies:
         cid = client_of.get(reply.metadata.src_node_id, -1)
         if reply.has_error():
-            results.append(ClientFailure(cid, CRASHED, str(reply.error.reason)[-300:]))
+            last_line = (str(reply.error.reason).strip().splitlines() or [""])[-1]  # after Flower's traceback
+            results.append(ClientFailure(cid, CRASHED, last_line[-300:]))
             continue
         try:
             update = decode_update(reply)
