@@ -23,7 +23,7 @@ from fedlabel.validation import CLIENT, UNDECODABLE, Rejection
 log = logging.getLogger("fedlabel.server")
 app = ServerApp()
 
-NODE_WAIT_S = 60.0
+NODE_WAIT_S = 180.0  # nodes start Ray workers, import torch and load data before the first reply
 
 
 def discover_partitions(grid: Grid, num_clients: int) -> tuple[dict[int, int], list[dict]]:

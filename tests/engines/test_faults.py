@@ -80,8 +80,12 @@ def test_min_clients_fails_the_run_and_keeps_the_last_checkpoint(tmp_path):
     assert summary["status"] == "failed" and "RoundFailed" in summary["error"] and len(summary["rounds"]) == 1
 
 
-def test_flower_faults_are_real_and_match_inprocess(tmp_path):
-    flower = run_config(_faulty_config(tmp_path, "flower", "flower"), progress=False)
+def test_flower_faults_are_real_resume_works_and_both_match_inprocess(tmp_path):
+    """Flower: rounds 1-2, then resumed from the checkpoint for round 3, equals the
+    uninterrupted in-process run (same participants and failures; same accuracies at one thread)."""
+    cfg = _faulty_config(tmp_path, "flower", "flower")
+    run_config({**cfg, "rounds": 2}, progress=False)
+    flower = run_config({**cfg, "resume": True}, progress=False)
     _check_fault_records(flower)
     crash = next(f for f in flower["rounds"][0]["failed"] if f["reason"] == CRASHED)
     assert "injected crash in round 1" in crash["detail"]  # Flower's error reply to the ClientApp's exception
@@ -93,6 +97,7 @@ def test_flower_faults_are_real_and_match_inprocess(tmp_path):
         torch.set_num_threads(threads)
     for f, i in zip(flower["rounds"], inproc["rounds"], strict=True):
         assert f["participants"] == i["participants"] and f["accuracy"] == i["accuracy"]
+        assert [(x["client"], x["reason"]) for x in f["failed"]] == [(x["client"], x["reason"]) for x in i["failed"]]
 
 
 # --- decoding Flower replies: the server survives anything a client sends -------------------
