@@ -135,9 +135,12 @@ def _coerce(value: Any, kind: type, name: str) -> Any:
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Build and validate a Config from a nested dict (e.g. a resolved Hydra config)."""
     values = dict(values)
-    algo = dict(values.pop("algorithm", {}) or {})
+    algo = values.pop("algorithm", {}) or {}
+    if not isinstance(algo, dict):
+        raise ConfigError(f"algorithm must be a group of settings, got {algo!r}")
+    algo = dict(algo)
     name = algo.get("name", "fedlabel")
-    if name not in ALGORITHMS:
+    if not isinstance(name, str) or name not in ALGORITHMS:
         raise ConfigError(f"algorithm.name: unknown algorithm {name!r}; choose from {sorted(ALGORITHMS)}")
     params = _build(ALGORITHMS[name].Params, algo, "algorithm.")
     cfg = _build(Config, values, "")

@@ -18,7 +18,7 @@ from torch import nn
 from fedlabel.algorithms import Algorithm, ClientUpdate, build_algorithm
 from fedlabel.checkpoint import check_resumable, load_checkpoint, save_checkpoint, set_rng_states
 from fedlabel.config import Config, config_to_dict
-from fedlabel.data import FederatedData, ImageDataset, build_federated, load_images
+from fedlabel.data import DataError, FederatedData, ImageDataset, build_federated, load_images
 from fedlabel.faults import TIMEOUT, ClientFailure
 from fedlabel.models import build_model
 from fedlabel.report import RunRecorder
@@ -72,7 +72,13 @@ def load_federated(cfg: Config, dataset: ImageDataset | None = None) -> Federate
 def initial_model(cfg: Config, *, in_channels: int, num_classes: int, image_size: int) -> tuple[nn.Module, Params]:
     """The model skeleton and the seeded initial global parameters."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model.name, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+    try:
+        model = build_model(cfg.model.name, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+    except ValueError as err:
+        raise DataError(
+            f"model.name={cfg.model.name} cannot take this data ({in_channels} x {image_size} x {image_size} images, "
+            f"{num_classes} classes): {err}"
+        ) from err
     return model, get_params(model)
 
 
