@@ -111,12 +111,14 @@ def pool_metrics(updates: list[ClientUpdate]) -> dict[str, float | None]:
     }
 
 
-def open_recorder(cfg: Config, *, progress: bool) -> RunRecorder:
+def open_recorder(cfg: Config, *, progress: bool, on_round: Callable[[dict], None] | None = None) -> RunRecorder:
     """The run's recorder. With cfg.resume, the checkpoint in cfg.output_dir is checked against
     cfg (ConfigError naming the differing fields) and its rounds are restored; nothing is written
     before that check passes."""
     config = config_to_dict(cfg)
-    recorder = RunRecorder(cfg.output_dir, config=config, total_rounds=cfg.rounds, progress=progress, resume=cfg.resume)
+    recorder = RunRecorder(
+        cfg.output_dir, config=config, total_rounds=cfg.rounds, progress=progress, resume=cfg.resume, on_round=on_round
+    )
     if cfg.resume:
         state = load_checkpoint(cfg.output_dir)
         check_resumable(state, config)

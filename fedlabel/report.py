@@ -9,6 +9,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +52,18 @@ class RunRecorder:
     """Collects round records and writes them to ``output_dir`` as they arrive."""
 
     def __init__(
-        self, output_dir: str | Path, *, config: dict[str, Any], total_rounds: int, progress: bool = True, resume: bool = False
+        self,
+        output_dir: str | Path,
+        *,
+        config: dict[str, Any],
+        total_rounds: int,
+        progress: bool = True,
+        resume: bool = False,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        """With ``resume`` nothing in output_dir is touched until :meth:`restore` is called."""
+        """With ``resume`` nothing in output_dir is touched until :meth:`restore` is called.
+        ``on_round`` is called with each new round record once it is written."""
+        self.on_round = on_round
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = config
@@ -101,6 +111,8 @@ class RunRecorder:
             postfix["coverage"] = f"{record['pseudo_label_coverage']:.2f}"
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(1)
+        if self.on_round is not None:
+            self.on_round(record)
 
     def final_accuracy(self) -> float | None:
         evaluated = [r["accuracy"] for r in self.rounds if r.get("accuracy") is not None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fedlabel.algorithms import build_algorithm
@@ -11,13 +12,14 @@ from fedlabel.federation import client_generator, initial_model, load_federated,
 from fedlabel.training import Params, resolve_device
 
 
-def run_inprocess(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
-    """Run the whole simulation in this process; returns the summary dict."""
+def run_inprocess(cfg: Config, *, progress: bool = True, on_round: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Run the whole simulation in this process; returns the summary dict. ``on_round`` is
+    called with each round's record (e.g. to sample memory)."""
     device = resolve_device(cfg.device)
     fed = load_federated(cfg)
     model, params = initial_model(cfg, in_channels=fed.in_channels, num_classes=fed.num_classes, image_size=fed.image_size)
     algorithm = build_algorithm(cfg.algorithm)
-    recorder = open_recorder(cfg, progress=progress)
+    recorder = open_recorder(cfg, progress=progress, on_round=on_round)
     recorder.write_json("clients.json", fed.client_stats())
 
     def train_client(rnd: int, cid: int, global_params: Params):
