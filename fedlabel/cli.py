@@ -58,6 +58,7 @@ def _simulate(argv: list[str]) -> int:
     from fedlabel.config import ConfigError
     from fedlabel.data import DataError
     from fedlabel.engines.flower import FlowerRunError
+    from fedlabel.federation import RoundFailed
     from fedlabel.report import format_table
 
     register_configs()
@@ -68,9 +69,12 @@ def _simulate(argv: list[str]) -> int:
         values = OmegaConf.to_container(hcfg, resolve=True)
         try:
             summary = run_config(values)
-        except (ConfigError, DataError, FlowerRunError) as err:
-            kind = {ConfigError: "config", DataError: "data", FlowerRunError: "flower"}[type(err)]
+        except (ConfigError, DataError, FlowerRunError, RoundFailed) as err:
+            kind = {ConfigError: "config", DataError: "data", FlowerRunError: "flower", RoundFailed: "run"}[type(err)]
             print(f"fedlabel: {kind} error: {err}", file=sys.stderr)
+            if isinstance(err, RoundFailed):
+                print("fedlabel: the rounds before it are in summary.json; resume=true continues from the last checkpoint",
+                      file=sys.stderr)  # fmt: skip
             status["code"] = 2
             return
         print(format_table(summary["rounds"]))

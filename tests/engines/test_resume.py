@@ -43,7 +43,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
     reference = _simulate(full)
     victim = _simulate(killed)
     deadline = time.monotonic() + 120
-    while _rounds_written(killed) < 1 and victim.poll() is None and time.monotonic() < deadline:
+    while not (killed / "checkpoint.pt").exists() and victim.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
