@@ -23,8 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedlabel.config import config_from_dict  # noqa: E402
-from fedlabel.engines.inprocess import run_inprocess  # noqa: E402
+from fedlabel.config import config_from_dict
+from fedlabel.engines.inprocess import run_inprocess
 
 
 def rss_mib() -> float:
@@ -76,7 +76,7 @@ def main() -> None:
     result = {
         "command": " ".join(["python", "benchmarks/soak.py", *sys.argv[1:]]),
         "config": soak_config(args.rounds, Path("<output>")),
-        "rounds": int(len(samples)),
+        "rounds": len(samples),
         "wall_seconds": round(wall, 1),
         "seconds_per_round": round(wall / max(len(samples), 1), 3),
         "rss_mib_before_run": round(start_rss, 1),

@@ -73,7 +73,7 @@ def load_checkpoint(output_dir: str | Path) -> dict[str, Any]:
     try:
         # weights_only=False: the checkpoint also holds numpy/python RNG states; it is our own file.
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+    except Exception as err:  # any unreadable file is reported the same way
         raise ConfigError(f"resume: cannot read {path} ({type(err).__name__}: {err})") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConfigError(f"resume: {path} is not a fedlabel checkpoint of format {FORMAT}")

@@ -46,7 +46,8 @@ def check_update(
 
     Every named delta must have exactly the global parameters' names, shapes and dtypes and
     finite values; the L2 norm over all deltas must be at most ``max_update_norm`` (0 = no
-    bound); the weight r_k must be finite and in [0, max_weight]; metrics must be finite numbers."""
+    bound); the weight r_k must be finite and in [0, max_weight]; metrics must be finite numbers
+    (or lists of them)."""
 
     def reject(reason: str, detail: str) -> Rejection:
         return Rejection(update.client_id, reason, detail)
@@ -77,8 +78,9 @@ def check_update(
     if not isinstance(weight, (int, float)) or not math.isfinite(weight) or not 0 <= weight <= max_weight:
         return reject(WEIGHT, f"weight r_k={weight!r} is not in [0, {max_weight:g}]")
     for key, value in update.metrics.items():
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            return reject(NON_FINITE, f"metric {key}={value!r} is not a finite number")
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            return reject(NON_FINITE, f"metric {key}={value!r} is not a finite number (or list of them)")
     return None
 
 

@@ -43,6 +43,8 @@ def _with(key: str, value) -> dict:
 
 def test_valid_update_passes():
     assert check_update(_update(), GLOBAL, delta_names=MODEL, max_update_norm=10.0, max_weight=5.0) is None
+    listed = _update(metrics={"num_labeled": 5, "histogram": [2, 3]})
+    assert check_update(listed, GLOBAL, delta_names=MODEL, max_update_norm=10.0, max_weight=5.0) is None
 
 
 @pytest.mark.parametrize(
@@ -63,6 +65,8 @@ def test_valid_update_passes():
         (_update(weight=math.inf), WEIGHT),
         (_update(weight=6.0), WEIGHT),  # more than the client's 5 samples
         (_update(metrics={"loss_labeled": math.nan}), NON_FINITE),
+        (_update(metrics={"histogram": [1, math.inf]}), NON_FINITE),
+        (_update(metrics={"name": "x"}), NON_FINITE),
     ],
 )
 def test_each_rejection_reason(update, reason):
