@@ -9,6 +9,7 @@ Flower cannot carry (None, lists) are not used in the schema.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +88,7 @@ class Config:
     output_dir: str = "outputs/run"
     checkpoint_every: int = 1  # write output_dir/checkpoint.pt every N rounds (and after the last)
     resume: bool = False  # continue the run in output_dir from its checkpoint
+    tensorboard: bool = False  # also log every round to output_dir/tensorboard (pip install 'fedlabel[tensorboard]')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,6 +235,8 @@ def validate(cfg: Config) -> None:
     check(bool(cfg.output_dir), "output_dir", "must not be empty")
     check(cfg.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {cfg.checkpoint_every}")
     _validate_faults(cfg.faults, cfg.clients_per_round)
+    check(not cfg.tensorboard or importlib.util.find_spec("tensorboard") is not None, "tensorboard",
+          "needs the optional package tensorboard: pip install 'fedlabel[tensorboard]' (or tensorboard=false)")  # fmt: skip
     cfg.algorithm.validate()
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from fedlabel.algorithms import Algorithm, ClientUpdate, build_algorithm
+from fedlabel.algorithms.base import ServerSetup, StateDict
 from fedlabel.checkpoint import check_resumable, load_checkpoint, save_checkpoint, set_rng_states
 from fedlabel.config import Config, config_to_dict
 from fedlabel.data import DataError, FederatedData, ImageDataset, build_federated, load_images
@@ -29,7 +30,8 @@ log = logging.getLogger("fedlabel.server")
 
 # One result per sampled client: its update, why it sent none, or why the transport rejected it.
 CohortResult = ClientUpdate | ClientFailure | Rejection
-TrainCohort = Callable[[int, list[int], Params], list[CohortResult]]
+# (round, cohort, global state, per-client extras from Algorithm.client_payload) -> results
+TrainCohort = Callable[[int, list[int], Params, dict[int, dict[str, StateDict]]], list[CohortResult]]
 
 
 class RoundFailed(RuntimeError):
@@ -94,21 +96,25 @@ def pool_metrics(updates: list[ClientUpdate]) -> dict[str, float | None]:
 
     n_u, kept = total("num_unlabeled"), total("num_kept")
     has_truth = all("num_kept_correct" in u.metrics for u in updates) and any("num_kept" in u.metrics for u in updates)
-    return {
+    experts = any("num_kept_global" in u.metrics for u in updates)  # only FedLabel chooses an expert
+    pooled = {
         "clients": len(updates),
         "pseudo_label_coverage": kept / n_u if n_u else None,
         "pseudo_label_accuracy": total("num_kept_correct") / kept if kept and has_truth else None,
-        "global_expert_share": total("num_kept_global") / kept if kept else None,
+        "global_expert_share": total("num_kept_global") / kept if kept and experts else None,
         # pseudo-label accuracy on the kept samples where the global (resp. local) model was the expert
         "global_expert_accuracy": total("num_kept_global_correct") / total("num_kept_global")
         if has_truth and total("num_kept_global")
         else None,
         "local_expert_accuracy": (total("num_kept_correct") - total("num_kept_global_correct")) / (kept - total("num_kept_global"))
-        if has_truth and kept - total("num_kept_global")
+        if has_truth and experts and kept - total("num_kept_global")
         else None,
         "loss_labeled": mean("loss_labeled"),
         "loss_unlabeled": mean("loss_unlabeled"),
     }
+    if any("num_helper_models" in u.metrics for u in updates):  # FedMatch: helper models the clients received
+        pooled["helper_models"] = int(total("num_helper_models"))
+    return pooled
 
 
 def open_recorder(cfg: Config, *, progress: bool, on_round: Callable[[dict], None] | None = None) -> RunRecorder:
@@ -156,25 +162,25 @@ def run_federation(
 
 def _rounds(cfg: Config, *, model, params, test_images, test_labels, train_cohort, recorder, device, client_sizes) -> Params:
     algorithm = build_algorithm(cfg.algorithm)
+    setup = ServerSetup(model=model, seed=cfg.seed, input_shape=tuple(test_images.shape[1:]))
+    params = algorithm.init_global({k: v.to(device) for k, v in params.items()}, setup=setup)
     first = 1
-    if cfg.resume:
+    if cfg.resume:  # the checkpoint's global state replaces the initial one
         state = load_checkpoint(recorder.dir)
-        params, first = state["params"], state["round"] + 1
+        params, first = {k: v.to(device) for k, v in state["params"].items()}, state["round"] + 1
         algorithm.load_state_dict(state["algorithm"])
         set_rng_states(state["rng"])
-    params = {k: v.to(device) for k, v in params.items()}
     for rnd in range(first, cfg.rounds + 1):
         start = time.perf_counter()
         cohort = sample_cohort(
             seed=cfg.seed, round=rnd, num_clients=cfg.data.num_clients, clients_per_round=cfg.clients_per_round
         )
-        accepted, failed, rejected = screen_round(
-            cfg, algorithm, rnd, cohort, train_cohort(rnd, cohort, params), params, client_sizes=client_sizes
-        )
+        results = train_cohort(rnd, cohort, params, algorithm.client_payload(rnd, cohort, params))
+        accepted, failed, rejected = screen_round(cfg, algorithm, rnd, cohort, results, params, client_sizes=client_sizes)
         params = algorithm.aggregate(params, accepted)
         record = {"round": rnd, **pool_metrics(accepted), "failed_clients": len(failed), "rejected_updates": len(rejected)}
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
-            record["accuracy"], record["loss"] = evaluate(model, params, test_images, test_labels, device=device)
+            record["accuracy"], record["loss"] = evaluate(model, algorithm.eval_params(params), test_images, test_labels, device=device)
         else:
             record["accuracy"] = record["loss"] = None
         record["seconds"] = time.perf_counter() - start
@@ -185,7 +191,7 @@ def _rounds(cfg: Config, *, model, params, test_images, test_labels, train_cohor
         if rnd % cfg.checkpoint_every == 0 or rnd == cfg.rounds:
             save_checkpoint(recorder.dir, round=rnd, params=params, algorithm_state=algorithm.state_dict(),
                             rounds=recorder.rounds, config=recorder.config, wall_seconds=recorder.wall_seconds())  # fmt: skip
-    return params
+    return algorithm.eval_params(params)
 
 
 def screen_round(

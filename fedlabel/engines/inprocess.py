@@ -22,15 +22,16 @@ def run_inprocess(cfg: Config, *, progress: bool = True, on_round: Callable[[dic
     recorder = open_recorder(cfg, progress=progress, on_round=on_round)
     recorder.write_json("clients.json", fed.client_stats())
 
-    def train_client(rnd: int, cid: int, global_params: Params):
+    def train_client(rnd: int, cid: int, global_params: Params, extras: dict):
         fault = draw_fault(cfg.faults, seed=cfg.seed, round=rnd, client_id=cid)
         if fault is not None:  # what the server would see of it: an error, or nothing in time
             return seen_by_server(fault, cid)
         generator = client_generator(seed=cfg.seed, round=rnd, client_id=cid)
-        return algorithm.client_update(model, global_params, fed.clients[cid], generator=generator, device=device)
+        return algorithm.client_update(model, global_params, fed.clients[cid], generator=generator, device=device,
+                                       **({"extras": extras[cid]} if extras.get(cid) else {}))  # fmt: skip
 
-    def train_cohort(rnd: int, cohort: list[int], global_params: Params):
-        return [train_client(rnd, cid, global_params) for cid in cohort]
+    def train_cohort(rnd: int, cohort: list[int], global_params: Params, extras: dict):
+        return [train_client(rnd, cid, global_params, extras) for cid in cohort]
 
     return run_federation(
         cfg,
