@@ -90,3 +90,20 @@ def test_resume_refuses_a_different_config_and_keeps_the_outputs(tmp_path):
 def test_resume_without_checkpoint_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="checkpoint.pt does not exist"):
         run_config({**tiny_config(tmp_path), "resume": True}, progress=False)
+
+
+def test_resume_restores_algorithm_server_state(tmp_path):
+    """FedMatch keeps client embeddings and models on the server (Algorithm.state_dict) and sends
+    helpers every round here: resuming after round 1 must give the uninterrupted round 2."""
+    def fedmatch(name):
+        cfg = tiny_config(tmp_path, algorithm="fedmatch", name=name)
+        cfg["algorithm"].update(helper_interval=1, num_helpers=2)
+        return cfg
+
+    whole = run_config(fedmatch("whole"), progress=False)
+    run_config({**fedmatch("parts"), "rounds": 1}, progress=False)
+    resumed = run_config({**fedmatch("parts"), "resume": True}, progress=False)
+    assert _without_timings(resumed) == _without_timings(whole)
+    assert resumed["rounds"][1]["helper_models"] > 0
+    ma, mb = torch.load(tmp_path / "whole" / "model.pt"), torch.load(tmp_path / "parts" / "model.pt")
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
