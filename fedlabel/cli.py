@@ -24,6 +24,7 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     top = {f.name: getattr(Config(), f.name) for f in dataclasses.fields(Config) if f.name not in ("algorithm", "data", "model", "engine")}
+    top = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in top.items()}  # e.g. faults
     cs.store(name="fedlabel_defaults", node=top)
     for name, algo in ALGORITHMS.items():
         cs.store(group="algorithm", name=name, node=dataclasses.asdict(algo.Params()))
@@ -57,6 +58,7 @@ def _simulate(argv: list[str]) -> int:
     from fedlabel.config import ConfigError
     from fedlabel.data import DataError
     from fedlabel.engines.flower import FlowerRunError
+    from fedlabel.federation import RoundFailed
     from fedlabel.report import format_table
 
     register_configs()
@@ -67,9 +69,12 @@ def _simulate(argv: list[str]) -> int:
         values = OmegaConf.to_container(hcfg, resolve=True)
         try:
             summary = run_config(values)
-        except (ConfigError, DataError, FlowerRunError) as err:
-            kind = {ConfigError: "config", DataError: "data", FlowerRunError: "flower"}[type(err)]
+        except (ConfigError, DataError, FlowerRunError, RoundFailed) as err:
+            kind = {ConfigError: "config", DataError: "data", FlowerRunError: "flower", RoundFailed: "run"}[type(err)]
             print(f"fedlabel: {kind} error: {err}", file=sys.stderr)
+            if isinstance(err, RoundFailed):
+                print("fedlabel: the rounds before it are in summary.json; resume=true continues from the last checkpoint",
+                      file=sys.stderr)  # fmt: skip
             status["code"] = 2
             return
         print(format_table(summary["rounds"]))
