@@ -208,21 +208,25 @@ class CohortTrainer:
             batches.append(bs)
             draws.append([draw_weak(len(b), generator=g, max_shift=p.weak_shift) for b in bs] if p.weak_shift else [])
         steps = torch.tensor([len(bs) for bs in batches])
-        index, mask, width = _padded(batches, max(int(steps.max()), 0))
+        index, mask, width = _padded(batches, int(steps.max()))
+        # every step's shifts in one tensor, moved to the device once (padding rows: no shift)
+        shifts = torch.full((*index.shape, 2), p.weak_shift, dtype=torch.long)
+        for i, ds in enumerate(draws):
+            for t, dr in enumerate(ds):
+                shifts[i, t, : len(dr.offsets)] = dr.offsets
         offsets = torch.tensor(self.labeled.offsets)[[d.client_id for d in clients]]
-        flat = (index + offsets[:, None, None]).to(self.device)
-        mask = mask.to(self.device)
+        flat, mask, shifts = (index + offsets[:, None, None]).to(self.device), mask.to(self.device), shifts.to(self.device)
+        steps_on = steps.to(self.device)
         params, velocity = self._stack(global_params, c)
         total = torch.zeros(c, device=self.device)
         for t in range(index.shape[1]):
             x = to_float(self.labeled.images[flat[:, t].flatten()])
             if p.weak_shift:
-                x = apply_weak(x, WeakDraws.cat([_step_weak(ds, t, width, p.weak_shift) for ds in draws]))
+                x = apply_weak(x, WeakDraws(p.weak_shift, shifts[:, t].flatten(0, 1), None))
             x = x.view(c, width, *self.sample_shape)
-            y = self.labeled.labels[flat[:, t]]
             m = mask[:, t]
-            grads, loss = self._labeled_step(params, x, y, m, m.sum(1))
-            active = (steps > t).to(self.device)
+            grads, loss = self._labeled_step(params, x, self.labeled.labels[flat[:, t]], m, m.sum(1))
+            active = steps_on > t
             self._sgd(params, velocity, grads, active)
             total += loss.detach() * active
         return params, (total.cpu() / steps.clamp_min(1)).tolist()
@@ -325,14 +329,6 @@ class CohortTrainer:
                 metrics["num_kept_global_correct"] = int(n_global_correct[i])
             updates.append(ClientUpdate(client_id=d.client_id, deltas=deltas, weight=float(d.num_labeled + int(n_kept[i])), metrics=metrics))
         return updates
-
-
-def _step_weak(draws: list[WeakDraws], t: int, width: int, max_shift: int) -> WeakDraws:
-    """A client's draws at step t padded to ``width`` rows (padding rows: no shift)."""
-    got = draws[t] if t < len(draws) else None
-    n = 0 if got is None else len(got.offsets)
-    pad = WeakDraws(max_shift, torch.full((width - n, 2), max_shift, dtype=torch.long), None)
-    return pad if got is None else WeakDraws.cat([got, pad])
 
 
 def _step_strong(draws: list[StrongDraws], t: int, width: int, p: FedLabelParams, h: int, w: int) -> StrongDraws:
