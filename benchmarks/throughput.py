@@ -103,7 +103,8 @@ class PeakRss:
                         pass
             tree, frontier = {os.getpid()}, [os.getpid()]
             while frontier:
-                kids = [p for p, pp in parents.items() if pp == frontier.pop() and p not in tree]
+                parent = frontier.pop()
+                kids = [p for p, pp in parents.items() if pp == parent and p not in tree]
                 tree.update(kids)
                 frontier += kids
             total = 0
