@@ -172,10 +172,11 @@ class CohortTrainer:
         if isinstance(self.p, FedLabelParams):
             return self._fedlabel(clients, global_params, gens)
         local, loss = self._labeled_branch(clients, global_params, gens)
+        delta = _minus(local, global_params)
         return [
             ClientUpdate(
                 client_id=d.client_id,
-                deltas={"model": {k: local[k][c] - global_params[k] for k in global_params}},
+                deltas={"model": {k: v[c] for k, v in delta.items()}},
                 weight=float(d.num_labeled),
                 metrics={"num_labeled": d.num_labeled, "loss_labeled": loss[c]},
             )
@@ -307,15 +308,14 @@ class CohortTrainer:
             correct = (choice.pseudo_label == truth) & choice.keep
             n_correct, n_global_correct = correct.sum(1).cpu(), (correct & choice.global_is_expert).sum(1).cpu()
         scale = 0.5 if p.delta_combination == "mean" else 1.0
+        delta_l, delta_u = _minus(local, global_params), _minus(unl, global_params)
+        if p.aggregation == "split":
+            stacked = {"labeled": delta_l, "unlabeled": delta_u}
+        else:  # as FedLabel.client_update: 0 + scale * Delta_L + scale * Delta_U
+            stacked = {"model": {k: torch.zeros_like(v).add_(v, alpha=scale).add_(delta_u[k], alpha=scale) for k, v in delta_l.items()}}
         updates = []
         for i, d in enumerate(clients):
-            delta_l = {k: local[k][i] - global_params[k] for k in global_params}
-            delta_u = {k: unl[k][i] - global_params[k] for k in global_params}
-            if p.aggregation == "split":
-                deltas = {"labeled": delta_l, "unlabeled": delta_u}
-            else:
-                deltas = {"model": {k: torch.zeros_like(delta_l[k]).add_(delta_l[k], alpha=scale).add_(delta_u[k], alpha=scale)
-                                    for k in delta_l}}  # fmt: skip
+            deltas = {name: {k: v[i] for k, v in part.items()} for name, part in stacked.items()}
             metrics = {
                 "num_labeled": d.num_labeled,
                 "num_unlabeled": d.num_unlabeled,
@@ -329,6 +329,11 @@ class CohortTrainer:
                 metrics["num_kept_global_correct"] = int(n_global_correct[i])
             updates.append(ClientUpdate(client_id=d.client_id, deltas=deltas, weight=float(d.num_labeled + int(n_kept[i])), metrics=metrics))
         return updates
+
+
+def _minus(stacked: Stacked, global_params: Params) -> Stacked:
+    """Every client's delta, one subtraction per parameter (clients' deltas are views of it)."""
+    return {k: v - global_params[k] for k, v in stacked.items()}
 
 
 def _step_strong(draws: list[StrongDraws], t: int, width: int, p: FedLabelParams, h: int, w: int) -> StrongDraws:
