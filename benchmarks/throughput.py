@@ -26,6 +26,7 @@ CUDA, torch's peak allocation in the benchmark process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -117,7 +118,26 @@ class PeakRss:
             self._stop.wait(self._every)
 
 
-def floor_rounds(cfg, fed, device) -> list[float]:
+@contextlib.contextmanager
+def _cpu_marks():
+    """Process CPU time at the end of every round the in-process server loop records."""
+    from fedlabel.report import RunRecorder
+
+    marks: list[float] = []
+    log_round = RunRecorder.log_round
+
+    def marked(self, record):
+        marks.append(time.process_time())
+        return log_round(self, record)
+
+    RunRecorder.log_round = marked
+    try:
+        yield marks
+    finally:
+        RunRecorder.log_round = log_round
+
+
+def floor_rounds(cfg, fed, device, on_round=lambda t: None) -> list[float]:
     """The workload's SGD steps and weighted average with a plain nn.Module and torch.optim.SGD:
     no per-client generators, metrics, records or evaluation. Seconds per round."""
     import torch
@@ -159,6 +179,7 @@ def floor_rounds(cfg, fed, device) -> list[float]:
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
+        on_round(time.process_time())
     return seconds
 
 
@@ -194,10 +215,10 @@ def run_single(args) -> dict:
         device = resolve_device(cfg.device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        with PeakRss() as rss:
+        with PeakRss() as rss, _cpu_marks() as cpu:
             if args.single[1] == "floor":
                 fed = load_federated(cfg)
-                seconds = floor_rounds(cfg, fed, device)
+                seconds = floor_rounds(cfg, fed, device, on_round=cpu.append)
             else:
                 summary = run_config(values, progress=False)
                 seconds = [r["seconds"] for r in summary["rounds"]]
@@ -212,11 +233,15 @@ def run_single(args) -> dict:
             updates += 1
             samples += p.local_steps * min(p.batch_size, n) if n else 0
     secs = sum(seconds[r - 1] for r in timed)
+    # CPU seconds of this process over the timed rounds (in-process engines and floor only):
+    # steadier than wall time on a shared machine
+    cpu_secs = cpu[timed[-1] - 1] - cpu[timed[0] - 2] if len(cpu) == cfg.rounds and timed[0] >= 2 else None
     return {
         "workload": args.single[0],
         "engine": args.single[1],
         "rounds_timed": len(timed),
         "seconds": secs,
+        "cpu_seconds": cpu_secs,
         "updates": updates,
         "samples": samples,
         "flops": samples * flops_per_sample(cfg, fed, device),
@@ -295,13 +320,13 @@ def run_all(args) -> list[dict]:
 
 def table(results: list[dict], info: dict) -> str:
     peak = info["matmul_fp32_flops"]
-    rows = ["| workload | engine | client updates/s | samples/s | GFLOP/s | % of matmul peak | peak memory | time / floor | speed-up vs flower |",
-            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows = ["| workload | engine | client updates/s | samples/s | GFLOP/s | % of matmul peak | peak memory | time / floor | speed-up vs flower | CPU s / update (/ floor) |",
+            "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     by = {(r["workload"], r["engine"]): r for r in results}
     for r in results:
         w, e = r["workload"], r["engine"]
         if "error" in r:
-            rows.append(f"| {w} | {e} | {r['error']} | | | | | | |")
+            rows.append(f"| {w} | {e} | {r['error']} | | | | | | | |")
             continue
         rate = lambda x: x / r["seconds"]  # noqa: E731
         floor, flower = by.get((w, "floor")), by.get((w, "flower"))
@@ -310,8 +335,13 @@ def table(results: list[dict], info: dict) -> str:
         mem = f"{r['peak_rss_bytes'] / 2**30:.2f} GiB RSS"
         if r.get("peak_cuda_bytes"):
             mem += f", {r['peak_cuda_bytes'] / 2**30:.2f} GiB CUDA"
+        cpu = "n/a"
+        if r.get("cpu_seconds"):
+            cpu = f"{r['cpu_seconds'] / r['updates']:.3f}"
+            if floor and floor.get("cpu_seconds"):
+                cpu += f" ({r['cpu_seconds'] / floor['cpu_seconds']:.2f}x)"
         rows.append(f"| {w} | {e} | {rate(r['updates']):.1f} | {rate(r['samples']):.0f} | {rate(r['flops']) / 1e9:.1f} | "
-                    f"{100 * rate(r['flops']) / peak:.1f}% | {mem} | {ratio_floor} | {vs_flower} |")  # fmt: skip
+                    f"{100 * rate(r['flops']) / peak:.1f}% | {mem} | {ratio_floor} | {vs_flower} | {cpu} |")  # fmt: skip
     return "\n".join(rows)
 
 
