@@ -22,7 +22,7 @@ CohortTrainerFactory = Callable[[Config, nn.Module, Algorithm, FederatedData, to
 def sequential_trainer(cfg: Config, model: nn.Module, algorithm: Algorithm, fed: FederatedData, device: torch.device) -> TrainCohort:
     """Clients of a cohort trained one after another, each with its own generator."""
 
-    def train_cohort(rnd: int, cohort: list[int], global_params: Params):
+    def train_cohort(rnd: int, cohort: list[int], global_params: Params, extras: dict):
         return [
             algorithm.client_update(
                 model,
@@ -30,6 +30,7 @@ def sequential_trainer(cfg: Config, model: nn.Module, algorithm: Algorithm, fed:
                 fed.clients[cid],
                 generator=client_generator(seed=cfg.seed, round=rnd, client_id=cid),
                 device=device,
+                **({"extras": extras[cid]} if extras.get(cid) else {}),
             )
             for cid in cohort
         ]
