@@ -16,10 +16,12 @@ in principle go the other way.
 
 Client updates of this form: a fixed number of SGD steps on a per-sample loss that is a pure
 function of the parameters, the batch and per-row tensors fixed before training (targets,
-masks, weights). ``fedavg`` and ``fedlabel`` are implemented; FedProx (a proximal term on the
-same steps), FixMatch and UDA (threshold masks on augmented views) fit the form as well.
-Any algorithm without a batched update here trains its clients one after another with the
-in-process engine's code, and the run says so.
+masks, weights). Batched here: FedAvg and FedProx (the supervised branch, with FedProx's
+proximal term) and FedLabel with its expert ablations (labeled branch, expert choice, masked
+unlabeled branch). FixMatch and UDA fit the form too (threshold masks on weak/strong views of
+the same batches) but are not batched yet; FedMatch and FedTriNet carry extra server state and
+per-client payloads. Every algorithm without a batched update trains its clients one after
+another with the in-process engine's code, and the run says so.
 """
 
 from __future__ import annotations
@@ -35,16 +37,16 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from fedlabel.algorithms import Algorithm, ClientUpdate
-from fedlabel.algorithms.fedlabel import ExpertChoice, FedLabelParams, select_experts, unlabeled_loss
+from fedlabel.algorithms.fedavg import FedAvg
+from fedlabel.algorithms.fedlabel import ExpertChoice, FedLabel, FedLabelParams, select_experts, unlabeled_loss
 from fedlabel.augment import StrongDraws, WeakDraws, apply_strong, apply_weak, draw_strong, draw_weak
 from fedlabel.config import Config
 from fedlabel.data import ClientData, FederatedData
 from fedlabel.engines.inprocess import run_inprocess, sequential_trainer
 from fedlabel.federation import TrainCohort, client_generator
-from fedlabel.training import Params, SgdConfig, batch_indices, to_float
+from fedlabel.training import Params, SgdConfig, batch_indices, proximal_term, to_float
 
 Stacked = dict[str, Tensor]  # parameter name -> C x (parameter shape)
-VECTORIZED = ("fedavg", "fedlabel")
 _LOGIT_CHUNK = 256  # unlabeled samples per client per forward when choosing experts
 
 
@@ -53,17 +55,28 @@ def run_vectorized(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     return run_inprocess(cfg, progress=progress, trainer=vectorized_trainer)
 
 
+def batched(algorithm: Algorithm) -> bool:
+    """Whether the algorithm's client update is one this engine batches: FedAvg's or FedLabel's
+    own (subclasses may change parameters and FedProx's mu, not the update or the protocol)."""
+    kind = type(algorithm)
+    own_update = (isinstance(algorithm, FedAvg) and kind.client_update is FedAvg.client_update) or (
+        isinstance(algorithm, FedLabel) and kind.client_update is FedLabel.client_update
+    )
+    plain_protocol = all(getattr(kind, m) is getattr(Algorithm, m) for m in ("init_global", "client_payload", "eval_params"))
+    return own_update and plain_protocol
+
+
 def vectorized_trainer(cfg: Config, model: nn.Module, algorithm: Algorithm, fed: FederatedData, device: torch.device) -> TrainCohort:
-    if algorithm.name not in VECTORIZED:
+    if not batched(algorithm):
         print(
-            f"engine=vectorized: algorithm {algorithm.name!r} has no batched client update "
-            f"(only {', '.join(VECTORIZED)}); its clients train one after another as with engine=inprocess",
+            f"engine=vectorized: algorithm {algorithm.name!r} has no batched client update here; "
+            "its clients train one after another as with engine=inprocess",
             file=sys.stderr,
         )
         return sequential_trainer(cfg, model, algorithm, fed, device)
     cohort_trainer = CohortTrainer(model, algorithm, fed, device=device, chunk_clients=cfg.engine.chunk_clients)
 
-    def train_cohort(rnd: int, cohort: list[int], global_params: Params) -> list[ClientUpdate]:
+    def train_cohort(rnd: int, cohort: list[int], global_params: Params, extras: dict) -> list[ClientUpdate]:
         size = cohort_trainer.chunk_size(len(cohort))
         updates: list[ClientUpdate] = []
         for start in range(0, len(cohort), size):
@@ -111,11 +124,15 @@ class CohortTrainer:
         self.chunk_clients = chunk_clients
         self._per_client_bytes: int | None = None
 
-        def labeled_loss(params: Params, x: Tensor, y: Tensor, mask: Tensor, count: Tensor) -> Tensor:
-            ce = F.cross_entropy(functional_call(model, params, (x,)), y, reduction="none")
-            return (ce * mask).sum() / count.clamp_min(1)
+        mu = algorithm.proximal_mu() if isinstance(algorithm, FedAvg) else 0.0
 
-        self._labeled_step = vmap(grad_and_value(labeled_loss))
+        def labeled_loss(params: Params, x: Tensor, y: Tensor, mask: Tensor, count: Tensor, center: Params):
+            ce = F.cross_entropy(functional_call(model, params, (x,)), y, reduction="none")
+            loss = (ce * mask).sum() / count.clamp_min(1)
+            objective = loss + proximal_term(params, center, mu=mu) if mu else loss  # FedProx, as in sgd_train
+            return objective, loss
+
+        self._labeled_step = vmap(grad_and_value(labeled_loss, has_aux=True), in_dims=(0, 0, 0, 0, 0, None))
         self._logits = vmap(lambda params, x: functional_call(model, params, (x,)))
         if isinstance(self.p, FedLabelParams):
             p: FedLabelParams = self.p
@@ -226,7 +243,7 @@ class CohortTrainer:
                 x = apply_weak(x, WeakDraws(p.weak_shift, shifts[:, t].flatten(0, 1), None))
             x = x.view(c, width, *self.sample_shape)
             m = mask[:, t]
-            grads, loss = self._labeled_step(params, x, self.labeled.labels[flat[:, t]], m, m.sum(1))
+            grads, (_, loss) = self._labeled_step(params, x, self.labeled.labels[flat[:, t]], m, m.sum(1), global_params)
             active = steps_on > t
             self._sgd(params, velocity, grads, active)
             total += loss.detach() * active
@@ -346,4 +363,4 @@ def _step_strong(draws: list[StrongDraws], t: int, width: int, p: FedLabelParams
     return pad if got is None else StrongDraws.cat([got, pad])
 
 
-__all__ = ["CohortTrainer", "VECTORIZED", "run_vectorized", "vectorized_trainer"]
+__all__ = ["CohortTrainer", "batched", "run_vectorized", "vectorized_trainer"]

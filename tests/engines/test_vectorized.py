@@ -21,7 +21,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # uneven batches (batch 48 > some clients' labeled count), momentum and weight decay, and the
 # FedLabel variants that change the batched computation's shape
 VARIANTS = {
-    "fedavg": ["algorithm.batch_size=48", "algorithm.momentum=0.9", "algorithm.weight_decay=0.001"],
+    "fedprox": ["algorithm.batch_size=48", "algorithm.momentum=0.9", "algorithm.weight_decay=0.001", "algorithm.mu=0.5"],
     "fedlabel": ["algorithm.unlabeled_sampling=kept", "algorithm.kl_input=clean", "algorithm.strong_num_ops=2",
                  "algorithm.aggregation=split", "algorithm.momentum=0.5", "algorithm.beta=0.3"],
 }  # fmt: skip
@@ -44,7 +44,7 @@ def _no_tf32():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize(("algorithm", "variant"), [("fedavg", True), ("fedlabel", False), ("fedlabel", True)])
+@pytest.mark.parametrize(("algorithm", "variant"), [("fedprox", True), ("fedlabel", False), ("fedlabel", True)])
 def test_vectorized_equals_sequential(tmp_path, algorithm, device, variant):
     overrides = VARIANTS[algorithm] if variant else []
     seq, seq_model = _run(tmp_path, "inprocess", algorithm, device, overrides)
@@ -64,7 +64,7 @@ def test_vectorized_equals_sequential(tmp_path, algorithm, device, variant):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("algorithm", ["fedavg", "fedlabel"])
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedlabel", "fedlabel_global_only"])
 def test_first_step_losses_and_counts_match_each_client(tmp_path, algorithm, device):
     """One step per branch: each client's loss depends only on its batches and augmentations."""
     from fedlabel.algorithms import build_algorithm
@@ -112,3 +112,18 @@ def test_negative_chunk_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="engine.chunk_clients"):
         run_config(tiny_config(tmp_path, engine="vectorized", overrides=["engine.chunk_clients=-1"]), progress=False)
+
+
+def test_batched_algorithms_and_fallback():
+    from fedlabel.algorithms import ALGORITHMS
+    from fedlabel.engines.vectorized import batched
+
+    names = {n for n, cls in ALGORITHMS.items() if batched(cls(cls.Params()))}
+    assert {"fedavg", "fedprox", "fedlabel", "fedlabel_local_only", "fedlabel_global_only"} <= names
+    assert not names & {"fedmatch", "fedtrinet", "fedavg_fixmatch", "fedavg_uda"}
+
+
+def test_other_algorithms_fall_back_with_a_message(tmp_path, capsys):
+    values = tiny_config(tmp_path, engine="vectorized", algorithm="fedavg_fixmatch", overrides=["rounds=1"])
+    assert run_config(values, progress=False)["status"] == "completed"
+    assert "fedavg_fixmatch" in capsys.readouterr().err
