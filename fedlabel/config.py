@@ -56,6 +56,9 @@ class EngineConfig:
     # engine=vectorized: clients trained together in one batched computation (0 = as many as
     # fit in about half of the free device memory, estimated from the model and batch size).
     chunk_clients: int = 0
+    # engine=inprocess: worker processes, each with a resident model, reading client data from
+    # shared memory; 1 = train in the main process.
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,7 @@ def validate(cfg: Config) -> None:
     check(cfg.model.name in ("cnn", "resnet18"), "model.name", f"unknown model {cfg.model.name!r}; choose cnn or resnet18")
     e = cfg.engine
     check(e.name in ENGINES, "engine.name", f"unknown engine {e.name!r}; choose from {list(ENGINES)}")
+    check(e.workers >= 1, "engine.workers", f"must be >= 1, got {e.workers}")
     check(e.chunk_clients >= 0, "engine.chunk_clients", f"must be >= 0 (0 = fit to memory), got {e.chunk_clients}")
     check(e.num_cpus_per_client >= 1, "engine.num_cpus_per_client", f"must be >= 1, got {e.num_cpus_per_client}")
     check(e.num_gpus_per_client >= 0, "engine.num_gpus_per_client", f"must be >= 0, got {e.num_gpus_per_client}")

@@ -46,13 +46,21 @@ def run_inprocess(cfg: Config, *, progress: bool = True, trainer: CohortTrainerF
     algorithm = build_algorithm(cfg.algorithm)
     recorder = RunRecorder(cfg.output_dir, config=config_to_dict(cfg), total_rounds=cfg.rounds, progress=progress)
     recorder.write_json("clients.json", fed.client_stats())
-    return run_federation(
-        cfg,
-        model=model,
-        params=params,
-        test_images=fed.test_images,
-        test_labels=fed.test_labels,
-        train_cohort=trainer(cfg, model, algorithm, fed, device),
-        recorder=recorder,
-        device=device,
-    )
+    if cfg.engine.workers > 1 and trainer is sequential_trainer:
+        from fedlabel.engines.workers import WorkerPool
+
+        trainer = WorkerPool
+    train_cohort = trainer(cfg, model, algorithm, fed, device)
+    try:
+        return run_federation(
+            cfg,
+            model=model,
+            params=params,
+            test_images=fed.test_images,
+            test_labels=fed.test_labels,
+            train_cohort=train_cohort,
+            recorder=recorder,
+            device=device,
+        )
+    finally:
+        getattr(train_cohort, "close", lambda: None)()  # worker processes end with the run
