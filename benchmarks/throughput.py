@@ -12,7 +12,7 @@ Workloads (FedAvg on Fashion-MNIST, every sample labeled, weak shift augmentatio
      batch 10, one local epoch (5 steps)
   c  cross-silo: 10 clients (IID), all 10 per round, ResNet-18 (GroupNorm), 10 steps of batch 32
 Engines: floor (the same SGD steps and weighted average with a plain nn.Module loop, nothing
-else), inprocess, vectorized, flower (2 Ray workers x 1 thread on CPU).
+else), inprocess, inprocess-wN (engine.workers=N), vectorized, flower (one Ray worker per core).
 
 Each (workload, engine) runs in a fresh subprocess. Rounds 2..R-1 are timed: round 1 pays start-up
 (Ray, data loading, kernel selection) and round R evaluates on the test set. FLOPs are counted by
@@ -66,7 +66,9 @@ def workload_values(name: str, engine: str, *, rounds: int, device: str, data_ro
     values["data"].update(w["data"], root=data_root, download=False)
     values["model"].update(w["model"])
     values.update(clients_per_round=w["clients_per_round"], rounds=rounds, eval_every=rounds, device=device, output_dir=out)
-    values["engine"]["name"] = "inprocess" if engine == "floor" else engine
+    values["engine"]["name"] = "inprocess" if engine == "floor" or engine.startswith("inprocess-w") else engine
+    if engine.startswith("inprocess-w"):
+        values["engine"]["workers"] = int(engine[len("inprocess-w") :])
     if engine == "flower":
         values["engine"]["num_gpus_per_client"] = 0.1 if device.startswith("cuda") else 0.0
     return values
@@ -74,6 +76,36 @@ def workload_values(name: str, engine: str, *, rounds: int, device: str, data_ro
 
 # ---------------------------------------------------------------------------------------------
 # one run (in its own process)
+
+
+def _stats() -> dict[int, list[str]]:
+    """/proc/<pid>/stat fields after the command name (state, ppid, ...) of every process."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                out[int(entry)] = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                pass
+    return out
+
+
+def _tree(stats: dict[int, list[str]]) -> set[int]:
+    """This process and its descendants."""
+    tree, frontier = {os.getpid()}, [os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        kids = [p for p, f in stats.items() if int(f[1]) == parent and p not in tree]
+        tree.update(kids)
+        frontier += kids
+    return tree
+
+
+def tree_cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and its live descendants."""
+    stats = _stats()
+    ticks = sum(int(stats[p][11]) + int(stats[p][12]) for p in _tree(stats) if p in stats)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class PeakRss:
@@ -94,22 +126,8 @@ class PeakRss:
     def _run(self) -> None:
         page = os.sysconf("SC_PAGE_SIZE")
         while not self._stop.is_set():
-            parents: dict[int, int] = {}
-            for entry in os.listdir("/proc"):
-                if entry.isdigit():
-                    try:
-                        stat = Path(f"/proc/{entry}/stat").read_text()
-                        parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-                    except (OSError, IndexError, ValueError):
-                        pass
-            tree, frontier = {os.getpid()}, [os.getpid()]
-            while frontier:
-                parent = frontier.pop()
-                kids = [p for p, pp in parents.items() if pp == parent and p not in tree]
-                tree.update(kids)
-                frontier += kids
             total = 0
-            for pid in tree:
+            for pid in _tree(_stats()):
                 try:
                     total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
                 except (OSError, IndexError, ValueError):
@@ -120,14 +138,15 @@ class PeakRss:
 
 @contextlib.contextmanager
 def _cpu_marks():
-    """Process CPU time at the end of every round the in-process server loop records."""
+    """CPU time of the process tree (workers included) at the end of every round the
+    in-process server loop records."""
     from fedlabel.report import RunRecorder
 
     marks: list[float] = []
     log_round = RunRecorder.log_round
 
     def marked(self, record):
-        marks.append(time.process_time())
+        marks.append(tree_cpu_seconds())
         return log_round(self, record)
 
     RunRecorder.log_round = marked
@@ -179,7 +198,7 @@ def floor_rounds(cfg, fed, device, on_round=lambda t: None) -> list[float]:
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
-        on_round(time.process_time())
+        on_round(tree_cpu_seconds())
     return seconds
 
 
@@ -233,7 +252,7 @@ def run_single(args) -> dict:
             updates += 1
             samples += p.local_steps * min(p.batch_size, n) if n else 0
     secs = sum(seconds[r - 1] for r in timed)
-    # CPU seconds of this process over the timed rounds (in-process engines and floor only):
+    # CPU seconds of the process tree over the timed rounds (in-process engines and floor only):
     # steadier than wall time on a shared machine
     cpu_secs = cpu[timed[-1] - 1] - cpu[timed[0] - 2] if len(cpu) == cfg.rounds and timed[0] >= 2 else None
     return {
@@ -291,6 +310,8 @@ def default_engines(device: str) -> list[str]:
     engines = ["floor", "inprocess"]
     if device.startswith("cuda"):
         engines.append("vectorized")
+    elif (os.cpu_count() or 1) > 1:
+        engines.append(f"inprocess-w{os.cpu_count()}")
     if importlib.util.find_spec("flwr") is not None:
         engines.append("flower")
     return engines
@@ -367,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workloads", default="a,b", help="comma-separated from a,b,c (default a,b)")
-    ap.add_argument("--engines", default="", help="comma-separated from floor,inprocess,vectorized,flower (default: what runs here)")
+    ap.add_argument("--engines", default="", help="comma-separated from floor,inprocess,inprocess-wN,vectorized,flower (default: what runs here)")
     ap.add_argument("--rounds", type=int, default=4, help="rounds per run; rounds 2..R-1 are timed (default 4)")
     ap.add_argument("--device", default="", help="cpu or cuda (default: cuda if available)")
     ap.add_argument("--data-root", default="", help="directory with the four Fashion-MNIST .gz files (default: search)")
@@ -384,7 +405,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.workloads = [w for w in args.workloads.split(",") if w]
     args.engines = [e for e in args.engines.split(",") if e] or default_engines(args.device)
-    bad = [w for w in args.workloads if w not in WORKLOADS] + [e for e in args.engines if e not in ("floor", "inprocess", "vectorized", "flower")]
+    known = ("floor", "inprocess", "vectorized", "flower")
+    bad = [w for w in args.workloads if w not in WORKLOADS] + [
+        e for e in args.engines if e not in known and not (e.startswith("inprocess-w") and e[len("inprocess-w") :].isdigit())
+    ]
     if bad or args.rounds < 1:
         ap.error(f"unknown workload/engine {bad} or rounds < 1")
     info = device_info(args.device)
