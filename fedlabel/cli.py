@@ -20,7 +20,7 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     from fedlabel.algorithms import ALGORITHMS
-    from fedlabel.config import Config, DataConfig, EngineConfig, ModelConfig
+    from fedlabel.config import ENGINES, Config, DataConfig, EngineConfig, ModelConfig
 
     cs = ConfigStore.instance()
     top = {f.name: getattr(Config(), f.name) for f in dataclasses.fields(Config) if f.name not in ("algorithm", "data", "model", "engine")}
@@ -32,7 +32,7 @@ def register_configs() -> None:
         cs.store(group="data", name=name, node=dataclasses.asdict(DataConfig(name=name)))
     for name in ("cnn", "resnet18"):
         cs.store(group="model", name=name, node=dataclasses.asdict(ModelConfig(name=name)))
-    for name in ("flower", "inprocess"):
+    for name in ENGINES:
         cs.store(group="engine", name=name, node=dataclasses.asdict(EngineConfig(name=name)))
 
 
@@ -46,6 +46,10 @@ def run_config(values: dict[str, Any], *, progress: bool = True) -> dict[str, An
         from fedlabel.engines.flower import run_flower
 
         return run_flower(cfg, progress=progress)
+    if cfg.engine.name == "vectorized":
+        from fedlabel.engines.vectorized import run_vectorized
+
+        return run_vectorized(cfg, progress=progress)
     from fedlabel.engines.inprocess import run_inprocess
 
     return run_inprocess(cfg, progress=progress)

@@ -42,14 +42,23 @@ class ModelConfig:
     name: str = "cnn"  # cnn | resnet18 (both GroupNorm)
 
 
+ENGINES = ("flower", "inprocess", "vectorized")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
-    name: str = "flower"  # flower | inprocess
+    name: str = "flower"  # flower | inprocess | vectorized
     # Flower simulation engine (Ray backend) resources per client. num_gpus may be fractional
     # so that several clients share one GPU; it must be 0 on a machine without a GPU.
     num_cpus_per_client: int = 1
     num_gpus_per_client: float = 0.0
     superlink_port: int = 0  # 0 = pick a free port on 127.0.0.1
+    # engine=vectorized: clients trained together in one batched computation (0 = as many as
+    # fit in about half of the free device memory, estimated from the model and batch size).
+    chunk_clients: int = 0
+    # engine=inprocess: worker processes, each with a resident model, reading client data from
+    # shared memory; 1 = train in the main process.
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -215,7 +224,9 @@ def validate(cfg: Config) -> None:
     check(d.min_client_size >= 1, "data.min_client_size", f"must be >= 1, got {d.min_client_size}")
     check(cfg.model.name in ("cnn", "resnet18"), "model.name", f"unknown model {cfg.model.name!r}; choose cnn or resnet18")
     e = cfg.engine
-    check(e.name in ("flower", "inprocess"), "engine.name", f"unknown engine {e.name!r}; choose flower or inprocess")
+    check(e.name in ENGINES, "engine.name", f"unknown engine {e.name!r}; choose from {list(ENGINES)}")
+    check(e.workers >= 1, "engine.workers", f"must be >= 1, got {e.workers}")
+    check(e.chunk_clients >= 0, "engine.chunk_clients", f"must be >= 0 (0 = fit to memory), got {e.chunk_clients}")
     check(e.num_cpus_per_client >= 1, "engine.num_cpus_per_client", f"must be >= 1, got {e.num_cpus_per_client}")
     check(e.num_gpus_per_client >= 0, "engine.num_gpus_per_client", f"must be >= 0, got {e.num_gpus_per_client}")
     check(0 <= e.superlink_port < 65536, "engine.superlink_port", f"must be a port number, got {e.superlink_port}")
