@@ -134,14 +134,19 @@ def decode_update(reply: Message) -> ClientUpdate:
     )
 
 
-def collect_replies(replies: list[Message], cohort: list[int], nodes: dict[int, int], *, deadline_s: float) -> list[CohortResult]:
+def collect_replies(
+    replies: list[Message], cohort: list[int], nodes: dict[int, int], *, deadline_s: float, sent: dict[str, int] | None = None
+) -> list[CohortResult]:
     """One result per sampled client: its decoded update, a failure (error reply, or no reply
     before the deadline), or a rejection (a reply that cannot be decoded, or that claims to come
-    from another client). Never raises on what a client sent."""
+    from another client). Never raises on what a client sent. ``sent`` maps the ids of the
+    messages sent to their client ids: the SuperLink's own error replies (e.g. "Node Unavailable"
+    for a SuperNode whose heartbeats stopped) come from the SuperLink, not from the node."""
     client_of = {node: cid for cid, node in nodes.items()}
+    sent = sent or {}
     results: list[CohortResult] = []
     for reply in replies:
-        cid = client_of.get(reply.metadata.src_node_id, -1)
+        cid = client_of.get(reply.metadata.src_node_id, sent.get(reply.metadata.reply_to_message_id, -1))
         if reply.has_error():
             last_line = (str(reply.error.reason).strip().splitlines() or [""])[-1]  # after Flower's traceback
             results.append(ClientFailure(cid, CRASHED, last_line[-300:]))
@@ -203,7 +208,8 @@ def main(grid: Grid, context: Context) -> None:
         ]
         deadline = cfg.faults.round_deadline_s
         replies = list(grid.send_and_receive(msgs, timeout=deadline if deadline > 0 else None))
-        return collect_replies(replies, cohort, nodes, deadline_s=deadline)
+        sent = {msg.metadata.message_id: cid for msg, cid in zip(msgs, cohort)}  # ids are set when pushed
+        return collect_replies(replies, cohort, nodes, deadline_s=deadline, sent=sent)
 
     run_federation(
         cfg,

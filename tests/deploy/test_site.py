@@ -1,13 +1,18 @@
 """Site data on disk: round trip, and each kind of bad file fails with the file and the problem
-named; site-to-client-id assignment; run settings checked before a run is submitted."""
+named; site-to-client-id assignment; SuperLink-made error replies; run settings checked before a
+run is submitted."""
 
 import numpy as np
 import pytest
+from flwr.app import Error, MessageType, Metadata
+from flwr.app.message.message import make_message
+from flwr.common.constant import SUPERLINK_NODE_ID
 
 from fedlabel.data import DataError, load_site, save_site
 from fedlabel.deploy import DeployError, run_config_file
 from fedlabel.errors import ConfigError
-from server.server_app import assign_client_ids
+from fedlabel.faults import CRASHED, TIMEOUT
+from server.server_app import assign_client_ids, collect_replies
 
 SHAPE = dict(in_channels=1, image_size=8, num_classes=3)
 
@@ -84,3 +89,14 @@ def test_run_settings_are_checked_before_submission(tmp_path):
         run_config_file(sites=2, output_dir="out", overrides=["clients_per_round=2"], path=path)
     with pytest.raises(DeployError, match="roundz"):
         run_config_file(sites=2, output_dir="/out", overrides=["roundz=3"], path=path)
+
+
+def test_superlink_error_replies_are_attributed_to_the_site_they_replace():
+    """A SuperNode whose heartbeats stopped gets a "Node Unavailable" error reply written by the
+    SuperLink (source: the SuperLink, not the node); it counts as that site's failure."""
+    meta = Metadata(run_id=1, message_id="", src_node_id=SUPERLINK_NODE_ID, dst_node_id=SUPERLINK_NODE_ID,
+                    reply_to_message_id="to-site-1", group_id="", created_at=0.0, ttl=60.0,
+                    message_type=MessageType.TRAIN)  # fmt: skip
+    unavailable = make_message(meta, error=Error(code=5, reason="Error: Node Unavailable"))
+    results = collect_replies([unavailable], [0, 1], {0: 100, 1: 101}, deadline_s=30.0, sent={"to-site-0": 0, "to-site-1": 1})
+    assert sorted((r.client_id, r.reason) for r in results) == [(0, TIMEOUT), (1, CRASHED)]
