@@ -14,6 +14,7 @@ from torch import nn
 from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate
 from fedlabel.augment import weak_augment
 from fedlabel.data import ClientData
+from fedlabel.llp.train import train_bags
 from fedlabel.training import Params, batch_indices, sgd_train, subtract, to_float
 
 
@@ -27,7 +28,10 @@ def train_labeled(
     device: torch.device,
 ) -> tuple[Params, float]:
     """The supervised branch: tau SGD steps of cross-entropy on weakly augmented labeled
-    batches, starting from the global model. Returns (local params w_L, mean loss)."""
+    batches, starting from the global model. Returns (local params w_L, mean loss).
+    A bagged client (data.bags, no instance labels) trains by LLP instead: fedlabel.llp.train."""
+    if data.bags is not None:
+        return train_bags(model, global_params, data.bags, p, generator=generator, device=device)
     x, y = data.labeled_images.to(device), data.labeled_labels.to(device)
     batches = batch_indices(data.num_labeled, batch_size=p.batch_size, steps=p.local_steps, generator=generator)
 
