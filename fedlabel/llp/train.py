@@ -79,8 +79,10 @@ def train_bags(
     x = bags.images.to(device)
     bag_of = bags.bag_index.to(device)
     proportions = bags.proportions().to(device)
-    pseudo = bp_pseudo_labels(model, global_params, bags, device=device).to(device) if bags.method == "bp" else None
     batches = bag_batches(bags, batch_size=p.batch_size, steps=p.local_steps, generator=generator)
+    pseudo = None
+    if bags.method == "bp" and batches:
+        pseudo = bp_pseudo_labels(model, global_params, bags, device=device).to(device)
 
     def loss_fn(f, idx: torch.Tensor) -> torch.Tensor:
         idx = idx.to(device)

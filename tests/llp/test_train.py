@@ -1,6 +1,9 @@
 """The LLP supervised branch: whole-bag batches, DLLP steps, BP pseudo-labels."""
 
+import dataclasses
+
 import numpy as np
+import pytest
 import torch
 
 from fedlabel.algorithms.fedavg import FedAvgParams, train_labeled
@@ -83,3 +86,22 @@ def test_bp_branch_trains_and_is_deterministic():
     (a, loss_a), (b, loss_b) = run(), run()
     assert loss_a == loss_b and all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], params[k]) for k in a)
+
+
+def test_client_without_labeled_images_takes_no_step():
+    client = bagged(tiny_client(num_labeled=0, num_unlabeled=4), bag_size=8, method="bp")
+    model, params = tiny_model()
+    local, loss = train_labeled(model, params, client, FedAvgParams(), generator=torch.Generator(), device=torch.device("cpu"))
+    assert loss == 0.0 and all(torch.equal(local[k], params[k]) for k in params)
+
+
+def test_bag_loss_weight_adds_the_proportion_loss():
+    base = bagged(tiny_client(num_labeled=16, num_unlabeled=0), bag_size=8, method="bp")
+    bags = base.bags
+    weighted = ClientData.bagged(0, dataclasses.replace(bags, bp=BpParams(bag_loss_weight=0.5)), base.unlabeled_images, None)
+    model, params = tiny_model()
+    p = FedAvgParams(local_steps=1, batch_size=16, weak_shift=0)
+    _, plain_loss = train_labeled(model, params, base, p, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    _, with_bag = train_labeled(model, params, weighted, p, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    logits = predict_logits(model, params, bags.images, device=torch.device("cpu"))
+    assert with_bag == pytest.approx(plain_loss + 0.5 * float(proportion_loss(logits, bags.bag_index, bags.proportions())), rel=1e-5)
