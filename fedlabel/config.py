@@ -187,6 +187,27 @@ def default_run_config() -> dict[str, Any]:
 # validation
 
 
+def _validate_bags(d: DataConfig) -> None:
+    check(d.bag_size >= 0, "data.bag_size", f"must be >= 0 (0 = instance labels), got {d.bag_size}")
+    check(not (d.bag_size and d.bag_key), "data.bag_key", "set either data.bag_size (random bags) or data.bag_key (given bags), not both")
+    check(not d.bag_key or d.name == "npz", "data.bag_key", "bag ids come from an .npz array; needs data.name=npz")
+    check(d.llp_method in ("dllp", "bp"), "data.llp_method", f"unknown LLP method {d.llp_method!r}; choose dllp or bp")
+    check(d.proportion_epsilon >= 0, "data.proportion_epsilon", f"must be >= 0 (0 = exact proportions), got {d.proportion_epsilon}")
+    check(
+        d.proportion_epsilon == 0 or bool(d.bag_size or d.bag_key),
+        "data.proportion_epsilon",
+        "noise on bag proportions needs bags: set data.bag_size or data.bag_key",
+    )
+    check(d.proportion_noise in ("laplace", "gaussian"), "data.proportion_noise", f"unknown mechanism {d.proportion_noise!r}; choose laplace or gaussian")
+    check(0 < d.proportion_delta < 1, "data.proportion_delta", f"must be in (0, 1), got {d.proportion_delta}")
+    check(d.bp_neighbors >= 1, "data.bp_neighbors", f"must be >= 1, got {d.bp_neighbors}")
+    check(d.bp_lambda_similarity >= 0, "data.bp_lambda_similarity", f"must be >= 0, got {d.bp_lambda_similarity}")
+    check(d.bp_lambda_bag >= 0, "data.bp_lambda_bag", f"must be >= 0, got {d.bp_lambda_bag}")
+    check(d.bp_iterations >= 1, "data.bp_iterations", f"must be >= 1, got {d.bp_iterations}")
+    check(0 <= d.bp_damping < 1, "data.bp_damping", f"must be in [0, 1), got {d.bp_damping}")
+    check(d.bp_bag_loss_weight >= 0, "data.bp_bag_loss_weight", f"must be >= 0, got {d.bp_bag_loss_weight}")
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError naming the first impossible field; called before any work starts."""
     d = cfg.data
@@ -222,23 +243,3 @@ def validate(cfg: Config) -> None:
     check(bool(cfg.output_dir), "output_dir", "must not be empty")
     cfg.algorithm.validate()
 
-
-def _validate_bags(d: DataConfig) -> None:
-    check(d.bag_size >= 0, "data.bag_size", f"must be >= 0 (0 = instance labels), got {d.bag_size}")
-    check(not (d.bag_size and d.bag_key), "data.bag_key", "set either data.bag_size (random bags) or data.bag_key (given bags), not both")
-    check(not d.bag_key or d.name == "npz", "data.bag_key", "bag ids come from an .npz array; needs data.name=npz")
-    check(d.llp_method in ("dllp", "bp"), "data.llp_method", f"unknown LLP method {d.llp_method!r}; choose dllp or bp")
-    check(d.proportion_epsilon >= 0, "data.proportion_epsilon", f"must be >= 0 (0 = exact proportions), got {d.proportion_epsilon}")
-    check(
-        d.proportion_epsilon == 0 or bool(d.bag_size or d.bag_key),
-        "data.proportion_epsilon",
-        "noise on bag proportions needs bags: set data.bag_size or data.bag_key",
-    )
-    check(d.proportion_noise in ("laplace", "gaussian"), "data.proportion_noise", f"unknown mechanism {d.proportion_noise!r}; choose laplace or gaussian")
-    check(0 < d.proportion_delta < 1, "data.proportion_delta", f"must be in (0, 1), got {d.proportion_delta}")
-    check(d.bp_neighbors >= 1, "data.bp_neighbors", f"must be >= 1, got {d.bp_neighbors}")
-    check(d.bp_lambda_similarity >= 0, "data.bp_lambda_similarity", f"must be >= 0, got {d.bp_lambda_similarity}")
-    check(d.bp_lambda_bag >= 0, "data.bp_lambda_bag", f"must be >= 0, got {d.bp_lambda_bag}")
-    check(d.bp_iterations >= 1, "data.bp_iterations", f"must be >= 1, got {d.bp_iterations}")
-    check(0 <= d.bp_damping < 1, "data.bp_damping", f"must be in [0, 1), got {d.bp_damping}")
-    check(d.bp_bag_loss_weight >= 0, "data.bp_bag_loss_weight", f"must be >= 0, got {d.bp_bag_loss_weight}")

@@ -153,11 +153,12 @@ def _rounds(cfg: Config, *, model, params, test_images, test_labels, train_cohor
         if not updates:
             raise RuntimeError(f"round {rnd}: none of the {len(cohort)} sampled clients returned an update")
         params = algorithm.aggregate(params, updates)
-        record = {"round": rnd, **pool_metrics(updates), "proportion_epsilon": label_epsilon}
+        record = {"round": rnd, **pool_metrics(updates)}
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
             record["accuracy"], record["loss"] = evaluate(model, params, test_images, test_labels, device=device)
         else:
             record["accuracy"] = record["loss"] = None
+        record["proportion_epsilon"] = label_epsilon
         record["seconds"] = time.perf_counter() - start
         recorder.log_round(record)
     return params
