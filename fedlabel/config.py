@@ -242,4 +242,3 @@ def validate(cfg: Config) -> None:
     )
     check(bool(cfg.output_dir), "output_dir", "must not be empty")
     cfg.algorithm.validate()
-
