@@ -16,12 +16,11 @@ from torch import nn
 
 from fedlabel.algorithms import ClientUpdate, build_algorithm
 from fedlabel.config import Config
-from fedlabel.data import BagSpec, FederatedData, ImageDataset, build_federated, load_images
-from fedlabel.llp import label_dp
-from fedlabel.llp.bp import BpParams
+from fedlabel.data import FederatedData, ImageDataset, build_federated, load_images
 from fedlabel.models import build_model
 from fedlabel.report import RunRecorder
 from fedlabel.training import Params, evaluate, get_params
+from fedlabel.llp.setup import bag_spec, proportion_epsilon
 
 TrainCohort = Callable[[int, list[int], Params], list[ClientUpdate]]
 
@@ -58,26 +57,6 @@ def load_federated(cfg: Config, dataset: ImageDataset | None = None) -> Federate
         train_samples=d.train_samples,
         bags=bag_spec(cfg),
     )
-
-
-def bag_spec(cfg: Config) -> BagSpec | None:
-    """The LLP bags of cfg.data, or None for instance labels."""
-    d = cfg.data
-    if not (d.bag_size or d.bag_key):
-        return None
-    bp = BpParams(neighbors=d.bp_neighbors, lambda_similarity=d.bp_lambda_similarity, lambda_bag=d.bp_lambda_bag,
-                  iterations=d.bp_iterations, damping=d.bp_damping, bag_loss_weight=d.bp_bag_loss_weight)  # fmt: skip
-    return BagSpec(size=d.bag_size, method=d.llp_method, mechanism=d.proportion_noise, epsilon=d.proportion_epsilon,
-                   delta=d.proportion_delta, bp=bp)  # fmt: skip
-
-
-def proportion_epsilon(cfg: Config) -> float | None:
-    """The label-DP epsilon of the released bag counts (None: no bags, or exact counts)."""
-    spec = bag_spec(cfg)
-    if spec is None or spec.epsilon == 0:
-        return None
-    scale = label_dp.noise_scale(spec.mechanism, epsilon=spec.epsilon, delta=spec.delta)
-    return label_dp.released_epsilon(spec.mechanism, scale=scale, delta=spec.delta)
 
 
 def initial_model(cfg: Config, *, in_channels: int, num_classes: int, image_size: int) -> tuple[nn.Module, Params]:
@@ -143,7 +122,6 @@ def run_federation(
 def _rounds(cfg: Config, *, model, params, test_images, test_labels, train_cohort, recorder, device) -> Params:
     algorithm = build_algorithm(cfg.algorithm)
     params = {k: v.to(device) for k, v in params.items()}
-    label_epsilon = proportion_epsilon(cfg)
     for rnd in range(1, cfg.rounds + 1):
         start = time.perf_counter()
         cohort = sample_cohort(
@@ -158,7 +136,7 @@ def _rounds(cfg: Config, *, model, params, test_images, test_labels, train_cohor
             record["accuracy"], record["loss"] = evaluate(model, params, test_images, test_labels, device=device)
         else:
             record["accuracy"] = record["loss"] = None
-        record["proportion_epsilon"] = label_epsilon
+        record["proportion_epsilon"] = proportion_epsilon(cfg)  # label-DP of the bag counts (None: none)
         record["seconds"] = time.perf_counter() - start
         recorder.log_round(record)
     return params

@@ -14,7 +14,7 @@ from torch import nn
 from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate
 from fedlabel.augment import weak_augment
 from fedlabel.data import ClientData
-from fedlabel.llp.train import train_bags
+from fedlabel.llp.train import bag_objective
 from fedlabel.training import Params, batch_indices, sgd_train, subtract, to_float
 
 
@@ -28,10 +28,16 @@ def train_labeled(
     device: torch.device,
 ) -> tuple[Params, float]:
     """The supervised branch: tau SGD steps of cross-entropy on weakly augmented labeled
-    batches, starting from the global model. Returns (local params w_L, mean loss).
-    A bagged client (data.bags, no instance labels) trains by LLP instead: fedlabel.llp.train."""
-    if data.bags is not None:
-        return train_bags(model, global_params, data.bags, p, generator=generator, device=device)
+    batches, starting from the global model. Returns (local params w_L, mean loss)."""
+    if data.bags is not None:  # LLP: whole-bag batches and a bag-level loss (fedlabel.llp.train)
+        batches, loss_fn = bag_objective(model, global_params, data.bags, p, generator=generator, device=device)
+    else:
+        batches, loss_fn = _instance_objective(data, p, generator=generator, device=device)
+    return sgd_train(model, global_params, batches=batches, loss_fn=loss_fn, sgd=p.sgd())
+
+
+def _instance_objective(data: ClientData, p: AlgorithmParams, *, generator: torch.Generator, device: torch.device):
+    """(batches, loss_fn) of cross-entropy on weakly augmented labeled batches."""
     x, y = data.labeled_images.to(device), data.labeled_labels.to(device)
     batches = batch_indices(data.num_labeled, batch_size=p.batch_size, steps=p.local_steps, generator=generator)
 
@@ -41,7 +47,7 @@ def train_labeled(
             xb = weak_augment(xb, generator=generator, max_shift=p.weak_shift)
         return F.cross_entropy(f(xb), y[idx.to(device)])
 
-    return sgd_train(model, global_params, batches=batches, loss_fn=loss_fn, sgd=p.sgd())
+    return batches, loss_fn
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The supervised branch on bags: tau SGD steps from the global model, on whole bags.
+"""The supervised branch on bags: tau SGD steps from the global model, on whole bags
+(fedlabel.algorithms.fedavg.train_labeled runs them for a bagged client).
 
 - dllp: the proportion loss of each bag (:func:`fedlabel.llp.losses.proportion_loss`).
 - bp: pseudo-labels from loopy BP (:mod:`fedlabel.llp.bp`) on the embeddings of the global model
@@ -12,6 +13,7 @@ prediction is over all its members; bags are drawn epoch by epoch without replac
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,7 +25,7 @@ from fedlabel.augment import weak_augment
 from fedlabel.data.bags import Bags
 from fedlabel.llp.bp import llp_mrf, loopy_bp
 from fedlabel.llp.losses import proportion_loss
-from fedlabel.training import Params, batch_indices, sgd_train, to_float
+from fedlabel.training import Params, batch_indices, to_float
 
 if TYPE_CHECKING:
     from fedlabel.algorithms.base import AlgorithmParams
@@ -66,7 +68,7 @@ def bp_pseudo_labels(model: nn.Module, params: Params, bags: Bags, *, device: to
     return loopy_bp(mrf, iterations=bags.bp.iterations, damping=bags.bp.damping).argmax(dim=1)
 
 
-def train_bags(
+def bag_objective(
     model: nn.Module,
     global_params: Params,
     bags: Bags,
@@ -74,8 +76,9 @@ def train_bags(
     *,
     generator: torch.Generator,
     device: torch.device,
-) -> tuple[Params, float]:
-    """LLP counterpart of the supervised branch; returns (local params w_L, mean loss)."""
+) -> tuple[list[torch.Tensor], Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor]]:
+    """The supervised branch's (batches, loss_fn) for a bagged client, for training.sgd_train:
+    p.local_steps batches of whole bags and the DLLP or BP loss of a batch."""
     x = bags.images.to(device)
     bag_of = bags.bag_index.to(device)
     proportions = bags.proportions().to(device)
@@ -97,4 +100,4 @@ def train_bags(
             loss = loss + bags.bp.bag_loss_weight * proportion_loss(logits, bag_of[idx], proportions)
         return loss
 
-    return sgd_train(model, global_params, batches=batches, loss_fn=loss_fn, sgd=p.sgd())
+    return batches, loss_fn

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedlabel.config import ConfigError, config_from_dict
-from fedlabel.data import BagSpec, Bags, DataError, ImageDataset, InstanceLabelsUnavailable
+from fedlabel.data import Bags, BagSpec, DataError, ImageDataset, InstanceLabelsUnavailable
 from fedlabel.data.bags import bag_counts, given_bag_index, random_bag_index
 from fedlabel.federation import load_federated
 from tests.data.test_federated import NUM_CLASSES, build, synthetic
