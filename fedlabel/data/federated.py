@@ -71,7 +71,7 @@ class ClientData:
         if self.bags is not None:
             raise InstanceLabelsUnavailable(
                 f"client {self.client_id}: its labeled part is {self.bags.num_bags} bags (data.bag_size / data.bag_key) "
-                "that keep only class counts; instance labels do not exist here - use data.bags"
+                "that keep only class counts; instance labels do not exist here (use its .bags)"
             )
         return self._instance_labels
 
