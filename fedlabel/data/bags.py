@@ -23,7 +23,7 @@ class InstanceLabelsUnavailable(DataError):
     """Raised when code asks a bagged client for its instance labels."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Bags:
     """Images (uint8 N x C x H x W), bag_index (int64 N, bag of each image, every bag non-empty),
     counts (float64 B x C, the released class counts per bag).
