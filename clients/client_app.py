@@ -58,12 +58,18 @@ def train(msg: Message, context: Context) -> Message:
     device = resolve_device(cfg.device)
     model = _model(cfg.model.name, fed.in_channels, fed.num_classes, fed.image_size)
     global_params = {k: v.to(device) for k, v in msg.content[keys.ARRAYS].to_torch_state_dict().items()}
+    extras = {
+        name[len(keys.EXTRA_PREFIX) :]: {k: v.to(device) for k, v in record.to_torch_state_dict().items()}
+        for name, record in msg.content.array_records.items()
+        if name.startswith(keys.EXTRA_PREFIX)
+    }
     update = build_algorithm(cfg.algorithm).client_update(
         model,
         global_params,
         fed.clients[cid],
         generator=client_generator(seed=cfg.seed, round=rnd, client_id=cid),
         device=device,
+        **({"extras": extras} if extras else {}),
     )
     content = RecordDict(
         {

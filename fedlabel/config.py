@@ -9,6 +9,7 @@ Flower cannot carry (None, lists) are not used in the schema.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_every: int = 1  # central test-set evaluation every N rounds (and after the last)
     output_dir: str = "outputs/run"
+    tensorboard: bool = False  # also log every round to output_dir/tensorboard (pip install 'fedlabel[tensorboard]')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,4 +243,6 @@ def validate(cfg: Config) -> None:
         f"unknown device {cfg.device!r}; choose auto, cpu or cuda[:N]",
     )
     check(bool(cfg.output_dir), "output_dir", "must not be empty")
+    check(not cfg.tensorboard or importlib.util.find_spec("tensorboard") is not None, "tensorboard",
+          "needs the optional package tensorboard: pip install 'fedlabel[tensorboard]' (or tensorboard=false)")  # fmt: skip
     cfg.algorithm.validate()

@@ -63,6 +63,11 @@ def batch_indices(n: int, *, batch_size: int, steps: int, generator: torch.Gener
     return out[:steps]
 
 
+def proximal_term(params: Params, center: Params, *, mu: float) -> torch.Tensor:
+    """FedProx's proximal term mu/2 ||w - w_center||^2 (Li et al., MLSys 2020, eq. 2)."""
+    return 0.5 * mu * sum(((params[k] - center[k]) ** 2).sum() for k in params)
+
+
 def sgd_train(
     model: nn.Module,
     params: Params,
@@ -70,16 +75,21 @@ def sgd_train(
     batches: list,
     loss_fn: Callable[[Callable[[torch.Tensor], torch.Tensor], object], torch.Tensor],
     sgd: SgdConfig,
+    prox_mu: float = 0.0,
 ) -> tuple[Params, float]:
     """Run one SGD step per batch from ``params``; returns (new params, mean loss).
 
-    ``loss_fn(f, batch)`` gets ``f = x -> logits`` under the current parameters."""
+    ``loss_fn(f, batch)`` gets ``f = x -> logits`` under the current parameters. With
+    ``prox_mu`` > 0 every step also descends FedProx's mu/2 ||w - params||^2 (the starting point,
+    i.e. the global model); the returned mean loss is loss_fn's alone."""
+    center = {k: v.detach().clone() for k, v in params.items()} if prox_mu else None
     params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     velocity = {k: torch.zeros_like(v) for k, v in params.items()} if sgd.momentum else None
     total = 0.0
     for batch in batches:
         loss = loss_fn(lambda x: forward(model, params, x), batch)
-        grads = torch.autograd.grad(loss, list(params.values()))
+        objective = loss + proximal_term(params, center, mu=prox_mu) if center is not None else loss
+        grads = torch.autograd.grad(objective, list(params.values()))
         with torch.no_grad():
             for (k, p), g in zip(params.items(), grads):
                 if sgd.weight_decay:

@@ -64,6 +64,14 @@ def decode_update(reply: Message) -> ClientUpdate:
     )
 
 
+def encode_extras(extras: dict) -> dict[str, ArrayRecord]:
+    """A client's extras (Algorithm.client_payload) as ArrayRecords named EXTRA_PREFIX + name."""
+    return {
+        keys.EXTRA_PREFIX + name: ArrayRecord(torch_state_dict={k: v.cpu() for k, v in arrays.items()})
+        for name, arrays in extras.items()
+    }
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = config_from_run_config(context.run_config)
@@ -80,11 +88,11 @@ def main(grid: Grid, context: Context) -> None:
         raise
     recorder.write_json("clients.json", stats)
 
-    def train_cohort(rnd: int, cohort: list[int], global_params: Params) -> list[ClientUpdate]:
+    def train_cohort(rnd: int, cohort: list[int], global_params: Params, extras: dict) -> list[ClientUpdate]:
         arrays = ArrayRecord(torch_state_dict={k: v.cpu() for k, v in global_params.items()})
         msgs = [
             Message(
-                RecordDict({keys.ARRAYS: arrays, keys.CONFIG: ConfigRecord({keys.ROUND: rnd})}),
+                RecordDict({keys.ARRAYS: arrays, keys.CONFIG: ConfigRecord({keys.ROUND: rnd}), **encode_extras(extras.get(cid, {}))}),
                 dst_node_id=nodes[cid],
                 message_type=MessageType.TRAIN,
             )

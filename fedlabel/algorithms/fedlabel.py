@@ -179,7 +179,7 @@ class FedLabel(Algorithm):
     name = "fedlabel"
     Params = FedLabelParams
 
-    def client_update(self, model, global_params, data, *, generator, device) -> ClientUpdate:
+    def client_update(self, model, global_params, data, *, generator, device, extras=None) -> ClientUpdate:
         p: FedLabelParams = self.params
         local, loss_l = train_labeled(model, global_params, data, p, generator=generator, device=device)
         delta_l = subtract(local, global_params)
