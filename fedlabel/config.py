@@ -189,8 +189,14 @@ def default_run_config() -> dict[str, Any]:
 # validation
 
 
-def _validate_bags(d: DataConfig) -> None:
+def _validate_bags(d: DataConfig, algorithm: str) -> None:
     check(d.bag_size >= 0, "data.bag_size", f"must be >= 0 (0 = instance labels), got {d.bag_size}")
+    check(
+        not (d.bag_size or d.bag_key) or ALGORITHMS[algorithm].trains_on_bags,
+        "data.bag_size",
+        f"algorithm {algorithm} trains on instance labels in its own loop; bags (LLP) work with "
+        f"{', '.join(sorted(n for n, a in ALGORITHMS.items() if a.trains_on_bags))}",
+    )
     check(not (d.bag_size and d.bag_key), "data.bag_key", "set either data.bag_size (random bags) or data.bag_key (given bags), not both")
     check(not d.bag_key or d.name == "npz", "data.bag_key", "bag ids come from an .npz array; needs data.name=npz")
     check(d.llp_method in ("dllp", "bp"), "data.llp_method", f"unknown LLP method {d.llp_method!r}; choose dllp or bp")
@@ -222,7 +228,7 @@ def validate(cfg: Config) -> None:
     check(d.num_clients >= 1, "data.num_clients", f"must be >= 1, got {d.num_clients}")
     check(d.train_samples >= 0, "data.train_samples", f"must be >= 0 (0 = all), got {d.train_samples}")
     check(d.min_client_size >= 1, "data.min_client_size", f"must be >= 1, got {d.min_client_size}")
-    _validate_bags(d)
+    _validate_bags(d, cfg.algorithm.name)
     check(cfg.model.name in ("cnn", "resnet18"), "model.name", f"unknown model {cfg.model.name!r}; choose cnn or resnet18")
     e = cfg.engine
     check(e.name in ("flower", "inprocess"), "engine.name", f"unknown engine {e.name!r}; choose flower or inprocess")

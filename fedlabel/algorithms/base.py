@@ -73,6 +73,9 @@ class Algorithm:
 
     name: ClassVar[str]
     Params: ClassVar[type[AlgorithmParams]] = AlgorithmParams
+    # True when the supervised branch runs through fedavg.train_labeled, which also trains on
+    # LLP bags (data.bag_size / data.bag_key); config validation refuses bags otherwise.
+    trains_on_bags: ClassVar[bool] = False
 
     def __init__(self, params: AlgorithmParams) -> None:
         self.params = params

@@ -84,6 +84,7 @@ class FedAvgParams(AlgorithmParams):
 class FedAvg(Algorithm):
     name = "fedavg"
     Params = FedAvgParams
+    trains_on_bags = True
 
     def proximal_mu(self) -> float:
         """FedProx's mu for the supervised branch (0 = plain FedAvg)."""

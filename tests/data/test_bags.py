@@ -120,3 +120,10 @@ def test_dataset_without_bag_ids_is_refused():
 def test_bad_bag_config_names_the_field(data, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         config_from_dict({"data": data})
+
+
+def test_algorithms_without_an_llp_branch_refuse_bags():
+    with pytest.raises(ConfigError, match="data.bag_size: algorithm fedmatch .*fedavg"):
+        config_from_dict({"algorithm": {"name": "fedmatch"}, "data": {"bag_size": 8}})
+    for name in ("fedavg", "fedprox", "fedlabel", "fedavg_fixmatch", "fedprox_uda", "fedlabel_local_only"):
+        config_from_dict({"algorithm": {"name": name}, "data": {"bag_size": 8}})

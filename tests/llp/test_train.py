@@ -105,3 +105,16 @@ def test_bag_loss_weight_adds_the_proportion_loss():
     _, with_bag = train_labeled(model, params, weighted, p, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
     logits = predict_logits(model, params, bags.images, device=torch.device("cpu"))
     assert with_bag == pytest.approx(plain_loss + 0.5 * float(proportion_loss(logits, bags.bag_index, bags.proportions())), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["fedprox", "fedavg_fixmatch", "fedprox_uda", "fedlabel"])
+def test_every_algorithm_with_a_train_labeled_branch_trains_on_bags(name):
+    from fedlabel.algorithms import ALGORITHMS
+
+    client = bagged(tiny_client(num_labeled=16, num_unlabeled=32), bag_size=8)
+    model, params = tiny_model()
+    algorithm = ALGORITHMS[name](ALGORITHMS[name].Params(local_steps=2, batch_size=8))
+    update = algorithm.client_update(model, params, client, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    assert update.metrics["num_labeled"] == 16
+    assert name == "fedprox" or update.metrics["num_unlabeled"] > 0  # the unlabeled branch ran too
+    assert all(torch.isfinite(d).all() for d in update.deltas["model"].values())
