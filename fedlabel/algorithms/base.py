@@ -71,11 +71,11 @@ class ClientUpdate:
 class Algorithm:
     """Base class. Subclasses set ``name`` and ``Params`` and override what differs."""
 
-    name: ClassVar[str]
-    Params: ClassVar[type[AlgorithmParams]] = AlgorithmParams
     # True when the supervised branch runs through fedavg.train_labeled, which also trains on
     # LLP bags (data.bag_size / data.bag_key); config validation refuses bags otherwise.
     trains_on_bags: ClassVar[bool] = False
+    name: ClassVar[str]
+    Params: ClassVar[type[AlgorithmParams]] = AlgorithmParams
 
     def __init__(self, params: AlgorithmParams) -> None:
         self.params = params

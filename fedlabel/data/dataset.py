@@ -42,17 +42,17 @@ class ImageDataset:
                     f"{where}: labels span [{int(labels.min())}, {int(labels.max())}], "
                     f"outside [0, {self.num_classes})"
                 )
-        if self.train_bags is not None and (self.train_bags.dtype != torch.int64 or self.train_bags.shape != self.train_labels.shape):
-            raise DataError(
-                f"dataset {self.name!r}: train_bags must be int64 of shape {tuple(self.train_labels.shape)}, "
-                f"got {self.train_bags.dtype} of shape {tuple(self.train_bags.shape)}"
-            )
         if self.train_images.shape[0] == 0:
             raise DataError(f"dataset {self.name!r}: the train split is empty")
         if self.train_images.shape[1:] != self.test_images.shape[1:]:
             raise DataError(
                 f"dataset {self.name!r}: train images are {tuple(self.train_images.shape[1:])} "
                 f"but test images are {tuple(self.test_images.shape[1:])}"
+            )
+        if self.train_bags is not None and (self.train_bags.dtype != torch.int64 or self.train_bags.shape != self.train_labels.shape):
+            raise DataError(
+                f"dataset {self.name!r}: train_bags must be int64 of shape {tuple(self.train_labels.shape)}, "
+                f"got {self.train_bags.dtype} of shape {tuple(self.train_bags.shape)}"
             )
 
     @property
