@@ -25,6 +25,7 @@ from fedlabel.models import build_model
 from fedlabel.report import RunRecorder
 from fedlabel.training import Params, evaluate, get_params
 from fedlabel.validation import Rejection, screen_updates
+from fedlabel.llp.setup import bag_spec, proportion_epsilon
 
 log = logging.getLogger("fedlabel.server")
 
@@ -52,7 +53,7 @@ def client_generator(*, seed: int, round: int, client_id: int) -> torch.Generato
 
 def load_dataset(cfg: Config) -> ImageDataset:
     d = cfg.data
-    return load_images(name=d.name, root=d.root, cache_dir=d.cache_dir, download=d.download)
+    return load_images(name=d.name, root=d.root, cache_dir=d.cache_dir, download=d.download, bag_key=d.bag_key)
 
 
 def load_federated(cfg: Config, dataset: ImageDataset | None = None) -> FederatedData:
@@ -68,6 +69,7 @@ def load_federated(cfg: Config, dataset: ImageDataset | None = None) -> Federate
         labeled_class_alpha=d.labeled_class_alpha,
         seed=cfg.seed,
         train_samples=d.train_samples,
+        bags=bag_spec(cfg),
     )
 
 
@@ -183,6 +185,7 @@ def _rounds(cfg: Config, *, model, params, test_images, test_labels, train_cohor
             record["accuracy"], record["loss"] = evaluate(model, algorithm.eval_params(params), test_images, test_labels, device=device)
         else:
             record["accuracy"] = record["loss"] = None
+        record["proportion_epsilon"] = proportion_epsilon(cfg)  # label-DP of the bag counts (None: none)
         record["seconds"] = time.perf_counter() - start
         record["participants"] = sorted(u.client_id for u in accepted)
         record["failed"] = [f.record() for f in failed]

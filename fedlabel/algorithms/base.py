@@ -71,6 +71,9 @@ class ClientUpdate:
 class Algorithm:
     """Base class. Subclasses set ``name`` and ``Params`` and override what differs."""
 
+    # True when the supervised branch runs through fedavg.train_labeled, which also trains on
+    # LLP bags (data.bag_size / data.bag_key); config validation refuses bags otherwise.
+    trains_on_bags: ClassVar[bool] = False
     name: ClassVar[str]
     Params: ClassVar[type[AlgorithmParams]] = AlgorithmParams
 

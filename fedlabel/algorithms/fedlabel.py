@@ -178,6 +178,7 @@ def _rows(choice: ExpertChoice, idx: torch.Tensor) -> ExpertChoice:
 class FedLabel(Algorithm):
     name = "fedlabel"
     Params = FedLabelParams
+    trains_on_bags = True
 
     def client_update(self, model, global_params, data, *, generator, device, extras=None) -> ClientUpdate:
         p: FedLabelParams = self.params
