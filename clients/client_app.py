@@ -18,6 +18,7 @@ from fedlabel.config import Config, DataConfig, config_from_run_config
 from fedlabel.data import FederatedData
 from fedlabel.federation import client_generator, load_federated
 from fedlabel.models import build_model
+from fedlabel.privacy.mechanism import private_client_update
 from fedlabel.training import resolve_device
 
 app = ClientApp()
@@ -58,7 +59,9 @@ def train(msg: Message, context: Context) -> Message:
     device = resolve_device(cfg.device)
     model = _model(cfg.model.name, fed.in_channels, fed.num_classes, fed.image_size)
     global_params = {k: v.to(device) for k, v in msg.content[keys.ARRAYS].to_torch_state_dict().items()}
-    update = build_algorithm(cfg.algorithm).client_update(
+    update = private_client_update(
+        build_algorithm(cfg.algorithm),
+        cfg.privacy,
         model,
         global_params,
         fed.clients[cid],

@@ -20,10 +20,10 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     from fedlabel.algorithms import ALGORITHMS
-    from fedlabel.config import Config, DataConfig, EngineConfig, ModelConfig
+    from fedlabel.config import PRIVACY_MECHANISMS, Config, DataConfig, EngineConfig, ModelConfig, PrivacyConfig
 
     cs = ConfigStore.instance()
-    top = {f.name: getattr(Config(), f.name) for f in dataclasses.fields(Config) if f.name not in ("algorithm", "data", "model", "engine")}
+    top = {f.name: getattr(Config(), f.name) for f in dataclasses.fields(Config) if f.name not in ("algorithm", "data", "model", "engine", "privacy")}
     cs.store(name="fedlabel_defaults", node=top)
     for name, algo in ALGORITHMS.items():
         cs.store(group="algorithm", name=name, node=dataclasses.asdict(algo.Params()))
@@ -33,6 +33,8 @@ def register_configs() -> None:
         cs.store(group="model", name=name, node=dataclasses.asdict(ModelConfig(name=name)))
     for name in ("flower", "inprocess"):
         cs.store(group="engine", name=name, node=dataclasses.asdict(EngineConfig(name=name)))
+    for name in PRIVACY_MECHANISMS:
+        cs.store(group="privacy", name=name, node=dataclasses.asdict(PrivacyConfig(name=name)))
 
 
 def run_config(values: dict[str, Any], *, progress: bool = True) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from fedlabel.algorithms import ClientUpdate, build_algorithm
 from fedlabel.config import Config
 from fedlabel.data import FederatedData, ImageDataset, build_federated, load_images
 from fedlabel.models import build_model
+from fedlabel.privacy.mechanism import ServerPrivacy
 from fedlabel.report import RunRecorder
 from fedlabel.training import Params, evaluate, get_params
 
@@ -119,6 +120,7 @@ def run_federation(
 
 def _rounds(cfg: Config, *, model, params, test_images, test_labels, train_cohort, recorder, device) -> Params:
     algorithm = build_algorithm(cfg.algorithm)
+    privacy = ServerPrivacy(cfg)
     params = {k: v.to(device) for k, v in params.items()}
     for rnd in range(1, cfg.rounds + 1):
         start = time.perf_counter()
@@ -128,12 +130,13 @@ def _rounds(cfg: Config, *, model, params, test_images, test_labels, train_cohor
         updates = train_cohort(rnd, cohort, params)
         if not updates:
             raise RuntimeError(f"round {rnd}: none of the {len(cohort)} sampled clients returned an update")
-        params = algorithm.aggregate(params, updates)
-        record = {"round": rnd, **pool_metrics(updates)}
+        params = privacy.aggregate(algorithm, params, updates, round=rnd)
+        record = {"round": rnd, **pool_metrics(updates), "epsilon": privacy.account(updates)}
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
             record["accuracy"], record["loss"] = evaluate(model, params, test_images, test_labels, device=device)
         else:
             record["accuracy"] = record["loss"] = None
         record["seconds"] = time.perf_counter() - start
+        recorder.extra["privacy"] = privacy.summary()
         recorder.log_round(record)
     return params

@@ -27,6 +27,7 @@ ROUND_FIELDS = [
     "loss_unlabeled",
     "clients",
     "seconds",
+    "epsilon",
 ]
 
 
@@ -53,6 +54,7 @@ class RunRecorder:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.rounds: list[dict[str, Any]] = []
+        self.extra: dict[str, Any] = {}  # more top-level summary entries (e.g. "privacy")
         self.start = time.perf_counter()
         self.csv_path = self.dir / "rounds.csv"
         with open(self.csv_path, "w", newline="") as fh:
@@ -88,6 +90,7 @@ class RunRecorder:
             "wall_seconds": time.perf_counter() - self.start,
             "rounds": self.rounds,
             "config": self.config,
+            **self.extra,
         }
         if error:
             summary["error"] = error

@@ -7,6 +7,7 @@ from typing import Any
 from fedlabel.algorithms import build_algorithm
 from fedlabel.config import Config, config_to_dict
 from fedlabel.federation import client_generator, initial_model, load_federated, run_federation
+from fedlabel.privacy.mechanism import private_client_update
 from fedlabel.report import RunRecorder
 from fedlabel.training import Params, resolve_device
 
@@ -22,7 +23,9 @@ def run_inprocess(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
 
     def train_cohort(rnd: int, cohort: list[int], global_params: Params):
         return [
-            algorithm.client_update(
+            private_client_update(
+                algorithm,
+                cfg.privacy,
                 model,
                 global_params,
                 fed.clients[cid],
