@@ -15,18 +15,39 @@ uniform cohorts this simulator samples.
 
 from __future__ import annotations
 
-from opacus.accountants import create_accountant
+import functools
+
+import numpy as np
 
 History = list[tuple[float, float, int]]  # (noise_multiplier, sample_rate, steps)
 
 
 def epsilon(history: History, *, delta: float, accountant: str = "rdp") -> float:
-    """Epsilon at ``delta`` of the composition of every entry of ``history`` (0 when empty)."""
+    """Epsilon at ``delta`` of the composition of every entry of ``history`` (0 when empty):
+    exactly what Opacus's accountant gives for that history. RDP is linear in the number of
+    steps, so the RDP curve of one step is computed once per (noise, rate) (about 0.3 s each in
+    Opacus's Python series) and scaled, which is what Opacus's ``compute_rdp`` does inside."""
+    from opacus.accountants import RDPAccountant, create_accountant
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
     if not history:
         return 0.0
+    if accountant == "rdp":
+        rdp = sum(_rdp_one_step(float(z), float(q)) * int(s) for z, q, s in history)
+        eps, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+        return float(eps)
     acc = create_accountant(accountant)
     acc.history = [(float(z), float(q), int(s)) for z, q, s in history]
     return float(acc.get_epsilon(delta=delta))
+
+
+@functools.lru_cache(maxsize=4096)
+def _rdp_one_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
+    rdp = rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS)
+    return np.asarray(rdp, dtype=float)
 
 
 def merge(history: History, entries: History) -> History:

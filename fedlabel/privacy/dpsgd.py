@@ -39,7 +39,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from opacus import GradSampleModule
 from torch import nn
 
 WRAPPED_PREFIX = "_module."  # Opacus's GradSampleModule prefixes state_dict keys with this
@@ -93,12 +92,15 @@ def poisson_batches(n: int, *, batch_size: int, steps: int, generator: torch.Gen
 # Opacus's wrapped module and its state_dict keys
 
 
-_wrapped: weakref.WeakKeyDictionary[nn.Module, dict[torch.device, GradSampleModule]] = weakref.WeakKeyDictionary()
+_wrapped: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {device: GradSampleModule}
 
 
-def grad_sample_module(model: nn.Module, device: torch.device) -> GradSampleModule:
+def grad_sample_module(model: nn.Module, device: torch.device) -> nn.Module:
     """A GradSampleModule around a private copy of ``model`` on ``device`` (cached per model),
-    so the shared skeleton never carries Opacus's hooks."""
+    so the shared skeleton never carries Opacus's hooks. (Opacus is imported here, not at module
+    load: it costs seconds, and runs without DP-SGD never need it.)"""
+    from opacus import GradSampleModule
+
     per_device = _wrapped.setdefault(model, {})
     if device not in per_device:
         per_device[device] = GradSampleModule(copy.deepcopy(model).to(device).train(), loss_reduction="sum")
