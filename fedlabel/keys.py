@@ -16,3 +16,4 @@ WEIGHT = "weight"  # r_k
 DP_NOISE_MULTIPLIERS = "dp-noise-multipliers"
 DP_SAMPLE_RATES = "dp-sample-rates"
 DP_STEPS = "dp-steps"
+CLIPPED_PARAMS = "clipped-params"  # central DP, client-side clipping: w + clip(Delta), client -> server

@@ -11,6 +11,7 @@ import time
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedlabel import keys
 from fedlabel.algorithms import ClientUpdate
@@ -49,13 +50,16 @@ def discover_partitions(grid: Grid, num_clients: int) -> tuple[dict[int, int], l
     return nodes, sorted(stats, key=lambda s: s["client_id"])
 
 
-def decode_update(reply: Message) -> ClientUpdate:
+def decode_update(reply: Message, global_params: Params) -> ClientUpdate:
     metrics = dict(reply.content[keys.METRICS])
     deltas = {
         name[len(keys.DELTA_PREFIX) :]: record.to_torch_state_dict()
         for name, record in reply.content.array_records.items()
         if name.startswith(keys.DELTA_PREFIX)
     }
+    if keys.CLIPPED_PARAMS in reply.content.array_records:  # central DP clipped by fixedclipping_mod
+        clipped = reply.content[keys.CLIPPED_PARAMS].to_torch_state_dict()
+        deltas["model"] = {k: clipped[k] - global_params[k].cpu() for k in global_params}
     return ClientUpdate(
         client_id=int(metrics.pop(keys.CLIENT_ID)),
         deltas=deltas,
@@ -82,9 +86,12 @@ def main(grid: Grid, context: Context) -> None:
 
     def train_cohort(rnd: int, cohort: list[int], global_params: Params) -> list[ClientUpdate]:
         arrays = ArrayRecord(torch_state_dict={k: v.cpu() for k, v in global_params.items()})
+        config = {keys.ROUND: rnd}
+        if cfg.privacy.name == "central_dp" and cfg.privacy.clipping == "client":
+            config[KEY_CLIPPING_NORM] = cfg.privacy.max_grad_norm  # as Flower's ClientSide wrapper sends it
         msgs = [
             Message(
-                RecordDict({keys.ARRAYS: arrays, keys.CONFIG: ConfigRecord({keys.ROUND: rnd})}),
+                RecordDict({keys.ARRAYS: arrays, keys.CONFIG: ConfigRecord(config)}),
                 dst_node_id=nodes[cid],
                 message_type=MessageType.TRAIN,
             )
@@ -95,7 +102,7 @@ def main(grid: Grid, context: Context) -> None:
             if reply.has_error():
                 log.warning("round %d: node %s failed: %s", rnd, reply.metadata.src_node_id, reply.error.reason)
                 continue
-            updates.append(decode_update(reply))
+            updates.append(decode_update(reply, global_params))
         return updates
 
     run_federation(

@@ -20,9 +20,11 @@ Params = dict[str, torch.Tensor]
 
 
 def private_client_update(algorithm: Algorithm, privacy: PrivacyConfig, model: nn.Module, global_params: Params,
-                          data: ClientData, *, generator: torch.Generator, device: torch.device) -> ClientUpdate:  # fmt: skip
+                          data: ClientData, *, generator: torch.Generator, device: torch.device,
+                          clip: bool = True) -> ClientUpdate:  # fmt: skip
     """``algorithm.client_update`` under ``privacy``: DP-SGD in every training loop (and the
-    ledger of what ran, in the metrics), or client-side clipping for central DP."""
+    ledger of what ran, in the metrics), or client-side clipping for central DP (``clip=False``
+    where the transport clips instead: Flower's fixedclipping_mod on the Flower engine)."""
     if privacy.name == "dpsgd":
         noise = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
         settings = DpSgdSettings(noise_multiplier=privacy.noise_multiplier, max_grad_norm=privacy.max_grad_norm)
@@ -35,7 +37,8 @@ def private_client_update(algorithm: Algorithm, privacy: PrivacyConfig, model: n
         return update
     update = algorithm.client_update(model, global_params, data, generator=generator, device=device)
     if privacy.name == "central_dp" and privacy.clipping == "client":
-        update.deltas = {"model": central.clip_update(_single_delta(update), privacy.max_grad_norm)}
+        delta = _single_delta(update)
+        update.deltas = {"model": central.clip_update(delta, privacy.max_grad_norm) if clip else delta}
     return update
 
 

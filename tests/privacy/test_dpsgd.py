@@ -159,3 +159,11 @@ def test_dpsgd_changes_training_and_no_privacy_leaves_it_alone():
     assert all(torch.equal(plain.deltas["model"][k], again.deltas["model"][k]) for k in plain.deltas["model"])
     assert not any(torch.equal(plain.deltas["model"][k], private.deltas["model"][k]) for k in plain.deltas["model"])
     assert "dp-steps" not in plain.metrics and private.metrics["dp-steps"] == [3]
+
+
+def test_ledger_metrics_travel_in_a_flower_metric_record():
+    from flwr.app import MetricRecord
+
+    update = _private_round("fedlabel", PrivacyConfig(name="dpsgd"), tiny_client(num_labeled=10, num_unlabeled=25), 1)
+    decoded = dict(MetricRecord(dict(update.metrics)))
+    assert decoded == update.metrics and decoded["dp-steps"] == [3, 2]
