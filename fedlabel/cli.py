@@ -3,6 +3,9 @@
   fedlabel simulate [hydra overrides]   run a simulation (engine=flower by default)
   fedlabel flower-config [--write]      print (or rewrite in pyproject.toml) the
                                         [tool.flwr.app.config] section from the schema
+  fedlabel privacy-sweep [options] [overrides]
+                                        privacy-utility sweep -> docs/privacy.md
+                                        (`fedlabel privacy-sweep --help`)
 """
 
 from __future__ import annotations
@@ -124,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd == "simulate":
         return _simulate(rest)
+    if cmd == "privacy-sweep":
+        from fedlabel.privacy.sweep import main as sweep_main
+
+        return sweep_main(rest)
     if cmd == "flower-config":
         if "--write" in rest:
             write_flower_config(Path(__file__).resolve().parents[1] / "pyproject.toml")
