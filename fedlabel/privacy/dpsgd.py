@@ -27,6 +27,8 @@ unlabeled steps when no sample passes beta. The noise comes from a seeded torch 
 Contract for a loss under DP-SGD: ``loss_fn(f, batch)`` gets a 1-D tensor of the n sampled record
 indices; it returns the mean over these records of per-record terms, and every call ``f(x)``
 passes rows that are k stacked views of these records in batch order (row j is record j mod n).
+Outputs used only as targets (pseudo-labels, teachers) must be computed under ``torch.no_grad()``
+(Opacus keeps the activations of every forward pass that records gradients until its backward).
 Parameter-only terms (weight decay, proximal terms) belong in the SGD update, not in the loss.
 """
 

@@ -78,3 +78,15 @@ def test_split_updates_are_refused():
     u = ClientUpdate(client_id=7, deltas={"labeled": {}, "unlabeled": {}}, weight=1.0)
     with pytest.raises(ValueError, match="client 7 sent"):
         server.aggregate(None, {}, [u], round=1)
+
+
+def test_no_privacy_reports_null_epsilon_and_uses_the_algorithms_aggregation():
+    server = ServerPrivacy(Config())
+    update = ClientUpdate(client_id=0, deltas={"model": {"w": torch.ones(2)}}, weight=3.0)
+
+    class Algo:
+        def aggregate(self, global_params, updates):
+            return {"w": global_params["w"] + 1}
+
+    assert server.account([update]) is None and server.summary() is None
+    assert torch.equal(server.aggregate(Algo(), {"w": torch.zeros(2)}, [update], round=1)["w"], torch.ones(2))

@@ -39,12 +39,6 @@ def test_dpsgd_epsilon_per_round_is_max_over_clients_of_opacus_accounting(tmp_pa
         assert [float(row["epsilon"]) for row in csv.DictReader(fh)] == [r["epsilon"] for r in summary["rounds"]]
 
 
-def test_no_privacy_reports_null_epsilon(tmp_path):
-    summary = run_config(_private(tmp_path, "plain"), progress=False)
-    assert all(r["epsilon"] is None for r in summary["rounds"])
-    assert summary.get("privacy") is None
-
-
 def test_flower_engine_gives_the_same_epsilon(tmp_path):
     """Central DP with client-side clipping runs Flower's fixedclipping_mod on the Flower engine.
     The epsilon must match the in-process engine round for round, and so must the accuracy (same
