@@ -41,6 +41,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--workdir", default="", help="run outputs (default outputs/privacy-sweep/<time>)")
     ap.add_argument("--report", default="docs/privacy.md", help="markdown file to write the section into")
     ap.add_argument("--section", default="DP", help="the section heading (and marker) this sweep owns")
+    ap.add_argument("--render-only", action="store_true", help="rewrite the report from --workdir's results.json, run nothing")
     ap.add_argument("overrides", nargs="*", help="base Hydra overrides for every run, e.g. rounds=10 data.train_samples=6000")
     args = ap.parse_args(argv)
     if not (args.noise or args.central_noise or args.bag_sizes or args.proportion_epsilons):
@@ -134,7 +135,7 @@ def render(results: list[dict], args: argparse.Namespace, *, images: Path, repor
     delta = next((r["delta"] for r in results if r["delta"] is not None), None)
     out = [f"## {args.section}", "",
            f"Measured {datetime.now():%Y-%m-%d} with `fedlabel privacy-sweep {shlex.join(_argv(args))}` "
-           f"({len(results)} runs, {total / 60:.1f} min on this machine's CPU). Base overrides of every run: "
+           f"({len(results)} runs, {total / 60:.1f} min wall in all, on the in-process engine). Base overrides of every run: "
            f"`{' '.join(args.overrides) or '(defaults)'}`; accuracy = the final evaluation and the mean of the last "
            f"{args.last} evaluations; epsilon at delta = {delta}; round time = the sum of the rounds' wall seconds "
            f"(training, aggregation, evaluation; no start-up); CPU time = this process's CPU seconds for the whole run "
@@ -144,7 +145,8 @@ def render(results: list[dict], args: argparse.Namespace, *, images: Path, repor
     for series, xname, xlabel, logx in specs:
         if not any(r["series"] == series for r in results):
             continue
-        png = images / f"privacy-{args.section.lower()}-{series}.png"
+        slug = "".join(c if c.isalnum() else "-" for c in args.section.lower()).strip("-")
+        png = images / f"privacy-{slug}-{series}.png"
         _plot(results, series, xlabel, png, logx=logx)
         out += [f"### {xname}", "", *_table(results, series, xname, base), "",
                 f"![accuracy against {xlabel}]({png.relative_to(report_dir) if png.is_relative_to(report_dir) else png})", ""]  # fmt: skip
@@ -200,16 +202,19 @@ def main(argv: list[str]) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir or f"outputs/privacy-sweep/{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    base = list(args.overrides)
-    start = time.perf_counter()
-    results = []
-    for run in plan(args):
-        print(f"privacy-sweep: {run['series']} {'' if run['x'] is None else run['x']}", file=sys.stderr, flush=True)
-        results.append(run_one(run, base, workdir, last=args.last))
-        (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    if args.render_only:
+        results = json.loads((workdir / "results.json").read_text())
+        total = sum(r["wall_seconds"] for r in results)
+    else:
+        workdir.mkdir(parents=True, exist_ok=True)
+        start, results = time.perf_counter(), []
+        for run in plan(args):
+            print(f"privacy-sweep: {run['series']} {'' if run['x'] is None else run['x']}", file=sys.stderr, flush=True)
+            results.append(run_one(run, list(args.overrides), workdir, last=args.last))
+            (workdir / "results.json").write_text(json.dumps(results, indent=2))
+        total = time.perf_counter() - start
     report = Path(args.report).resolve()
-    text = render(results, args, images=report.parent, report_dir=report.parent, total=time.perf_counter() - start)
+    text = render(results, args, images=report.parent, report_dir=report.parent, total=total)
     write_section(report, args.section, text)
     print(text)
     return 0
