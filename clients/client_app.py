@@ -69,6 +69,11 @@ def train(msg: Message, context: Context) -> Message:
     device = resolve_device(cfg.device)
     model = _model(cfg.model.name, fed.in_channels, fed.num_classes, fed.image_size)
     global_params = {k: v.to(device) for k, v in msg.content[keys.ARRAYS].to_torch_state_dict().items()}
+    extras = {
+        name[len(keys.EXTRA_PREFIX) :]: {k: v.to(device) for k, v in record.to_torch_state_dict().items()}
+        for name, record in msg.content.array_records.items()
+        if name.startswith(keys.EXTRA_PREFIX)
+    }
     update = private_client_update(
         build_algorithm(cfg.algorithm),
         cfg.privacy,
@@ -78,6 +83,7 @@ def train(msg: Message, context: Context) -> Message:
         generator=client_generator(seed=cfg.seed, round=rnd, client_id=cid),
         device=device,
         clip=False,  # client-side central DP clipping is fixedclipping_mod's
+        **({"extras": extras} if extras else {}),
     )
     if KEY_CLIPPING_NORM in msg.content[keys.CONFIG]:
         # central DP, client-side clipping: fixedclipping_mod clips (reply - sent arrays) in the

@@ -9,6 +9,7 @@ Flower cannot carry (None, lists) are not used in the schema.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +82,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_every: int = 1  # central test-set evaluation every N rounds (and after the last)
     output_dir: str = "outputs/run"
+    tensorboard: bool = False  # also log every round to output_dir/tensorboard (pip install 'fedlabel[tensorboard]')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,6 +224,8 @@ def validate(cfg: Config) -> None:
         f"unknown device {cfg.device!r}; choose auto, cpu or cuda[:N]",
     )
     check(bool(cfg.output_dir), "output_dir", "must not be empty")
+    check(not cfg.tensorboard or importlib.util.find_spec("tensorboard") is not None, "tensorboard",
+          "needs the optional package tensorboard: pip install 'fedlabel[tensorboard]' (or tensorboard=false)")  # fmt: skip
     validate_privacy(cfg)
     cfg.algorithm.validate()
 
@@ -235,6 +239,13 @@ def validate_privacy(cfg: Config) -> None:
     check(p.clipping in ("server", "client"), "privacy.clipping", f"unknown side {p.clipping!r}; choose server or client")
     check(p.accountant in ("rdp", "prv"), "privacy.accountant", f"unknown accountant {p.accountant!r}; choose rdp or prv")
     if p.name == "dpsgd":
+        supported = sorted(n for n, a in ALGORITHMS.items() if a.dpsgd_supported)
+        check(
+            ALGORITHMS[cfg.algorithm.name].dpsgd_supported,
+            "privacy.name",
+            f"privacy=dpsgd covers algorithms that train on one record set per SGD step ({', '.join(supported)}); "
+            f"{cfg.algorithm.name} trains on labeled and unlabeled records in one step or with its own SGD loop",
+        )
         check(
             getattr(cfg.algorithm, "unlabeled_sampling", "all") == "all",
             "algorithm.unlabeled_sampling",

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fedlabel.algorithms import ClientUpdate, build_algorithm
+from fedlabel.algorithms.base import ServerSetup, StateDict
 from fedlabel.config import Config
 from fedlabel.data import FederatedData, ImageDataset, build_federated, load_images
 from fedlabel.models import build_model
@@ -22,7 +23,8 @@ from fedlabel.privacy.mechanism import ServerPrivacy
 from fedlabel.report import RunRecorder
 from fedlabel.training import Params, evaluate, get_params
 
-TrainCohort = Callable[[int, list[int], Params], list[ClientUpdate]]
+# (round, cohort, global state, per-client extras from Algorithm.client_payload) -> updates
+TrainCohort = Callable[[int, list[int], Params, dict[int, dict[str, StateDict]]], list[ClientUpdate]]
 
 
 def sample_cohort(*, seed: int, round: int, num_clients: int, clients_per_round: int) -> list[int]:
@@ -77,21 +79,25 @@ def pool_metrics(updates: list[ClientUpdate]) -> dict[str, float | None]:
 
     n_u, kept = total("num_unlabeled"), total("num_kept")
     has_truth = all("num_kept_correct" in u.metrics for u in updates) and any("num_kept" in u.metrics for u in updates)
-    return {
+    experts = any("num_kept_global" in u.metrics for u in updates)  # only FedLabel chooses an expert
+    pooled = {
         "clients": len(updates),
         "pseudo_label_coverage": kept / n_u if n_u else None,
         "pseudo_label_accuracy": total("num_kept_correct") / kept if kept and has_truth else None,
-        "global_expert_share": total("num_kept_global") / kept if kept else None,
+        "global_expert_share": total("num_kept_global") / kept if kept and experts else None,
         # pseudo-label accuracy on the kept samples where the global (resp. local) model was the expert
         "global_expert_accuracy": total("num_kept_global_correct") / total("num_kept_global")
         if has_truth and total("num_kept_global")
         else None,
         "local_expert_accuracy": (total("num_kept_correct") - total("num_kept_global_correct")) / (kept - total("num_kept_global"))
-        if has_truth and kept - total("num_kept_global")
+        if has_truth and experts and kept - total("num_kept_global")
         else None,
         "loss_labeled": mean("loss_labeled"),
         "loss_unlabeled": mean("loss_unlabeled"),
     }
+    if any("num_helper_models" in u.metrics for u in updates):  # FedMatch: helper models the clients received
+        pooled["helper_models"] = int(total("num_helper_models"))
+    return pooled
 
 
 def run_federation(
@@ -121,22 +127,23 @@ def run_federation(
 def _rounds(cfg: Config, *, model, params, test_images, test_labels, train_cohort, recorder, device) -> Params:
     algorithm = build_algorithm(cfg.algorithm)
     privacy = ServerPrivacy(cfg)
-    params = {k: v.to(device) for k, v in params.items()}
+    setup = ServerSetup(model=model, seed=cfg.seed, input_shape=tuple(test_images.shape[1:]))
+    params = algorithm.init_global({k: v.to(device) for k, v in params.items()}, setup=setup)
     for rnd in range(1, cfg.rounds + 1):
         start = time.perf_counter()
         cohort = sample_cohort(
             seed=cfg.seed, round=rnd, num_clients=cfg.data.num_clients, clients_per_round=cfg.clients_per_round
         )
-        updates = train_cohort(rnd, cohort, params)
+        updates = train_cohort(rnd, cohort, params, algorithm.client_payload(rnd, cohort, params))
         if not updates:
             raise RuntimeError(f"round {rnd}: none of the {len(cohort)} sampled clients returned an update")
         params = privacy.aggregate(algorithm, params, updates, round=rnd)
         record = {"round": rnd, **pool_metrics(updates), "epsilon": privacy.account(updates)}
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
-            record["accuracy"], record["loss"] = evaluate(model, params, test_images, test_labels, device=device)
+            record["accuracy"], record["loss"] = evaluate(model, algorithm.eval_params(params), test_images, test_labels, device=device)
         else:
             record["accuracy"] = record["loss"] = None
         record["seconds"] = time.perf_counter() - start
         recorder.extra["privacy"] = privacy.summary()
         recorder.log_round(record)
-    return params
+    return algorithm.eval_params(params)

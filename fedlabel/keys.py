@@ -4,6 +4,7 @@ ARRAYS = "arrays"  # global parameters, server -> client
 CONFIG = "config"  # ConfigRecord, server -> client
 METRICS = "metrics"  # MetricRecord, client -> server
 DELTA_PREFIX = "delta."  # one ArrayRecord per named delta, client -> server
+EXTRA_PREFIX = "extra."  # one ArrayRecord per named extra of Algorithm.client_payload, server -> client
 STATS = "stats"  # MetricRecord of a client's data statistics (query reply)
 
 ROUND = "round"

@@ -59,6 +59,7 @@ class RunRecorder:
         self.csv_path = self.dir / "rounds.csv"
         with open(self.csv_path, "w", newline="") as fh:
             csv.writer(fh).writerow(ROUND_FIELDS)
+        self.tensorboard = _tensorboard_writer(self.dir / "tensorboard") if config.get("tensorboard") else None
         self.bar = tqdm(total=total_rounds, desc="rounds", unit="round", disable=not progress, file=sys.stderr, dynamic_ncols=True)
         self._write_summary(status="running")
 
@@ -71,6 +72,11 @@ class RunRecorder:
         with open(self.csv_path, "a", newline="") as fh:
             csv.writer(fh).writerow(["" if record.get(k) is None else record.get(k) for k in ROUND_FIELDS])
         self._write_summary(status="running")
+        if self.tensorboard is not None:
+            for key in ROUND_FIELDS[1:]:
+                if isinstance(record.get(key), (int, float)):
+                    self.tensorboard.add_scalar(key, record[key], global_step=record["round"])
+            self.tensorboard.flush()
         postfix = {}
         if record.get("accuracy") is not None:
             postfix["acc"] = f"{record['accuracy']:.4f}"
@@ -98,10 +104,21 @@ class RunRecorder:
 
     def finish(self, *, error: str | None = None) -> dict[str, Any]:
         self.bar.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         self._write_summary(status="failed" if error else "completed", error=error)
         if self.rounds:
             plot_accuracy(self.rounds, self.dir / "accuracy.png", title=str(self.config.get("algorithm", {}).get("name", "")))
         return json.loads((self.dir / "summary.json").read_text())
+
+
+def _tensorboard_writer(path: Path):
+    """A TensorBoard event writer (optional dependency, imported only when asked for)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise RuntimeError("tensorboard=true needs the optional package: pip install 'fedlabel[tensorboard]'") from err
+    return SummaryWriter(log_dir=str(path))
 
 
 def plot_accuracy(rounds: list[dict[str, Any]], path: Path, *, title: str = "") -> None:

@@ -74,6 +74,11 @@ def batch_indices(n: int, *, batch_size: int, steps: int, generator: torch.Gener
     return out[:steps]
 
 
+def proximal_term(params: Params, center: Params, *, mu: float) -> torch.Tensor:
+    """FedProx's proximal term mu/2 ||w - w_center||^2 (Li et al., MLSys 2020, eq. 2)."""
+    return 0.5 * mu * sum(((params[k] - center[k]) ** 2).sum() for k in params)
+
+
 def sgd_train(
     model: nn.Module,
     params: Params,
@@ -81,18 +86,23 @@ def sgd_train(
     batches: list,
     loss_fn: Callable[[Callable[[torch.Tensor], torch.Tensor], object], torch.Tensor],
     sgd: SgdConfig,
+    prox_mu: float = 0.0,
 ) -> tuple[Params, float]:
     """Run one SGD step per batch from ``params``; returns (new params, mean loss).
 
-    ``loss_fn(f, batch)`` gets ``f = x -> logits`` under the current parameters."""
+    ``loss_fn(f, batch)`` gets ``f = x -> logits`` under the current parameters. With
+    ``prox_mu`` > 0 every step also descends FedProx's mu/2 ||w - params||^2 (the starting point,
+    i.e. the global model); the returned mean loss is loss_fn's alone."""
+    center = {k: v.detach().clone() for k, v in params.items()} if prox_mu else None
     if dpsgd.active_session() is not None and batches:
-        return _dp_sgd_train(model, params, batches=batches, loss_fn=loss_fn, sgd=sgd)
+        return _dp_sgd_train(model, params, batches=batches, loss_fn=loss_fn, sgd=sgd, center=center, prox_mu=prox_mu)
     params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     velocity = {k: torch.zeros_like(v) for k, v in params.items()} if sgd.momentum else None
     total = 0.0
     for batch in batches:
         loss = loss_fn(lambda x: forward(model, params, x), batch)
-        grads = torch.autograd.grad(loss, list(params.values()))
+        objective = loss + proximal_term(params, center, mu=prox_mu) if center is not None else loss
+        grads = torch.autograd.grad(objective, list(params.values()))
         _sgd_step(params, grads, velocity, sgd)
         total += float(loss.detach())
     return {k: v.detach() for k, v in params.items()}, total / max(len(batches), 1)
@@ -108,11 +118,15 @@ def _sgd_step(params: Params, grads, velocity: Params | None, sgd: SgdConfig) ->
         p.sub_(g, alpha=sgd.lr)
 
 
-def _dp_sgd_train(model: nn.Module, params: Params, *, batches: list, loss_fn, sgd: SgdConfig) -> tuple[Params, float]:
+def _dp_sgd_train(model: nn.Module, params: Params, *, batches: list, loss_fn, sgd: SgdConfig,
+                  center: Params | None, prox_mu: float) -> tuple[Params, float]:  # fmt: skip
     """sgd_train's DP-SGD path (fedlabel.privacy.dpsgd): Opacus per-sample gradients on Poisson
-    batches, clipped and noised; empty batches take a noise-only step. Appends (z, q, steps) to
-    the session's ledger."""
+    batches, clipped and noised; empty batches take a noise-only step. FedProx's proximal
+    gradient mu (w - center) depends on no data and is added after the noise. Appends
+    (z, q, steps) to the session's ledger."""
     session = dpsgd.active_session()
+    if not all(isinstance(b, torch.Tensor) and b.dim() == 1 for b in batches):
+        raise RuntimeError("DP-SGD: each batch must be one tensor of record indices (one record set per step)")
     if session.last_draw is None or session.last_draw[2] != len(batches):
         raise RuntimeError("DP-SGD: sgd_train's batches must be the Poisson batches of the latest batch_indices call")
     (q, num_records, _), settings = session.last_draw, session.settings
@@ -141,6 +155,8 @@ def _dp_sgd_train(model: nn.Module, params: Params, *, batches: list, loss_fn, s
             total, nonempty = total + float(loss.detach()), nonempty + 1
         grads = dpsgd.noisy_mean(clipped, settings=settings, expected_batch_size=expected_batch_size,
                                  generator=session.generator)  # fmt: skip
+        if center is not None:
+            grads = [g + prox_mu * (w.detach() - center[k[len(dpsgd.WRAPPED_PREFIX) :]]) for g, (k, w) in zip(grads, weights.items())]
         _sgd_step(weights, grads, velocity, sgd)
     session.ledger.append((settings.noise_multiplier, q, len(batches)))
     out = {k: v.detach().clone() for k, v in dpsgd.from_wrapped(gsm.state_dict()).items()}

@@ -68,6 +68,14 @@ def decode_update(reply: Message, global_params: Params) -> ClientUpdate:
     )
 
 
+def encode_extras(extras: dict) -> dict[str, ArrayRecord]:
+    """A client's extras (Algorithm.client_payload) as ArrayRecords named EXTRA_PREFIX + name."""
+    return {
+        keys.EXTRA_PREFIX + name: ArrayRecord(torch_state_dict={k: v.cpu() for k, v in arrays.items()})
+        for name, arrays in extras.items()
+    }
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = config_from_run_config(context.run_config)
@@ -84,14 +92,14 @@ def main(grid: Grid, context: Context) -> None:
         raise
     recorder.write_json("clients.json", stats)
 
-    def train_cohort(rnd: int, cohort: list[int], global_params: Params) -> list[ClientUpdate]:
+    def train_cohort(rnd: int, cohort: list[int], global_params: Params, extras: dict) -> list[ClientUpdate]:
         arrays = ArrayRecord(torch_state_dict={k: v.cpu() for k, v in global_params.items()})
         config = {keys.ROUND: rnd}
         if cfg.privacy.name == "central_dp" and cfg.privacy.clipping == "client":
             config[KEY_CLIPPING_NORM] = cfg.privacy.max_grad_norm  # as Flower's ClientSide wrapper sends it
         msgs = [
             Message(
-                RecordDict({keys.ARRAYS: arrays, keys.CONFIG: ConfigRecord(config)}),
+                RecordDict({keys.ARRAYS: arrays, keys.CONFIG: ConfigRecord(config), **encode_extras(extras.get(cid, {}))}),
                 dst_node_id=nodes[cid],
                 message_type=MessageType.TRAIN,
             )

@@ -3,8 +3,19 @@
 from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate
 from fedlabel.algorithms.fedavg import FedAvg
 from fedlabel.algorithms.fedlabel import FedLabel
+from fedlabel.algorithms.fedlabel_ablation import FedLabelGlobalOnly, FedLabelLocalOnly
+from fedlabel.algorithms.fedmatch import FedMatch
+from fedlabel.algorithms.fedprox import FedProx
+from fedlabel.algorithms.fedtrinet import FedTriNet
+from fedlabel.algorithms.fixmatch import FedAvgFixMatch, FedProxFixMatch
+from fedlabel.algorithms.uda import FedAvgUda, FedProxUda
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (FedAvg, FedLabel)}
+ALGORITHMS: dict[str, type[Algorithm]] = {
+    cls.name: cls
+    for cls in (FedAvg, FedLabel)
+    + (FedProx, FedAvgFixMatch, FedProxFixMatch, FedAvgUda, FedProxUda, FedLabelLocalOnly, FedLabelGlobalOnly)
+    + (FedMatch, FedTriNet)
+}
 
 
 def build_algorithm(params: AlgorithmParams) -> Algorithm:

@@ -1,5 +1,13 @@
 """The protocol every algorithm implements: a frozen params dataclass, a client update and a
-server aggregation. Both engines (in-process and Flower) call exactly these functions."""
+server aggregation. Both engines (in-process and Flower) call exactly these functions.
+
+Optional server-side hooks (defaults keep FedAvg-style algorithms unchanged):
+ - ``init_global``: the initial global state; may hold more than the model (FedMatch's sigma and
+   psi, FedTriNet's extra heads). ``eval_params`` turns it into the model's parameters, which
+   the central evaluation runs and model.pt stores.
+ - ``client_payload``: extra named arrays per client sent with its train message (FedMatch's
+   helper models); a Flower client receives them inside the message, as ArrayRecords.
+ - ``state_dict`` / ``load_state_dict``: server-side algorithm state kept across rounds."""
 
 from __future__ import annotations
 
@@ -40,6 +48,15 @@ class AlgorithmParams:
         check(self.weak_shift >= 0, "algorithm.weak_shift", f"must be >= 0, got {self.weak_shift}")
 
 
+@dataclass(frozen=True)
+class ServerSetup:
+    """What the server knows when it builds the initial global state."""
+
+    model: nn.Module  # the model skeleton (for algorithms that run the model on the server)
+    seed: int  # the run's seed, for any extra initial state
+    input_shape: tuple[int, ...]  # one image: C x H x W
+
+
 @dataclass
 class ClientUpdate:
     """What a client sends back: named parameter deltas, its aggregation weight r_k, and
@@ -56,6 +73,10 @@ class Algorithm:
 
     name: ClassVar[str]
     Params: ClassVar[type[AlgorithmParams]] = AlgorithmParams
+    # privacy=dpsgd: every SGD step trains on one Poisson batch of one record set through
+    # batch_indices/sgd_train (fedlabel.privacy.dpsgd's contract); joint labeled+unlabeled steps
+    # and hand-written SGD loops are not covered.
+    dpsgd_supported: ClassVar[bool] = False
 
     def __init__(self, params: AlgorithmParams) -> None:
         self.params = params
@@ -68,8 +89,30 @@ class Algorithm:
         *,
         generator: torch.Generator,
         device: torch.device,
+        extras: dict[str, StateDict] | None = None,
     ) -> ClientUpdate:
+        """One client's round. ``extras``: what ``client_payload`` gave this client (the
+        engines pass it only when that is not empty)."""
         raise NotImplementedError
+
+    def init_global(self, params: Params, *, setup: ServerSetup) -> Params:
+        """The initial global state from the seeded initial model parameters."""
+        return params
+
+    def eval_params(self, global_params: Params) -> Params:
+        """The model parameters the central evaluation runs (and model.pt stores)."""
+        return global_params
+
+    def client_payload(self, rnd: int, cohort: list[int], global_params: Params) -> dict[int, dict[str, StateDict]]:
+        """Extra named arrays per client id, sent with the train message of round ``rnd``."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """Server-side algorithm state kept across rounds (for checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned."""
 
     def aggregate(self, global_params: Params, updates: list[ClientUpdate]) -> Params:
         """FedAvg over deltas with server learning rate 1: w + sum_k (r_k / sum_j r_j) Delta_k.

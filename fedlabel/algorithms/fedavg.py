@@ -5,7 +5,9 @@ The client weight r_k is the number of labeled samples."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,8 @@ from fedlabel.augment import weak_augment
 from fedlabel.data import ClientData
 from fedlabel.training import Params, batch_indices, sgd_train, subtract, to_float
 
+LossFn = Callable[[Callable[[torch.Tensor], torch.Tensor], Any], torch.Tensor]  # (f = x -> logits, batch) -> loss
+
 
 def train_labeled(
     model: nn.Module,
@@ -25,9 +29,17 @@ def train_labeled(
     *,
     generator: torch.Generator,
     device: torch.device,
+    mu: float = 0.0,
+    extra: tuple[list, LossFn] | None = None,
 ) -> tuple[Params, float]:
     """The supervised branch: tau SGD steps of cross-entropy on weakly augmented labeled
-    batches, starting from the global model. Returns (local params w_L, mean loss)."""
+    batches, starting from the global model. Returns (local params w_L, mean loss).
+
+    ``mu`` > 0 adds FedProx's proximal term mu/2 ||w - w_global||^2 to every step. ``extra`` =
+    (batches, loss_fn) adds one more loss per step (FixMatch/UDA train on labeled and unlabeled
+    batches in the same step): step i minimises labeled CE on labeled batch i plus
+    loss_fn(f, batches[i]); either part is absent when its list is shorter, and the mean loss
+    returned is that of the sum."""
     x, y = data.labeled_images.to(device), data.labeled_labels.to(device)
     batches = batch_indices(data.num_labeled, batch_size=p.batch_size, steps=p.local_steps, generator=generator)
 
@@ -37,7 +49,20 @@ def train_labeled(
             xb = weak_augment(xb, generator=generator, max_shift=p.weak_shift)
         return F.cross_entropy(f(xb), y[idx.to(device)])
 
-    return sgd_train(model, global_params, batches=batches, loss_fn=loss_fn, sgd=p.sgd())
+    if extra is not None:
+        batches, loss_fn = _joint(batches, loss_fn, *extra)
+    return sgd_train(model, global_params, batches=batches, loss_fn=loss_fn, sgd=p.sgd(), prox_mu=mu)
+
+
+def _joint(labeled: list, labeled_loss: LossFn, extra: list, extra_loss: LossFn) -> tuple[list, LossFn]:
+    """Pair batch i of both lists; the step's loss is the sum of the parts present."""
+    pairs = [(labeled[i] if i < len(labeled) else None, extra[i] if i < len(extra) else None)
+             for i in range(max(len(labeled), len(extra)))]  # fmt: skip
+
+    def loss_fn(f, pair) -> torch.Tensor:
+        return sum(fn(f, b) for fn, b in zip((labeled_loss, extra_loss), pair) if b is not None)
+
+    return pairs, loss_fn
 
 
 @dataclass(frozen=True)
@@ -47,10 +72,17 @@ class FedAvgParams(AlgorithmParams):
 
 class FedAvg(Algorithm):
     name = "fedavg"
+    dpsgd_supported = True
     Params = FedAvgParams
 
-    def client_update(self, model, global_params, data, *, generator, device) -> ClientUpdate:
-        local, loss = train_labeled(model, global_params, data, self.params, generator=generator, device=device)
+    def proximal_mu(self) -> float:
+        """FedProx's mu for the supervised branch (0 = plain FedAvg)."""
+        return 0.0
+
+    def client_update(self, model, global_params, data, *, generator, device, extras=None) -> ClientUpdate:
+        local, loss = train_labeled(
+            model, global_params, data, self.params, generator=generator, device=device, mu=self.proximal_mu()
+        )
         return ClientUpdate(
             client_id=data.client_id,
             deltas={"model": subtract(local, global_params)},

@@ -177,9 +177,10 @@ def _rows(choice: ExpertChoice, idx: torch.Tensor) -> ExpertChoice:
 
 class FedLabel(Algorithm):
     name = "fedlabel"
+    dpsgd_supported = True
     Params = FedLabelParams
 
-    def client_update(self, model, global_params, data, *, generator, device) -> ClientUpdate:
+    def client_update(self, model, global_params, data, *, generator, device, extras=None) -> ClientUpdate:
         p: FedLabelParams = self.params
         local, loss_l = train_labeled(model, global_params, data, p, generator=generator, device=device)
         delta_l = subtract(local, global_params)

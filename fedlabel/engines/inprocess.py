@@ -21,7 +21,7 @@ def run_inprocess(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     recorder = RunRecorder(cfg.output_dir, config=config_to_dict(cfg), total_rounds=cfg.rounds, progress=progress)
     recorder.write_json("clients.json", fed.client_stats())
 
-    def train_cohort(rnd: int, cohort: list[int], global_params: Params):
+    def train_cohort(rnd: int, cohort: list[int], global_params: Params, extras: dict):
         return [
             private_client_update(
                 algorithm,
@@ -31,6 +31,7 @@ def run_inprocess(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                 fed.clients[cid],
                 generator=client_generator(seed=cfg.seed, round=rnd, client_id=cid),
                 device=device,
+                **({"extras": extras[cid]} if extras.get(cid) else {}),
             )
             for cid in cohort
         ]

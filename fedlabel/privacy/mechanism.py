@@ -21,21 +21,23 @@ Params = dict[str, torch.Tensor]
 
 def private_client_update(algorithm: Algorithm, privacy: PrivacyConfig, model: nn.Module, global_params: Params,
                           data: ClientData, *, generator: torch.Generator, device: torch.device,
-                          clip: bool = True) -> ClientUpdate:  # fmt: skip
+                          clip: bool = True, extras: dict | None = None) -> ClientUpdate:  # fmt: skip
     """``algorithm.client_update`` under ``privacy``: DP-SGD in every training loop (and the
     ledger of what ran, in the metrics), or client-side clipping for central DP (``clip=False``
-    where the transport clips instead: Flower's fixedclipping_mod on the Flower engine)."""
+    where the transport clips instead: Flower's fixedclipping_mod on the Flower engine).
+    ``extras``: the algorithm's per-client payload, passed through."""
+    kwargs = {"extras": extras} if extras else {}
     if privacy.name == "dpsgd":
         noise = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
         settings = DpSgdSettings(noise_multiplier=privacy.noise_multiplier, max_grad_norm=privacy.max_grad_norm)
         with dpsgd_session(settings, generator=noise) as session:
-            update = algorithm.client_update(model, global_params, data, generator=generator, device=device)
+            update = algorithm.client_update(model, global_params, data, generator=generator, device=device, **kwargs)
         if session.ledger:
             update.metrics[keys.DP_NOISE_MULTIPLIERS] = [z for z, _, _ in session.ledger]
             update.metrics[keys.DP_SAMPLE_RATES] = [q for _, q, _ in session.ledger]
             update.metrics[keys.DP_STEPS] = [s for _, _, s in session.ledger]
         return update
-    update = algorithm.client_update(model, global_params, data, generator=generator, device=device)
+    update = algorithm.client_update(model, global_params, data, generator=generator, device=device, **kwargs)
     if privacy.name == "central_dp" and privacy.clipping == "client":
         delta = _single_delta(update)
         update.deltas = {"model": central.clip_update(delta, privacy.max_grad_norm) if clip else delta}

@@ -1,7 +1,10 @@
+import dataclasses
+
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+from fedlabel.algorithms import ALGORITHMS
 from fedlabel.cli import register_configs
 from fedlabel.data import DataError, load_fashion_mnist
 
@@ -9,7 +12,8 @@ from fedlabel.data import DataError, load_fashion_mnist
 def tiny_config(tmp_path, *, engine: str = "inprocess", algorithm: str = "fedlabel", seed: int = 0, name: str = "run") -> dict:
     """The `smoke` experiment (real Fashion-MNIST shrunk to 2,000 images over 4 clients, 2 rounds)
     with fewer local steps, composed by Hydra exactly as the CLI does."""
-    steps = ["algorithm.local_steps=3"] + (["algorithm.unlabeled_steps=3"] if algorithm == "fedlabel" else [])
+    fields = {f.name for f in dataclasses.fields(ALGORITHMS[algorithm].Params)}
+    steps = ["algorithm.local_steps=3"] + (["algorithm.unlabeled_steps=3"] if "unlabeled_steps" in fields else [])
     register_configs()
     with initialize_config_module(config_module="configs", version_base="1.3"):
         cfg = compose(

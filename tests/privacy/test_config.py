@@ -21,6 +21,8 @@ from fedlabel.config import ConfigError, config_from_dict, config_from_run_confi
         ({"privacy": {"name": "dpsgd", "epsilon": 1.0}}, "privacy.epsilon"),
         ({"privacy": {"name": "dpsgd"}, "algorithm": {"name": "fedlabel", "unlabeled_sampling": "kept"}}, "algorithm.unlabeled_sampling"),
         ({"privacy": {"name": "central_dp"}, "algorithm": {"name": "fedlabel", "aggregation": "split"}}, "algorithm.aggregation"),
+        ({"privacy": {"name": "dpsgd"}, "algorithm": {"name": "fedavg_fixmatch"}}, "privacy.name"),
+        ({"privacy": {"name": "dpsgd"}, "algorithm": {"name": "fedmatch"}}, "privacy.name"),
     ],
 )
 def test_impossible_privacy_values_name_the_field(values, field):

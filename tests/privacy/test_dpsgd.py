@@ -167,3 +167,18 @@ def test_ledger_metrics_travel_in_a_flower_metric_record():
     update = _private_round("fedlabel", PrivacyConfig(name="dpsgd"), tiny_client(num_labeled=10, num_unlabeled=25), 1)
     decoded = dict(MetricRecord(dict(update.metrics)))
     assert decoded == update.metrics and decoded["dp-steps"] == [3, 2]
+
+
+def test_fedprox_proximal_gradient_is_added_after_the_noise():
+    """FedProx under DP-SGD: the proximal term pulls towards the global model, so with a huge mu
+    (and the same seed, hence the same batches and noise) the update shrinks."""
+    client = tiny_client(num_labeled=10, num_unlabeled=0)
+    privacy = PrivacyConfig(name="dpsgd", noise_multiplier=0.5)
+    plain = _private_round("fedavg", privacy, client, 1)
+    model, w = tiny_model()
+    params = ALGORITHMS["fedprox"].Params(name="fedprox", local_steps=3, batch_size=4, weak_shift=0, mu=10.0)
+    prox = private_client_update(build_algorithm(params), privacy, model, w, client, generator=torch.Generator().manual_seed(1),
+                                 device=torch.device("cpu"))  # fmt: skip
+    norm = lambda d: float(torch.sqrt(sum((v**2).sum() for v in d.values())))  # noqa: E731
+    assert prox.metrics["dp-steps"] == [3]
+    assert norm(prox.deltas["model"]) < norm(plain.deltas["model"])
