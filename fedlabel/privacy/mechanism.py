@@ -89,7 +89,7 @@ class ServerPrivacy:
                 if keys.DP_STEPS in m:
                     entries = list(zip(m[keys.DP_NOISE_MULTIPLIERS], m[keys.DP_SAMPLE_RATES], m[keys.DP_STEPS]))
                     self.ledger.record(u.client_id, entries)
-        return self.ledger.max_epsilon()
+        return self.ledger.max_epsilon() or 0.0  # 0 while no client has trained yet
 
     def summary(self) -> dict | None:
         if self.ledger is None:

@@ -182,3 +182,15 @@ def test_fedprox_proximal_gradient_is_added_after_the_noise():
     norm = lambda d: float(torch.sqrt(sum((v**2).sum() for v in d.values())))  # noqa: E731
     assert prox.metrics["dp-steps"] == [3]
     assert norm(prox.deltas["model"]) < norm(plain.deltas["model"])
+
+
+def test_server_privacy_state_survives_a_checkpoint():
+    privacy = PrivacyConfig(name="dpsgd", noise_multiplier=0.8)
+    server = ServerPrivacy(Config(privacy=privacy))
+    assert server.account([]) == 0.0  # DP on, nothing trained yet: epsilon 0, not null
+    update = _private_round("fedavg", privacy, tiny_client(num_labeled=10, num_unlabeled=0), 1)
+    first = server.account([update])
+    restored = ServerPrivacy(Config(privacy=privacy))
+    restored.load_state_dict(server.state_dict())
+    assert restored.summary() == server.summary()
+    assert restored.account([update]) == server.account([update]) > first
