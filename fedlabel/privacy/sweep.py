@@ -105,10 +105,14 @@ def _plot(results: list[dict], series: str, xlabel: str, path: Path, *, logx: bo
     pts = sorted((r["epsilon"] if series in ("noise", "central") else r["x"], r["mean_accuracy"])
                  for r in results if r["series"] == series)  # fmt: skip
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=series)
+    labels = {"noise": "DP-SGD", "central": "central DP", "bag_size": "bags", "proportion": "noisy proportions"}
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=labels[series])
     ax.axhline(base["mean_accuracy"], color="grey", linestyle="--", label="no privacy")
     if logx:
+        from matplotlib.ticker import NullFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (mean of last evaluations)")
     ax.grid(alpha=0.3)
