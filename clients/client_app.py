@@ -7,6 +7,7 @@ global model every round), so nothing goes into Context.state."""
 from __future__ import annotations
 
 import functools
+import time
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -18,6 +19,7 @@ from fedlabel import keys
 from fedlabel.algorithms import build_algorithm
 from fedlabel.config import Config, DataConfig, config_from_run_config
 from fedlabel.data import FederatedData
+from fedlabel.faults import CRASH, DROPOUT, LATE_BY_S, STRAGGLER, InjectedCrash, draw_fault
 from fedlabel.federation import client_generator, load_federated
 from fedlabel.models import build_model
 from fedlabel.privacy.mechanism import private_client_update
@@ -66,6 +68,14 @@ def central_dp_clipping_mod(msg: Message, context: Context, call_next) -> Messag
 def train(msg: Message, context: Context) -> Message:
     cfg, fed, cid = _setup(msg, context)
     rnd = int(msg.content[keys.CONFIG][keys.ROUND])
+    started = time.monotonic()
+    late_at = started + cfg.faults.round_deadline_s + LATE_BY_S  # past the server's deadline
+    fault = draw_fault(cfg.faults, seed=cfg.seed, round=rnd, client_id=cid)
+    if fault == CRASH:  # Flower turns the exception into an error reply
+        raise InjectedCrash(f"client {cid}: injected crash in round {rnd} (faults.crash_prob)")
+    if fault == DROPOUT:  # silent until well after the deadline; the late error reply is never read
+        time.sleep(late_at - time.monotonic())
+        raise InjectedCrash(f"client {cid}: dropped out of round {rnd} (faults.dropout_prob)")
     device = resolve_device(cfg.device)
     model = _model(cfg.model.name, fed.in_channels, fed.num_classes, fed.image_size)
     global_params = {k: v.to(device) for k, v in msg.content[keys.ARRAYS].to_torch_state_dict().items()}
@@ -100,4 +110,6 @@ def train(msg: Message, context: Context) -> Message:
             ),
         }
     )
+    if fault == STRAGGLER:
+        time.sleep(max(0.0, late_at - time.monotonic()))
     return Message(content, reply_to=msg)

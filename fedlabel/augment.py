@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -77,19 +78,47 @@ def weak_augment(
     """Randomly shift each image by up to ``max_shift`` pixels per axis (zero padding), and
     flip it horizontally with probability 0.5 if ``flip``."""
     _check_images(x)
+    return apply_weak(x, draw_weak(len(x), generator=generator, max_shift=max_shift, flip=flip))
+
+
+@dataclass(frozen=True)
+class WeakDraws:
+    """The random choices of :func:`weak_augment` for ``n`` images (CPU tensors)."""
+
+    max_shift: int
+    offsets: Tensor  # n x 2 row/column offsets into the padded image
+    flips: Tensor | None  # n bool, None without flipping
+
+    @staticmethod
+    def cat(draws: list[WeakDraws]) -> WeakDraws:
+        """One set of draws for the concatenation of the images the parts were drawn for."""
+        flips = None if draws[0].flips is None else torch.cat([d.flips for d in draws])
+        return WeakDraws(draws[0].max_shift, torch.cat([d.offsets for d in draws]), flips)
+
+
+def draw_weak(n: int, *, generator: torch.Generator, max_shift: int = 2, flip: bool = False) -> WeakDraws:
+    """Draw :func:`weak_augment`'s choices for ``n`` images, in its order, from ``generator``."""
     _check_generator(generator)
     if max_shift < 0:
         raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+    offsets = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator)
+    flips = (torch.rand(n, generator=generator) < 0.5) if flip else None
+    return WeakDraws(max_shift, offsets, flips)
+
+
+def apply_weak(x: Tensor, draws: WeakDraws) -> Tensor:
+    """Apply drawn shifts (and flips) to ``x``; row i of the draws belongs to image i."""
+    _check_images(x)
     n, c, h, w = x.shape
-    offsets = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator).to(x.device)
-    padded = F.pad(x, (max_shift, max_shift, max_shift, max_shift))
+    s = draws.max_shift
+    offsets = draws.offsets.to(x.device)
+    padded = F.pad(x, (s, s, s, s))
     rows = offsets[:, 0, None] + torch.arange(h, device=x.device)
     cols = offsets[:, 1, None] + torch.arange(w, device=x.device)
-    out = padded.gather(2, rows[:, None, :, None].expand(n, c, h, w + 2 * max_shift))
+    out = padded.gather(2, rows[:, None, :, None].expand(n, c, h, w + 2 * s))
     out = out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
-    if flip:
-        flips = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-        out = torch.where(flips[:, None, None, None], out.flip(-1), out)
+    if draws.flips is not None:
+        out = torch.where(draws.flips.to(x.device)[:, None, None, None], out.flip(-1), out)
     return out
 
 
@@ -209,19 +238,54 @@ def strong_augment(
     """RandAugment with ``num_ops`` random ops per sample at ``magnitude`` (0..30), then a
     ``cutout`` square filled with 0.5 (see the module docstring for ops and ranges)."""
     _check_images(x)
+    n, _, h, w = x.shape
+    return apply_strong(x, draw_strong(n, h, w, generator=generator, num_ops=num_ops, magnitude=magnitude, cutout=cutout))
+
+
+@dataclass(frozen=True)
+class StrongDraws:
+    """The random choices of :func:`strong_augment` for ``n`` images (CPU tensors)."""
+
+    magnitude: int
+    ops: Tensor  # n x num_ops op indices into _OPS
+    signs: Tensor  # n x num_ops, +-1.0
+    cutout: Tensor | None  # n x 1 x H x W bool, None without cutout
+
+    @staticmethod
+    def cat(draws: list[StrongDraws]) -> StrongDraws:
+        """One set of draws for the concatenation of the images the parts were drawn for."""
+        cutout = None if draws[0].cutout is None else torch.cat([d.cutout for d in draws])
+        return StrongDraws(
+            draws[0].magnitude, torch.cat([d.ops for d in draws]), torch.cat([d.signs for d in draws]), cutout
+        )
+
+
+def draw_strong(
+    n: int, h: int, w: int, *, generator: torch.Generator, num_ops: int = 1, magnitude: int = 10, cutout: int = 10
+) -> StrongDraws:
+    """Draw :func:`strong_augment`'s choices for ``n`` images of ``h x w``, in its order."""
     _check_generator(generator)
     if num_ops < 0 or cutout < 0 or not 0 <= magnitude <= _MAX_MAGNITUDE:
         raise ValueError(
             f"need num_ops >= 0, cutout >= 0 and 0 <= magnitude <= {_MAX_MAGNITUDE}; "
             f"got {num_ops}, {cutout}, {magnitude}"
         )
-    n, _, h, w = x.shape
-    level = magnitude / _MAX_MAGNITUDE
     ops = torch.randint(0, len(_OPS), (n, num_ops), generator=generator)
-    signs = torch.randint(0, 2, (n, num_ops), generator=generator).to(x.dtype) * 2 - 1
+    signs = torch.randint(0, 2, (n, num_ops), generator=generator).float() * 2 - 1
+    mask = _cutout_mask(n, h, w, size=cutout, generator=generator) if cutout else None
+    return StrongDraws(magnitude, ops, signs, mask)
+
+
+def apply_strong(x: Tensor, draws: StrongDraws) -> Tensor:
+    """Apply drawn RandAugment ops and cutout to ``x``; each image is transformed on its own,
+    so the result for a concatenation is the concatenation of the results."""
+    _check_images(x)
+    n, _, h, w = x.shape
+    level = draws.magnitude / _MAX_MAGNITUDE
+    ops, signs = draws.ops, draws.signs.to(x.dtype)
     out = x.clone()
     geometric = torch.tensor([_OPS.index(name) for name in _GEOMETRIC])
-    for k in range(num_ops):
+    for k in range(ops.shape[1]):
         idx = torch.isin(ops[:, k], geometric).nonzero().squeeze(1)
         if idx.numel():
             theta = _affine_thetas(ops[idx, k], signs[idx, k], level, h, w).to(x.device)
@@ -235,7 +299,6 @@ def strong_augment(
                 dev_idx = idx.to(x.device)
                 changed = op(out.index_select(0, dev_idx), signs[idx, k].to(x.device), level)
                 out = out.index_copy(0, dev_idx, changed)
-    if cutout:
-        mask = _cutout_mask(n, h, w, size=cutout, generator=generator).to(x.device)
-        out = out.masked_fill(mask, 0.5)
+    if draws.cutout is not None:
+        out = out.masked_fill(draws.cutout.to(x.device), 0.5)
     return out

@@ -23,10 +23,11 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     from fedlabel.algorithms import ALGORITHMS
-    from fedlabel.config import PRIVACY_MECHANISMS, Config, DataConfig, EngineConfig, ModelConfig, PrivacyConfig
+    from fedlabel.config import ENGINES, PRIVACY_MECHANISMS, Config, DataConfig, EngineConfig, ModelConfig, PrivacyConfig
 
     cs = ConfigStore.instance()
     top = {f.name: getattr(Config(), f.name) for f in dataclasses.fields(Config) if f.name not in ("algorithm", "data", "model", "engine", "privacy")}
+    top = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in top.items()}  # e.g. faults
     cs.store(name="fedlabel_defaults", node=top)
     for name, algo in ALGORITHMS.items():
         cs.store(group="algorithm", name=name, node=dataclasses.asdict(algo.Params()))
@@ -34,7 +35,7 @@ def register_configs() -> None:
         cs.store(group="data", name=name, node=dataclasses.asdict(DataConfig(name=name)))
     for name in ("cnn", "resnet18"):
         cs.store(group="model", name=name, node=dataclasses.asdict(ModelConfig(name=name)))
-    for name in ("flower", "inprocess"):
+    for name in ENGINES:
         cs.store(group="engine", name=name, node=dataclasses.asdict(EngineConfig(name=name)))
     for name in PRIVACY_MECHANISMS:
         cs.store(group="privacy", name=name, node=dataclasses.asdict(PrivacyConfig(name=name)))
@@ -50,6 +51,10 @@ def run_config(values: dict[str, Any], *, progress: bool = True) -> dict[str, An
         from fedlabel.engines.flower import run_flower
 
         return run_flower(cfg, progress=progress)
+    if cfg.engine.name == "vectorized":
+        from fedlabel.engines.vectorized import run_vectorized
+
+        return run_vectorized(cfg, progress=progress)
     from fedlabel.engines.inprocess import run_inprocess
 
     return run_inprocess(cfg, progress=progress)
@@ -62,6 +67,7 @@ def _simulate(argv: list[str]) -> int:
     from fedlabel.config import ConfigError
     from fedlabel.data import DataError
     from fedlabel.engines.flower import FlowerRunError
+    from fedlabel.federation import RoundFailed
     from fedlabel.report import format_table
 
     register_configs()
@@ -72,9 +78,12 @@ def _simulate(argv: list[str]) -> int:
         values = OmegaConf.to_container(hcfg, resolve=True)
         try:
             summary = run_config(values)
-        except (ConfigError, DataError, FlowerRunError) as err:
-            kind = {ConfigError: "config", DataError: "data", FlowerRunError: "flower"}[type(err)]
+        except (ConfigError, DataError, FlowerRunError, RoundFailed) as err:
+            kind = {ConfigError: "config", DataError: "data", FlowerRunError: "flower", RoundFailed: "run"}[type(err)]
             print(f"fedlabel: {kind} error: {err}", file=sys.stderr)
+            if isinstance(err, RoundFailed):
+                print("fedlabel: the rounds before it are in summary.json; resume=true continues from the last checkpoint",
+                      file=sys.stderr)  # fmt: skip
             status["code"] = 2
             return
         print(format_table(summary["rounds"]))

@@ -42,14 +42,44 @@ class ModelConfig:
     name: str = "cnn"  # cnn | resnet18 (both GroupNorm)
 
 
+ENGINES = ("flower", "inprocess", "vectorized")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
-    name: str = "flower"  # flower | inprocess
+    name: str = "flower"  # flower | inprocess | vectorized
     # Flower simulation engine (Ray backend) resources per client. num_gpus may be fractional
     # so that several clients share one GPU; it must be 0 on a machine without a GPU.
     num_cpus_per_client: int = 1
     num_gpus_per_client: float = 0.0
     superlink_port: int = 0  # 0 = pick a free port on 127.0.0.1
+    # engine=vectorized: clients trained together in one batched computation (0 = as many as
+    # fit in about half of the free device memory, estimated from the model and batch size).
+    chunk_clients: int = 0
+    # engine=inprocess: worker processes, each with a resident model, reading client data from
+    # shared memory; 1 = train in the main process.
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class FaultsConfig:
+    """Injected client faults (simulation only) and the server's tolerance rules (every runtime).
+
+    Each sampled client's fault is drawn from (seed, round, client id): with crash_prob it raises
+    during training, with dropout_prob it never replies, with straggler_prob it replies after
+    round_deadline_s. round_deadline_s, min_clients and max_update_norm also apply in deployment.
+    """
+
+    crash_prob: float = 0.0
+    dropout_prob: float = 0.0
+    straggler_prob: float = 0.0
+    round_deadline_s: float = 0.0  # the server waits this long for replies; 0 = wait for every reply
+    # Fewer accepted updates than this fails the round, and with it the run (status "failed", the
+    # last checkpoint kept, so `resume=true` continues from there).
+    min_clients: int = 1
+    # Updates whose L2 norm (over all their deltas) exceeds this are rejected; 0 = no bound. The
+    # default only catches absurd updates (a normal round's delta has norm of order 1).
+    max_update_norm: float = 1.0e4
 
 
 PRIVACY_MECHANISMS = ("none", "dpsgd", "central_dp")
@@ -76,12 +106,15 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     rounds: int = 30
     clients_per_round: int = 10
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_every: int = 1  # central test-set evaluation every N rounds (and after the last)
     output_dir: str = "outputs/run"
+    checkpoint_every: int = 1  # write output_dir/checkpoint.pt every N rounds (and after the last)
+    resume: bool = False  # continue the run in output_dir from its checkpoint
     tensorboard: bool = False  # also log every round to output_dir/tensorboard (pip install 'fedlabel[tensorboard]')
 
 
@@ -131,9 +164,12 @@ def _coerce(value: Any, kind: type, name: str) -> Any:
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Build and validate a Config from a nested dict (e.g. a resolved Hydra config)."""
     values = dict(values)
-    algo = dict(values.pop("algorithm", {}) or {})
+    algo = values.pop("algorithm", {}) or {}
+    if not isinstance(algo, dict):
+        raise ConfigError(f"algorithm must be a group of settings, got {algo!r}")
+    algo = dict(algo)
     name = algo.get("name", "fedlabel")
-    if name not in ALGORITHMS:
+    if not isinstance(name, str) or name not in ALGORITHMS:
         raise ConfigError(f"algorithm.name: unknown algorithm {name!r}; choose from {sorted(ALGORITHMS)}")
     params = _build(ALGORITHMS[name].Params, algo, "algorithm.")
     cfg = _build(Config, values, "")
@@ -206,7 +242,9 @@ def validate(cfg: Config) -> None:
     check(d.min_client_size >= 1, "data.min_client_size", f"must be >= 1, got {d.min_client_size}")
     check(cfg.model.name in ("cnn", "resnet18"), "model.name", f"unknown model {cfg.model.name!r}; choose cnn or resnet18")
     e = cfg.engine
-    check(e.name in ("flower", "inprocess"), "engine.name", f"unknown engine {e.name!r}; choose flower or inprocess")
+    check(e.name in ENGINES, "engine.name", f"unknown engine {e.name!r}; choose from {list(ENGINES)}")
+    check(e.workers >= 1, "engine.workers", f"must be >= 1, got {e.workers}")
+    check(e.chunk_clients >= 0, "engine.chunk_clients", f"must be >= 0 (0 = fit to memory), got {e.chunk_clients}")
     check(e.num_cpus_per_client >= 1, "engine.num_cpus_per_client", f"must be >= 1, got {e.num_cpus_per_client}")
     check(e.num_gpus_per_client >= 0, "engine.num_gpus_per_client", f"must be >= 0, got {e.num_gpus_per_client}")
     check(0 <= e.superlink_port < 65536, "engine.superlink_port", f"must be a port number, got {e.superlink_port}")
@@ -224,6 +262,8 @@ def validate(cfg: Config) -> None:
         f"unknown device {cfg.device!r}; choose auto, cpu or cuda[:N]",
     )
     check(bool(cfg.output_dir), "output_dir", "must not be empty")
+    check(cfg.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {cfg.checkpoint_every}")
+    _validate_faults(cfg.faults, cfg.clients_per_round)
     check(not cfg.tensorboard or importlib.util.find_spec("tensorboard") is not None, "tensorboard",
           "needs the optional package tensorboard: pip install 'fedlabel[tensorboard]' (or tensorboard=false)")  # fmt: skip
     validate_privacy(cfg)
@@ -257,3 +297,21 @@ def validate_privacy(cfg: Config) -> None:
             "algorithm.aggregation",
             "privacy=central_dp clips and averages one update per client; 'split' uploads two",
         )
+def _validate_faults(f: FaultsConfig, clients_per_round: int) -> None:
+    for name in ("crash_prob", "dropout_prob", "straggler_prob"):
+        value = getattr(f, name)
+        check(0 <= value <= 1, f"faults.{name}", f"must be a probability in [0, 1], got {value}")
+    total = f.crash_prob + f.dropout_prob + f.straggler_prob
+    check(total <= 1, "faults", f"crash_prob + dropout_prob + straggler_prob must be <= 1, got {total}")
+    check(f.round_deadline_s >= 0, "faults.round_deadline_s", f"must be >= 0 (0 = no deadline), got {f.round_deadline_s}")
+    check(
+        f.round_deadline_s > 0 or f.dropout_prob + f.straggler_prob == 0,
+        "faults.round_deadline_s",
+        "dropout_prob or straggler_prob > 0 needs a round deadline (> 0) to end the round",
+    )
+    check(
+        1 <= f.min_clients <= clients_per_round,
+        "faults.min_clients",
+        f"must be in [1, clients_per_round={clients_per_round}], got {f.min_clients}",
+    )
+    check(f.max_update_norm >= 0, "faults.max_update_norm", f"must be >= 0 (0 = no bound), got {f.max_update_norm}")

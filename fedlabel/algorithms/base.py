@@ -95,6 +95,10 @@ class Algorithm:
         engines pass it only when that is not empty)."""
         raise NotImplementedError
 
+    def delta_names(self) -> frozenset[str]:
+        """The names of the deltas every client update must carry (checked before aggregation)."""
+        return frozenset({"model"})
+
     def init_global(self, params: Params, *, setup: ServerSetup) -> Params:
         """The initial global state from the seeded initial model parameters."""
         return params

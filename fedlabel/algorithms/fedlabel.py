@@ -241,6 +241,9 @@ class FedLabel(Algorithm):
             deltas = {"model": combined}
         return ClientUpdate(client_id=data.client_id, deltas=deltas, weight=weight, metrics=metrics)
 
+    def delta_names(self) -> frozenset[str]:
+        return frozenset({"labeled", "unlabeled"}) if self.params.aggregation == "split" else frozenset({"model"})
+
     def aggregate(self, global_params: Params, updates: list[ClientUpdate]) -> Params:
         if self.params.aggregation != "split":
             return super().aggregate(global_params, updates)

@@ -41,8 +41,9 @@ class ImageDataset:
                     f"{where}: labels span [{int(labels.min())}, {int(labels.max())}], "
                     f"outside [0, {self.num_classes})"
                 )
-        if self.train_images.shape[0] == 0:
-            raise DataError(f"dataset {self.name!r}: the train split is empty")
+        for split in ("train", "test"):
+            if getattr(self, f"{split}_images").shape[0] == 0:
+                raise DataError(f"dataset {self.name!r}: the {split} split is empty")
         if self.train_images.shape[1:] != self.test_images.shape[1:]:
             raise DataError(
                 f"dataset {self.name!r}: train images are {tuple(self.train_images.shape[1:])} "

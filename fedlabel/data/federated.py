@@ -115,12 +115,17 @@ def build_federated(
     pool = np.arange(len(labels))
     if 0 < train_samples < len(labels):
         pool = np.sort(np.random.default_rng(np.random.SeedSequence([seed, 18])).choice(len(labels), train_samples, replace=False))
+    if num_clients > len(pool):
+        raise DataError(f"dataset {dataset.name!r}: {len(pool)} training samples cannot be split over data.num_clients={num_clients}")
     if partition == "iid":
         parts = partition_iid(len(pool), num_clients=num_clients, rng=partition_rng)
     elif partition == "dirichlet":
-        parts = partition_dirichlet(
-            labels[pool], num_clients=num_clients, alpha=alpha, min_client_size=min_client_size, rng=partition_rng
-        )
+        try:
+            parts = partition_dirichlet(
+                labels[pool], num_clients=num_clients, alpha=alpha, min_client_size=min_client_size, rng=partition_rng
+            )
+        except ValueError as err:
+            raise DataError(f"dataset {dataset.name!r}: {err}") from err
     else:
         raise ValueError(f"unknown partition {partition!r}; choose iid or dirichlet")
     clients = []

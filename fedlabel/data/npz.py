@@ -13,6 +13,7 @@ from fedlabel.data.dataset import ImageDataset
 from fedlabel.data.errors import DataError
 
 KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+MAX_CLASSES = 10_000  # num_classes is the largest label + 1: a stray huge label must not size the model
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
@@ -66,6 +67,8 @@ def _labels(path: Path, key: str, labels: np.ndarray, n: int) -> torch.Tensor:
         raise DataError(f"{path}: {key} has {len(labels)} entries but there are {n} images")
     if labels.size and labels.min() < 0:
         raise DataError(f"{path}: {key} contains negative labels (min {labels.min()})")
+    if labels.size and labels.max() >= MAX_CLASSES:
+        raise DataError(f"{path}: {key} contains label {labels.max()}; labels must be class indices below {MAX_CLASSES}")
     return torch.from_numpy(labels.astype(np.int64))
 
 

@@ -108,5 +108,5 @@ class ServerPrivacy:
         return self.ledger.state_dict() if self.ledger is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
-        if self.ledger is not None:
+        if self.ledger is not None and state:
             self.ledger.load_state_dict(state)

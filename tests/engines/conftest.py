@@ -9,7 +9,8 @@ from fedlabel.cli import register_configs
 from fedlabel.data import DataError, load_fashion_mnist
 
 
-def tiny_config(tmp_path, *, engine: str = "inprocess", algorithm: str = "fedlabel", seed: int = 0, name: str = "run") -> dict:
+def tiny_config(tmp_path, *, engine: str = "inprocess", algorithm: str = "fedlabel", seed: int = 0, name: str = "run",
+                overrides: list[str] = ()) -> dict:  # fmt: skip
     """The `smoke` experiment (real Fashion-MNIST shrunk to 2,000 images over 4 clients, 2 rounds)
     with fewer local steps, composed by Hydra exactly as the CLI does."""
     fields = {f.name for f in dataclasses.fields(ALGORITHMS[algorithm].Params)}
@@ -19,7 +20,7 @@ def tiny_config(tmp_path, *, engine: str = "inprocess", algorithm: str = "fedlab
         cfg = compose(
             config_name="config",
             overrides=["experiment=smoke", f"engine={engine}", f"algorithm={algorithm}", *steps, f"seed={seed}",
-                       "device=cpu", f"output_dir={tmp_path / name}"],
+                       "device=cpu", f"output_dir={tmp_path / name}", *overrides],
         )  # fmt: skip
     return OmegaConf.to_container(cfg, resolve=True)
 
