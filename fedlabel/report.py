@@ -29,8 +29,8 @@ ROUND_FIELDS = [
     "clients",
     "failed_clients",
     "rejected_updates",
-    "seconds",
     "epsilon",
+    "seconds",
 ]
 
 
