@@ -57,3 +57,14 @@ def test_flower_engine_gives_the_same_epsilon(tmp_path):
     assert flower["privacy"] == inproc["privacy"]
     for f, i in zip(flower["rounds"], inproc["rounds"], strict=True):
         assert f["accuracy"] == pytest.approx(i["accuracy"], abs=2e-3)
+
+
+def test_resumed_run_keeps_the_accountant_history(tmp_path):
+    """The per-client privacy history is server state: a run resumed from its checkpoint reports
+    the same epsilons as one that never stopped."""
+    whole = run_config({**_private(tmp_path, "whole", name="dpsgd"), "rounds": 2}, progress=False)
+    cfg = {**_private(tmp_path, "split", name="dpsgd"), "rounds": 1}
+    run_config(cfg, progress=False)
+    resumed = run_config({**cfg, "rounds": 2, "resume": True}, progress=False)
+    assert [r["epsilon"] for r in resumed["rounds"]] == [r["epsilon"] for r in whole["rounds"]]
+    assert resumed["privacy"] == whole["privacy"]
