@@ -97,12 +97,30 @@ class FaultsConfig:
     max_update_norm: float = 1.0e4
 
 
+PRIVACY_MECHANISMS = ("none", "dpsgd", "central_dp")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Differential privacy (fedlabel/privacy/). ``name``: none | dpsgd (record-level DP-SGD in
+    every branch that trains on client data) | central_dp (client-level DP: each client's update
+    clipped to max_grad_norm, Gaussian noise on the aggregate)."""
+
+    name: str = "none"
+    noise_multiplier: float = 1.0  # z: noise std = z * max_grad_norm (per step / per round)
+    max_grad_norm: float = 1.0  # C: L2 bound per sample (dpsgd) or per client update (central_dp)
+    delta: float = 1e-5  # epsilon is reported at this delta
+    clipping: str = "server"  # central_dp: server | client (who clips each update)
+    accountant: str = "rdp"  # rdp | prv (Opacus accountants)
+
+
 @dataclass(frozen=True)
 class Config:
     algorithm: AlgorithmParams = field(default_factory=lambda: ALGORITHMS["fedlabel"].Params())
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     rounds: int = 30
     clients_per_round: int = 10
@@ -291,9 +309,43 @@ def validate(cfg: Config) -> None:
     _validate_faults(cfg.faults, cfg.clients_per_round)
     check(not cfg.tensorboard or importlib.util.find_spec("tensorboard") is not None, "tensorboard",
           "needs the optional package tensorboard: pip install 'fedlabel[tensorboard]' (or tensorboard=false)")  # fmt: skip
+    validate_privacy(cfg)
     cfg.algorithm.validate()
 
 
+def validate_privacy(cfg: Config) -> None:
+    p = cfg.privacy
+    check(p.name in PRIVACY_MECHANISMS, "privacy.name", f"unknown mechanism {p.name!r}; choose from {list(PRIVACY_MECHANISMS)}")
+    check(p.noise_multiplier > 0, "privacy.noise_multiplier", f"must be > 0, got {p.noise_multiplier}")
+    check(p.max_grad_norm > 0, "privacy.max_grad_norm", f"must be > 0, got {p.max_grad_norm}")
+    check(0 < p.delta < 1, "privacy.delta", f"must be in (0, 1), got {p.delta}")
+    check(p.clipping in ("server", "client"), "privacy.clipping", f"unknown side {p.clipping!r}; choose server or client")
+    check(p.accountant in ("rdp", "prv"), "privacy.accountant", f"unknown accountant {p.accountant!r}; choose rdp or prv")
+    if p.name == "dpsgd":
+        supported = sorted(n for n, a in ALGORITHMS.items() if a.dpsgd_supported)
+        check(
+            ALGORITHMS[cfg.algorithm.name].dpsgd_supported,
+            "privacy.name",
+            f"privacy=dpsgd covers algorithms that train on one record set per SGD step ({', '.join(supported)}); "
+            f"{cfg.algorithm.name} trains on labeled and unlabeled records in one step or with its own SGD loop",
+        )
+        check(
+            not (cfg.data.bag_size or cfg.data.bag_key),
+            "privacy.name",
+            "privacy=dpsgd with bags (data.bag_size/data.bag_key) is not supported: a bag's loss couples its "
+            "images, so per-image clipping bounds no bag's influence; use data.proportion_epsilon or central_dp",
+        )
+        check(
+            getattr(cfg.algorithm, "unlabeled_sampling", "all") == "all",
+            "algorithm.unlabeled_sampling",
+            "privacy=dpsgd needs 'all': the sampling rate of a pool of kept samples would depend on the data",
+        )
+    if p.name == "central_dp":
+        check(
+            getattr(cfg.algorithm, "aggregation", "weighted") != "split",
+            "algorithm.aggregation",
+            "privacy=central_dp clips and averages one update per client; 'split' uploads two",
+        )
 def _validate_faults(f: FaultsConfig, clients_per_round: int) -> None:
     for name in ("crash_prob", "dropout_prob", "straggler_prob"):
         value = getattr(f, name)

@@ -76,6 +76,10 @@ class Algorithm:
     trains_on_bags: ClassVar[bool] = False
     name: ClassVar[str]
     Params: ClassVar[type[AlgorithmParams]] = AlgorithmParams
+    # privacy=dpsgd: every SGD step trains on one Poisson batch of one record set through
+    # batch_indices/sgd_train (fedlabel.privacy.dpsgd's contract); joint labeled+unlabeled steps
+    # and hand-written SGD loops are not covered.
+    dpsgd_supported: ClassVar[bool] = False
 
     def __init__(self, params: AlgorithmParams) -> None:
         self.params = params

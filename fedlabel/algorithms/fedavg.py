@@ -83,6 +83,7 @@ class FedAvgParams(AlgorithmParams):
 
 class FedAvg(Algorithm):
     name = "fedavg"
+    dpsgd_supported = True
     Params = FedAvgParams
     trains_on_bags = True
 

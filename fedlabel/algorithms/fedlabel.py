@@ -177,6 +177,7 @@ def _rows(choice: ExpertChoice, idx: torch.Tensor) -> ExpertChoice:
 
 class FedLabel(Algorithm):
     name = "fedlabel"
+    dpsgd_supported = True
     Params = FedLabelParams
     trains_on_bags = True
 
