@@ -15,6 +15,8 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from torch import nn
 
 from fedlabel import keys
@@ -24,6 +26,7 @@ from fedlabel.data import ClientData, FederatedData, load_site
 from fedlabel.faults import CRASH, DROPOUT, LATE_BY_S, STRAGGLER, InjectedCrash, draw_fault
 from fedlabel.federation import client_generator, load_federated
 from fedlabel.models import build_model
+from fedlabel.privacy.mechanism import private_client_update
 from fedlabel.training import resolve_device
 
 app = ClientApp()
@@ -81,7 +84,15 @@ def query(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-@app.train()
+def central_dp_clipping_mod(msg: Message, context: Context, call_next) -> Message:
+    """Central DP with client-side clipping: Flower's fixedclipping_mod clips the reply when the
+    server asks for it (it sends the clipping norm, as Flower's ClientSide wrapper does)."""
+    if KEY_CLIPPING_NORM in msg.content[keys.CONFIG]:
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+@app.train(mods=[central_dp_clipping_mod])
 def train(msg: Message, context: Context) -> Message:
     cfg, client, shape = _setup(msg, context)
     cid = client.client_id
@@ -102,20 +113,27 @@ def train(msg: Message, context: Context) -> Message:
         for name, record in msg.content.array_records.items()
         if name.startswith(keys.EXTRA_PREFIX)
     }
-    update = build_algorithm(cfg.algorithm).client_update(
+    update = private_client_update(
+        build_algorithm(cfg.algorithm),
+        cfg.privacy,
         model,
         global_params,
         client,
         generator=client_generator(seed=cfg.seed, round=rnd, client_id=cid),
         device=device,
+        clip=False,  # client-side central DP clipping is fixedclipping_mod's
         **({"extras": extras} if extras else {}),
     )
+    if KEY_CLIPPING_NORM in msg.content[keys.CONFIG]:
+        # central DP, client-side clipping: fixedclipping_mod clips (reply - sent arrays) in the
+        # reply's one ArrayRecord, so the reply carries the parameters w + Delta
+        delta = update.deltas["model"]
+        arrays = {keys.CLIPPED_PARAMS: {k: global_params[k] + delta[k] for k in global_params}}
+    else:
+        arrays = {keys.DELTA_PREFIX + name: delta for name, delta in update.deltas.items()}
     content = RecordDict(
         {
-            **{
-                keys.DELTA_PREFIX + name: ArrayRecord(torch_state_dict={k: v.cpu() for k, v in delta.items()})
-                for name, delta in update.deltas.items()
-            },
+            **{name: ArrayRecord(torch_state_dict={k: v.cpu() for k, v in a.items()}) for name, a in arrays.items()},
             keys.METRICS: MetricRecord(
                 {keys.CLIENT_ID: cid, keys.WEIGHT: update.weight, "num-examples": update.weight, **update.metrics}
             ),

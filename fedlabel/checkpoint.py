@@ -43,6 +43,7 @@ def save_checkpoint(
     rounds: list[dict],
     config: dict,
     wall_seconds: float,
+    privacy_state: dict | None = None,
 ) -> Path:
     """Write output_dir/checkpoint.pt atomically; returns its path."""
     path = Path(output_dir) / FILE
@@ -56,6 +57,7 @@ def save_checkpoint(
         "rounds": rounds,
         "config": config,
         "wall_seconds": wall_seconds,
+        "privacy": privacy_state or {},  # fedlabel.privacy's accountant history
     }
     with open(tmp, "wb") as fh:
         torch.save(payload, fh)

@@ -5,6 +5,9 @@
                                         [tool.flwr.app.config] section from the schema
   fedlabel deploy <command> ...         run on real sites (server, join, submit, ...;
                                         `fedlabel deploy -h`, docs/deploy.md)
+  fedlabel privacy-sweep [options] [overrides]
+                                        privacy-utility sweep -> docs/privacy.md
+                                        (`fedlabel privacy-sweep --help`)
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     from fedlabel.algorithms import ALGORITHMS
-    from fedlabel.config import ENGINES, Config, DataConfig, EngineConfig, ModelConfig
+    from fedlabel.config import ENGINES, PRIVACY_MECHANISMS, Config, DataConfig, EngineConfig, ModelConfig, PrivacyConfig
 
     cs = ConfigStore.instance()
-    top = {f.name: getattr(Config(), f.name) for f in dataclasses.fields(Config) if f.name not in ("algorithm", "data", "model", "engine")}
+    top = {f.name: getattr(Config(), f.name) for f in dataclasses.fields(Config) if f.name not in ("algorithm", "data", "model", "engine", "privacy")}
     top = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in top.items()}  # e.g. faults
     cs.store(name="fedlabel_defaults", node=top)
     for name, algo in ALGORITHMS.items():
@@ -36,6 +39,8 @@ def register_configs() -> None:
         cs.store(group="model", name=name, node=dataclasses.asdict(ModelConfig(name=name)))
     for name in ENGINES:
         cs.store(group="engine", name=name, node=dataclasses.asdict(EngineConfig(name=name)))
+    for name in PRIVACY_MECHANISMS:
+        cs.store(group="privacy", name=name, node=dataclasses.asdict(PrivacyConfig(name=name)))
 
 
 def run_config(values: dict[str, Any], *, progress: bool = True) -> dict[str, Any]:
@@ -137,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         from fedlabel.deploy import main as deploy_main
 
         return deploy_main(rest)
+    if cmd == "privacy-sweep":
+        from fedlabel.privacy.sweep import main as sweep_main
+
+        return sweep_main(rest)
     if cmd == "flower-config":
         if "--write" in rest:
             write_flower_config(Path(__file__).resolve().parents[1] / "pyproject.toml")

@@ -22,9 +22,11 @@ from fedlabel.config import Config, config_to_dict
 from fedlabel.data import DataError, FederatedData, ImageDataset, build_federated, load_images
 from fedlabel.faults import TIMEOUT, ClientFailure
 from fedlabel.models import build_model
+from fedlabel.privacy.mechanism import ServerPrivacy
 from fedlabel.report import RunRecorder
 from fedlabel.training import Params, evaluate, get_params
 from fedlabel.validation import Rejection, screen_updates
+from fedlabel.llp.setup import bag_spec, proportion_epsilon
 
 log = logging.getLogger("fedlabel.server")
 
@@ -52,7 +54,7 @@ def client_generator(*, seed: int, round: int, client_id: int) -> torch.Generato
 
 def load_dataset(cfg: Config) -> ImageDataset:
     d = cfg.data
-    return load_images(name=d.name, root=d.root, cache_dir=d.cache_dir, download=d.download)
+    return load_images(name=d.name, root=d.root, cache_dir=d.cache_dir, download=d.download, bag_key=d.bag_key)
 
 
 def load_federated(cfg: Config, dataset: ImageDataset | None = None) -> FederatedData:
@@ -68,6 +70,7 @@ def load_federated(cfg: Config, dataset: ImageDataset | None = None) -> Federate
         labeled_class_alpha=d.labeled_class_alpha,
         seed=cfg.seed,
         train_samples=d.train_samples,
+        bags=bag_spec(cfg),
     )
 
 
@@ -162,6 +165,7 @@ def run_federation(
 
 def _rounds(cfg: Config, *, model, params, test_images, test_labels, train_cohort, recorder, device, client_sizes) -> Params:
     algorithm = build_algorithm(cfg.algorithm)
+    privacy = ServerPrivacy(cfg)
     setup = ServerSetup(model=model, seed=cfg.seed, input_shape=tuple(test_images.shape[1:]))
     params = algorithm.init_global({k: v.to(device) for k, v in params.items()}, setup=setup)
     first = 1
@@ -169,6 +173,7 @@ def _rounds(cfg: Config, *, model, params, test_images, test_labels, train_cohor
         state = load_checkpoint(recorder.dir)
         params, first = {k: v.to(device) for k, v in state["params"].items()}, state["round"] + 1
         algorithm.load_state_dict(state["algorithm"])
+        privacy.load_state_dict(state.get("privacy") or {})
         set_rng_states(state["rng"])
     for rnd in range(first, cfg.rounds + 1):
         start = time.perf_counter()
@@ -177,20 +182,24 @@ def _rounds(cfg: Config, *, model, params, test_images, test_labels, train_cohor
         )
         results = train_cohort(rnd, cohort, params, algorithm.client_payload(rnd, cohort, params))
         accepted, failed, rejected = screen_round(cfg, algorithm, rnd, cohort, results, params, client_sizes=client_sizes)
-        params = algorithm.aggregate(params, accepted)
-        record = {"round": rnd, **pool_metrics(accepted), "failed_clients": len(failed), "rejected_updates": len(rejected)}
+        params = privacy.aggregate(algorithm, params, accepted, round=rnd)
+        record = {"round": rnd, **pool_metrics(accepted), "failed_clients": len(failed), "rejected_updates": len(rejected),
+                  "epsilon": privacy.account(accepted)}
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
             record["accuracy"], record["loss"] = evaluate(model, algorithm.eval_params(params), test_images, test_labels, device=device)
         else:
             record["accuracy"] = record["loss"] = None
+        record["proportion_epsilon"] = proportion_epsilon(cfg)  # label-DP of the bag counts (None: none)
         record["seconds"] = time.perf_counter() - start
         record["participants"] = sorted(u.client_id for u in accepted)
         record["failed"] = [f.record() for f in failed]
         record["rejected"] = [r.record() for r in rejected]
+        recorder.extra["privacy"] = privacy.summary()
         recorder.log_round(record)
         if rnd % cfg.checkpoint_every == 0 or rnd == cfg.rounds:
             save_checkpoint(recorder.dir, round=rnd, params=params, algorithm_state=algorithm.state_dict(),
-                            rounds=recorder.rounds, config=recorder.config, wall_seconds=recorder.wall_seconds())  # fmt: skip
+                            rounds=recorder.rounds, config=recorder.config, wall_seconds=recorder.wall_seconds(),
+                            privacy_state=privacy.state_dict())  # fmt: skip
     return algorithm.eval_params(params)
 
 

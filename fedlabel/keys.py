@@ -20,3 +20,8 @@ SITE = "site"  # ConfigRecord of a site's name (query reply, deployment only)
 IN_CHANNELS = "in-channels"
 IMAGE_SIZE = "image-size"
 NUM_CLASSES = "num-classes"
+# DP-SGD ledger a client reports (one entry per private training loop of its update)
+DP_NOISE_MULTIPLIERS = "dp-noise-multipliers"
+DP_SAMPLE_RATES = "dp-sample-rates"
+DP_STEPS = "dp-steps"
+CLIPPED_PARAMS = "clipped-params"  # central DP, client-side clipping: w + clip(Delta), client -> server

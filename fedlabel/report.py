@@ -29,6 +29,7 @@ ROUND_FIELDS = [
     "clients",
     "failed_clients",
     "rejected_updates",
+    "epsilon",
     "seconds",
 ]
 
@@ -68,6 +69,7 @@ class RunRecorder:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.rounds: list[dict[str, Any]] = []
+        self.extra: dict[str, Any] = {}  # more top-level summary entries (e.g. "privacy")
         self.start = time.perf_counter()
         self.csv_path = self.dir / "rounds.csv"
         self.tensorboard = _tensorboard_writer(self.dir / "tensorboard") if config.get("tensorboard") else None
@@ -131,6 +133,7 @@ class RunRecorder:
             "wall_seconds": self.wall_seconds(),
             "rounds": self.rounds,
             "config": self.config,
+            **self.extra,
         }
         if error:
             summary["error"] = error

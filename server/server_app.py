@@ -14,6 +14,7 @@ import time
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedlabel import keys
 from fedlabel.algorithms import ClientUpdate
@@ -119,13 +120,18 @@ def _deployed_sites(answers: dict[int, dict], sites: dict[int, str], num_clients
     return nodes, stats
 
 
-def decode_update(reply: Message) -> ClientUpdate:
+def decode_update(reply: Message, global_params: Params | None = None) -> ClientUpdate:
+    """A reply -> ClientUpdate; ``global_params`` (what was sent) turns the parameters that
+    Flower's fixedclipping_mod clipped back into a delta (central DP, client-side clipping)."""
     metrics = dict(reply.content[keys.METRICS])
     deltas = {
         name[len(keys.DELTA_PREFIX) :]: record.to_torch_state_dict()
         for name, record in reply.content.array_records.items()
         if name.startswith(keys.DELTA_PREFIX)
     }
+    if keys.CLIPPED_PARAMS in reply.content.array_records:  # central DP clipped by fixedclipping_mod
+        clipped = reply.content[keys.CLIPPED_PARAMS].to_torch_state_dict()
+        deltas["model"] = {k: clipped[k] - global_params[k].cpu() for k in global_params}
     return ClientUpdate(
         client_id=int(metrics.pop(keys.CLIENT_ID)),
         deltas=deltas,
@@ -134,9 +140,8 @@ def decode_update(reply: Message) -> ClientUpdate:
     )
 
 
-def collect_replies(
-    replies: list[Message], cohort: list[int], nodes: dict[int, int], *, deadline_s: float, sent: dict[str, int] | None = None
-) -> list[CohortResult]:
+def collect_replies(replies: list[Message], cohort: list[int], nodes: dict[int, int], *, deadline_s: float,
+                    global_params: Params | None = None, sent: dict[str, int] | None = None) -> list[CohortResult]:  # fmt: skip
     """One result per sampled client: its decoded update, a failure (error reply, or no reply
     before the deadline), or a rejection (a reply that cannot be decoded, or that claims to come
     from another client). Never raises on what a client sent. ``sent`` maps the ids of the
@@ -152,7 +157,7 @@ def collect_replies(
             results.append(ClientFailure(cid, CRASHED, last_line[-300:]))
             continue
         try:
-            update = decode_update(reply)
+            update = decode_update(reply, global_params)
         except Exception as err:  # noqa: BLE001 - whatever a client sent, the server carries on
             results.append(Rejection(cid, UNDECODABLE, f"{type(err).__name__}: {err}"[:300]))
             continue
@@ -197,9 +202,12 @@ def main(grid: Grid, context: Context) -> None:
 
     def train_cohort(rnd: int, cohort: list[int], global_params: Params, extras: dict) -> list[CohortResult]:
         arrays = ArrayRecord(torch_state_dict={k: v.cpu() for k, v in global_params.items()})
+        config = {keys.ROUND: rnd}
+        if cfg.privacy.name == "central_dp" and cfg.privacy.clipping == "client":
+            config[KEY_CLIPPING_NORM] = cfg.privacy.max_grad_norm  # as Flower's ClientSide wrapper sends it
         msgs = [
             Message(
-                RecordDict({keys.ARRAYS: arrays, keys.CONFIG: ConfigRecord({keys.ROUND: rnd, keys.CLIENT_ID: cid, **shape}),
+                RecordDict({keys.ARRAYS: arrays, keys.CONFIG: ConfigRecord({**config, keys.CLIENT_ID: cid, **shape}),
                             **encode_extras(extras.get(cid, {}))}),
                 dst_node_id=nodes[cid],
                 message_type=MessageType.TRAIN,
@@ -209,7 +217,7 @@ def main(grid: Grid, context: Context) -> None:
         deadline = cfg.faults.round_deadline_s
         replies = list(grid.send_and_receive(msgs, timeout=deadline if deadline > 0 else None))
         sent = {msg.metadata.message_id: cid for msg, cid in zip(msgs, cohort)}  # ids are set when pushed
-        return collect_replies(replies, cohort, nodes, deadline_s=deadline, sent=sent)
+        return collect_replies(replies, cohort, nodes, deadline_s=deadline, global_params=global_params, sent=sent)
 
     run_federation(
         cfg,

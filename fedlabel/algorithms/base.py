@@ -71,8 +71,15 @@ class ClientUpdate:
 class Algorithm:
     """Base class. Subclasses set ``name`` and ``Params`` and override what differs."""
 
+    # True when the supervised branch runs through fedavg.train_labeled, which also trains on
+    # LLP bags (data.bag_size / data.bag_key); config validation refuses bags otherwise.
+    trains_on_bags: ClassVar[bool] = False
     name: ClassVar[str]
     Params: ClassVar[type[AlgorithmParams]] = AlgorithmParams
+    # privacy=dpsgd: every SGD step trains on one Poisson batch of one record set through
+    # batch_indices/sgd_train (fedlabel.privacy.dpsgd's contract); joint labeled+unlabeled steps
+    # and hand-written SGD loops are not covered.
+    dpsgd_supported: ClassVar[bool] = False
 
     def __init__(self, params: AlgorithmParams) -> None:
         self.params = params

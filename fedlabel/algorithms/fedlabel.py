@@ -177,7 +177,9 @@ def _rows(choice: ExpertChoice, idx: torch.Tensor) -> ExpertChoice:
 
 class FedLabel(Algorithm):
     name = "fedlabel"
+    dpsgd_supported = True
     Params = FedLabelParams
+    trains_on_bags = True
 
     def client_update(self, model, global_params, data, *, generator, device, extras=None) -> ClientUpdate:
         p: FedLabelParams = self.params

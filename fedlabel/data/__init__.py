@@ -1,6 +1,7 @@
 """Datasets (Fashion-MNIST, MedMNIST-style .npz), client partitions and labeled/unlabeled splits,
 and real sites' data directories."""
 
+from fedlabel.data.bags import Bags, BagSpec, InstanceLabelsUnavailable
 from fedlabel.data.dataset import ImageDataset
 from fedlabel.data.errors import DataError
 from fedlabel.data.fashion_mnist import load_fashion_mnist
@@ -10,6 +11,9 @@ from fedlabel.data.partition import partition_dirichlet, partition_iid, split_la
 from fedlabel.data.site import load_site, save_site
 
 __all__ = [
+    "BagSpec",
+    "Bags",
+    "InstanceLabelsUnavailable",
     "ClientData",
     "DataError",
     "FederatedData",

@@ -73,18 +73,21 @@ def _labels(path: Path, key: str, labels: np.ndarray, n: int) -> torch.Tensor:
     return torch.from_numpy(labels.astype(np.int64))
 
 
-def load_npz(path: str) -> ImageDataset:
+def load_npz(path: str, *, bag_key: str = "") -> ImageDataset:
     """Load train/test splits from an .npz with keys train_images, train_labels, test_images, test_labels.
 
-    val_* keys are ignored; num_classes is the largest label + 1 over both splits.
+    val_* keys are ignored; num_classes is the largest label + 1 over both splits. ``bag_key``
+    names an optional integer array with one bag id per training sample (ImageDataset.train_bags).
     """
     file = Path(path).expanduser()
-    arrays = read_arrays(file)
+    arrays = read_arrays(file, KEYS + ((bag_key,) if bag_key else ()))
     tensors = {}
     for split in ("train", "test"):
         images = _images(file, f"{split}_images", arrays[f"{split}_images"])
         tensors[f"{split}_images"] = images
         tensors[f"{split}_labels"] = _labels(file, f"{split}_labels", arrays[f"{split}_labels"], len(images))
+    if bag_key:
+        tensors["train_bags"] = _labels(file, bag_key, arrays[bag_key], len(tensors["train_images"]))
     num_classes = 1 + max((int(t.max()) for k, t in tensors.items() if k.endswith("labels") and t.numel()), default=0)
     try:
         return ImageDataset(name=file.stem, num_classes=num_classes, **tensors)

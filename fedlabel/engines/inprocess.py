@@ -13,6 +13,7 @@ from fedlabel.config import Config
 from fedlabel.data import FederatedData
 from fedlabel.faults import draw_fault, seen_by_server
 from fedlabel.federation import TrainCohort, client_generator, initial_model, load_federated, open_recorder, run_federation
+from fedlabel.privacy.mechanism import private_client_update
 from fedlabel.training import Params, resolve_device
 
 # (config, model skeleton, algorithm, data, device) -> the round's client training
@@ -24,9 +25,9 @@ def sequential_trainer(cfg: Config, model: nn.Module, algorithm: Algorithm, fed:
 
     def train_cohort(rnd: int, cohort: list[int], global_params: Params, extras: dict):
         return [
-            algorithm.client_update(model, global_params, fed.clients[cid], device=device,
-                                    generator=client_generator(seed=cfg.seed, round=rnd, client_id=cid),
-                                    **({"extras": extras[cid]} if extras.get(cid) else {}))  # fmt: skip
+            private_client_update(algorithm, cfg.privacy, model, global_params, fed.clients[cid], device=device,
+                                  generator=client_generator(seed=cfg.seed, round=rnd, client_id=cid),
+                                  extras=extras.get(cid))  # fmt: skip
             for cid in cohort
         ]
 
