@@ -11,12 +11,13 @@ the process's threads evenly (at least one each).
 
 Updates come back one per client rather than summed inside the workers: aggregations other than
 FedAvg's (FedLabel's split, FedMatch's helper selection) need each client's delta, and a delta
-of the models here is at most a few MB, passed through shared memory.
+of the models here is at most a few MB, pickled by value through a pipe.
 """
 
 from __future__ import annotations
 
 import itertools
+import pickle
 import traceback
 
 import torch
@@ -71,10 +72,10 @@ def _serve(conn, cfg: Config, shared: SharedClients, shape: tuple[int, int, int]
     model = build_model(cfg.model.name, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
     algorithm = build_algorithm(cfg.algorithm)
     device = resolve_device(cfg.device)
-    while (msg := conn.recv()) is not None:
+    while (msg := _recv(conn)) is not None:
         rnd, ids, params, extras = msg
         try:
-            conn.send([
+            _send(conn, [
                 algorithm.client_update(
                     model, params, clients[cid], generator=client_generator(seed=cfg.seed, round=rnd, client_id=cid),
                     device=device, **({"extras": extras[cid]} if extras.get(cid) else {}),
@@ -82,7 +83,17 @@ def _serve(conn, cfg: Config, shared: SharedClients, shape: tuple[int, int, int]
                 for cid in ids
             ])  # fmt: skip
         except Exception:  # noqa: BLE001 - reported to the server loop, which raises it
-            conn.send(RuntimeError(f"engine.workers: a worker failed in round {rnd}:\n{traceback.format_exc()}"))
+            _send(conn, RuntimeError(f"engine.workers: a worker failed in round {rnd}:\n{traceback.format_exc()}"))
+
+
+def _send(conn, obj) -> None:
+    """Plain pickling: tensors travel by value. (Connection.send would move every tensor into
+    a shared-memory segment of its own, which costs more than copying a model's few MB.)"""
+    conn.send_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _recv(conn):
+    return pickle.loads(conn.recv_bytes())
 
 
 class WorkerPool:
@@ -107,8 +118,8 @@ class WorkerPool:
     def __call__(self, rnd: int, cohort: list[int], global_params: Params, extras: dict) -> list[ClientUpdate]:
         parts = assign_by_work({c: self.work[c] for c in cohort}, len(self._conns))
         for conn, ids in zip(self._conns, parts):
-            conn.send((rnd, ids, global_params, {c: extras[c] for c in ids if c in extras}))
-        replies = [conn.recv() for conn in self._conns]
+            _send(conn, (rnd, ids, global_params, {c: extras[c] for c in ids if c in extras}))
+        replies = [_recv(conn) for conn in self._conns]
         for reply in replies:
             if isinstance(reply, BaseException):
                 raise reply
@@ -117,7 +128,7 @@ class WorkerPool:
     def close(self) -> None:
         for conn in self._conns:
             try:
-                conn.send(None)
+                _send(conn, None)
             except OSError:
                 pass
         for proc in self._procs:
