@@ -319,15 +319,21 @@ def default_engines(device: str) -> list[str]:
 
 def run_all(args) -> list[dict]:
     results = []
+    deadline = time.monotonic() + (args.budget_s or float("inf"))
     for w in args.workloads:
         for engine in args.engines:
+            left = deadline - time.monotonic()
+            if left < 10:
+                results.append({"workload": w, "engine": engine, "error": f"not run: --budget-s {args.budget_s:.0f} s spent"})
+                continue
             cmd = [sys.executable, __file__, "--single", w, engine, "--rounds", str(args.rounds), "--device", args.device,
                    "--data-root", args.data_root]  # fmt: skip
             print(f"[{w}/{engine}] {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
+            limit = min(args.timeout_s, left)
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_s, cwd=ROOT)
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, cwd=ROOT)
             except subprocess.TimeoutExpired:
-                results.append({"workload": w, "engine": engine, "error": f"timed out after {args.timeout_s} s"})
+                results.append({"workload": w, "engine": engine, "error": f"timed out after {limit:.0f} s"})
                 continue
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             if proc.returncode or not lines:
@@ -393,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="", help="cpu or cuda (default: cuda if available)")
     ap.add_argument("--data-root", default="", help="directory with the four Fashion-MNIST .gz files (default: search)")
     ap.add_argument("--timeout-s", type=float, default=1800, help="limit per (workload, engine) run")
+    ap.add_argument("--budget-s", type=float, default=0, help="start no run after this many seconds (0 = no limit)")
     ap.add_argument("--doc", default="", help="append a section with the results to this markdown file")
     ap.add_argument("--json", default="", help="write the raw results here")
     ap.add_argument("--single", nargs=2, metavar=("WORKLOAD", "ENGINE"), help=argparse.SUPPRESS)
