@@ -20,7 +20,9 @@ torch.utils.flop_counter (convolutions and matrix products of forward and backwa
 element-wise ops are not counted) per trained sample, times the samples of the timed rounds.
 The device's peak is a measured float32 matrix product (and the nominal figure for known GPUs).
 Peak memory is the largest resident set of the run's process tree (sampled every 0.2 s) and, on
-CUDA, torch's peak allocation in the benchmark process.
+CUDA, torch's peak allocation in the benchmark process. For the in-process engines and the floor
+the table also gives CPU seconds of the process tree per update and "cores used" (CPU seconds per
+wall second): on a shared machine a run that got less than its cores shows it there.
 """
 
 from __future__ import annotations
@@ -347,13 +349,13 @@ def run_all(args) -> list[dict]:
 
 def table(results: list[dict], info: dict) -> str:
     peak = info["matmul_fp32_flops"]
-    rows = ["| workload | engine | client updates/s | samples/s | GFLOP/s | % of matmul peak | peak memory | time / floor | speed-up vs flower | CPU s / update (/ floor) |",
-            "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows = ["| workload | engine | client updates/s | samples/s | GFLOP/s | % of matmul peak | peak memory | time / floor | speed-up vs flower | CPU s / update (/ floor) | cores used |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     by = {(r["workload"], r["engine"]): r for r in results}
     for r in results:
         w, e = r["workload"], r["engine"]
         if "error" in r:
-            rows.append(f"| {w} | {e} | {r['error']} | | | | | | | |")
+            rows.append(f"| {w} | {e} | {r['error']} | | | | | | | | |")
             continue
         rate = lambda x: x / r["seconds"]  # noqa: E731
         floor, flower = by.get((w, "floor")), by.get((w, "flower"))
@@ -362,13 +364,16 @@ def table(results: list[dict], info: dict) -> str:
         mem = f"{r['peak_rss_bytes'] / 2**30:.2f} GiB RSS"
         if r.get("peak_cuda_bytes"):
             mem += f", {r['peak_cuda_bytes'] / 2**30:.2f} GiB CUDA"
+        # CPU seconds per wall second over the timed rounds: below the cores a run may use, the
+        # machine's other load took the rest (wall-clock rates are then not comparable)
+        used = f"{r['cpu_seconds'] / r['seconds']:.2f}" if r.get("cpu_seconds") else "n/a"
         cpu = "n/a"
         if r.get("cpu_seconds"):
             cpu = f"{r['cpu_seconds'] / r['updates']:.3f}"
             if floor and floor.get("cpu_seconds"):
                 cpu += f" ({r['cpu_seconds'] / floor['cpu_seconds']:.2f}x)"
         rows.append(f"| {w} | {e} | {rate(r['updates']):.1f} | {rate(r['samples']):.0f} | {rate(r['flops']) / 1e9:.1f} | "
-                    f"{100 * rate(r['flops']) / peak:.1f}% | {mem} | {ratio_floor} | {vs_flower} | {cpu} |")  # fmt: skip
+                    f"{100 * rate(r['flops']) / peak:.1f}% | {mem} | {ratio_floor} | {vs_flower} | {cpu} | {used} |")  # fmt: skip
     return "\n".join(rows)
 
 
