@@ -2,8 +2,8 @@
 
 Every client's tensors are slices of a few tensors in shared memory, so no worker copies any
 client's data, and each worker builds its model skeleton and algorithm once. Each round the
-cohort's clients are sorted by work (labeled plus unlabeled samples, the largest first) and each
-goes to the worker with the least work so far; a worker trains its clients one after another
+cohort's clients are sorted by work (the samples their SGD steps and inference process, the
+largest first) and each goes to the worker with the least work so far; a worker trains its clients one after another
 with the sequential engine's code and the clients' own generators and sends back their updates.
 The server loop aggregates them in client-id order as always, so a run with N workers equals the
 one-process run exactly when every worker uses that run's torch thread count; the workers share
@@ -51,6 +51,17 @@ class SharedClients:
     def client(self, i: int) -> ClientData:
         views = {f: None if t is None else t[self.offsets[f][i] : self.offsets[f][i + 1]] for f, t in self.tensors.items()}
         return ClientData(client_id=i, **views)
+
+
+def client_work(data: ClientData, p) -> float:
+    """Samples one client update processes: its labeled SGD batches and, for algorithms with an
+    unlabeled branch (``unlabeled_steps``), one pass over its unlabeled part plus those batches.
+    Data size alone is a poor measure: every client with at least a batch does the same steps."""
+    work = min(p.batch_size, data.num_labeled) * p.local_steps
+    steps = getattr(p, "unlabeled_steps", 0)
+    if steps and data.num_unlabeled:
+        work += data.num_unlabeled + min(p.batch_size, data.num_unlabeled) * steps
+    return float(work)
 
 
 def assign_by_work(work: dict[int, float], workers: int) -> list[list[int]]:
@@ -104,7 +115,7 @@ class WorkerPool:
         ctx = mp.get_context("spawn")  # no fork of a process whose OpenMP threads already run
         shared = SharedClients(fed.clients)
         threads = max(1, torch.get_num_threads() // n)
-        self.work = {c.client_id: float(c.num_labeled + c.num_unlabeled) for c in fed.clients}
+        self.work = {c.client_id: client_work(c, cfg.algorithm) for c in fed.clients}
         self._conns, self._procs = [], []
         for _ in range(n):
             ours, theirs = ctx.Pipe()
