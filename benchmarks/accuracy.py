@@ -68,6 +68,7 @@ class Result:
     curve: list[float]
     wall: float
     rounds: list[dict] = field(repr=False)
+    config: dict = field(repr=False, default_factory=dict)
 
 
 def pct(ratio: float) -> str:
@@ -104,7 +105,7 @@ def execute(run: Run, out: Path) -> None:
 
 def load(run: Run, out: Path) -> Result:
     s = json.loads((out / run.name / "summary.json").read_text())
-    return Result([r["accuracy"] for r in s["rounds"] if r["accuracy"] is not None], s["wall_seconds"], s["rounds"])
+    return Result([r["accuracy"] for r in s["rounds"] if r["accuracy"] is not None], s["wall_seconds"], s["rounds"], s["config"])
 
 
 def last_mean(r: Result, last: int) -> float:
@@ -223,9 +224,13 @@ def write_report(args, methods, settings, grid, results, sweeps, sweep_runs, swe
     rows = ["reference", *methods]
     cell = lambda alpha, ratio, m: [results[(alpha, None if m == "reference" else ratio, m, s)] for s in seeds]  # noqa: E731
     extra = f" --extra {' '.join(args.extra)}" if args.extra else ""
+    sweep_args = f" --sweep {' '.join(args.sweep)} --sweep-seeds {' '.join(map(str, args.sweep_seeds))}" if sweeps else " --no-sweeps"
+    cfg = next(iter(results.values())).config
+    train = f"{cfg['data']['train_samples']} of 60k" if cfg["data"]["train_samples"] else "60k"
     lines = [
         "# Results", "",
-        f"Fashion-MNIST (60k train / 10k test), 100 clients, 10 per round, GroupNorm CNN, {args.rounds} rounds, seeds",
+        f"Fashion-MNIST ({train} train / 10k test), {cfg['data']['num_clients']} clients, {cfg['clients_per_round']} per round, "
+        f"{cfg['model']['name']} (GroupNorm), {args.rounds} rounds, seeds",
         f"{' '.join(map(str, seeds))}, in-process engine, CPU, one torch thread per run. Each cell is the mean ± std over",
         f"seeds of the test accuracy averaged over the last {last} rounds (under Dirichlet(0.1) accuracy swings by",
         "several points from round to round, so single rounds mislead). Every method runs with its",
@@ -235,7 +240,7 @@ def write_report(args, methods, settings, grid, results, sweeps, sweep_runs, swe
         f"python benchmarks/accuracy.py --rounds {args.rounds} --seeds {' '.join(map(str, seeds))} "
         f"--alphas {' '.join(f'{a:g}' for a in args.alphas)} --label-ratios {' '.join(f'{r:g}' for r in args.label_ratios)} "
         f"--methods {' '.join(methods)} --jobs {args.jobs}"
-        + (" --no-sweeps" if not sweeps else "") + (f" --engine-rounds {args.engine_rounds}" if args.engine_rounds else "") + extra,
+        + sweep_args + (f" --engine-rounds {args.engine_rounds}" if args.engine_rounds else "") + extra,
         "```", "",
         "The full benchmark is `python benchmarks/accuracy.py --jobs N`: every registered method, Dirichlet",
         "0.1 and 1.0, 1%, 5% and 20% labels, seeds 0 1 2, 250 rounds, and the sweeps (about 200 runs of 15-30",

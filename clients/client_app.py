@@ -7,17 +7,22 @@ global model every round), so nothing goes into Context.state."""
 from __future__ import annotations
 
 import functools
+import time
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from torch import nn
 
 from fedlabel import keys
 from fedlabel.algorithms import build_algorithm
 from fedlabel.config import Config, DataConfig, config_from_run_config
 from fedlabel.data import FederatedData
+from fedlabel.faults import CRASH, DROPOUT, LATE_BY_S, STRAGGLER, InjectedCrash, draw_fault
 from fedlabel.federation import client_generator, load_federated
 from fedlabel.models import build_model
+from fedlabel.privacy.mechanism import private_client_update
 from fedlabel.training import resolve_device
 
 app = ClientApp()
@@ -51,10 +56,26 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({keys.STATS: stats}), reply_to=msg)
 
 
-@app.train()
+def central_dp_clipping_mod(msg: Message, context: Context, call_next) -> Message:
+    """Central DP with client-side clipping: Flower's fixedclipping_mod clips the reply when the
+    server asks for it (it sends the clipping norm, as Flower's ClientSide wrapper does)."""
+    if KEY_CLIPPING_NORM in msg.content[keys.CONFIG]:
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+@app.train(mods=[central_dp_clipping_mod])
 def train(msg: Message, context: Context) -> Message:
     cfg, fed, cid = _setup(msg, context)
     rnd = int(msg.content[keys.CONFIG][keys.ROUND])
+    started = time.monotonic()
+    late_at = started + cfg.faults.round_deadline_s + LATE_BY_S  # past the server's deadline
+    fault = draw_fault(cfg.faults, seed=cfg.seed, round=rnd, client_id=cid)
+    if fault == CRASH:  # Flower turns the exception into an error reply
+        raise InjectedCrash(f"client {cid}: injected crash in round {rnd} (faults.crash_prob)")
+    if fault == DROPOUT:  # silent until well after the deadline; the late error reply is never read
+        time.sleep(late_at - time.monotonic())
+        raise InjectedCrash(f"client {cid}: dropped out of round {rnd} (faults.dropout_prob)")
     device = resolve_device(cfg.device)
     model = _model(cfg.model.name, fed.in_channels, fed.num_classes, fed.image_size)
     global_params = {k: v.to(device) for k, v in msg.content[keys.ARRAYS].to_torch_state_dict().items()}
@@ -63,23 +84,32 @@ def train(msg: Message, context: Context) -> Message:
         for name, record in msg.content.array_records.items()
         if name.startswith(keys.EXTRA_PREFIX)
     }
-    update = build_algorithm(cfg.algorithm).client_update(
+    update = private_client_update(
+        build_algorithm(cfg.algorithm),
+        cfg.privacy,
         model,
         global_params,
         fed.clients[cid],
         generator=client_generator(seed=cfg.seed, round=rnd, client_id=cid),
         device=device,
+        clip=False,  # client-side central DP clipping is fixedclipping_mod's
         **({"extras": extras} if extras else {}),
     )
+    if KEY_CLIPPING_NORM in msg.content[keys.CONFIG]:
+        # central DP, client-side clipping: fixedclipping_mod clips (reply - sent arrays) in the
+        # reply's one ArrayRecord, so the reply carries the parameters w + Delta
+        delta = update.deltas["model"]
+        arrays = {keys.CLIPPED_PARAMS: {k: global_params[k] + delta[k] for k in global_params}}
+    else:
+        arrays = {keys.DELTA_PREFIX + name: delta for name, delta in update.deltas.items()}
     content = RecordDict(
         {
-            **{
-                keys.DELTA_PREFIX + name: ArrayRecord(torch_state_dict={k: v.cpu() for k, v in delta.items()})
-                for name, delta in update.deltas.items()
-            },
+            **{name: ArrayRecord(torch_state_dict={k: v.cpu() for k, v in a.items()}) for name, a in arrays.items()},
             keys.METRICS: MetricRecord(
                 {keys.CLIENT_ID: cid, keys.WEIGHT: update.weight, "num-examples": update.weight, **update.metrics}
             ),
         }
     )
+    if fault == STRAGGLER:
+        time.sleep(max(0.0, late_at - time.monotonic()))
     return Message(content, reply_to=msg)

@@ -3,6 +3,9 @@
   fedlabel simulate [hydra overrides]   run a simulation (engine=flower by default)
   fedlabel flower-config [--write]      print (or rewrite in pyproject.toml) the
                                         [tool.flwr.app.config] section from the schema
+  fedlabel privacy-sweep [options] [overrides]
+                                        privacy-utility sweep -> docs/privacy.md
+                                        (`fedlabel privacy-sweep --help`)
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     from fedlabel.algorithms import ALGORITHMS
-    from fedlabel.config import ENGINES, Config, DataConfig, EngineConfig, ModelConfig
+    from fedlabel.config import ENGINES, PRIVACY_MECHANISMS, Config, DataConfig, EngineConfig, ModelConfig, PrivacyConfig
 
     cs = ConfigStore.instance()
-    top = {f.name: getattr(Config(), f.name) for f in dataclasses.fields(Config) if f.name not in ("algorithm", "data", "model", "engine")}
+    top = {f.name: getattr(Config(), f.name) for f in dataclasses.fields(Config) if f.name not in ("algorithm", "data", "model", "engine", "privacy")}
+    top = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in top.items()}  # e.g. faults
     cs.store(name="fedlabel_defaults", node=top)
     for name, algo in ALGORITHMS.items():
         cs.store(group="algorithm", name=name, node=dataclasses.asdict(algo.Params()))
@@ -33,6 +37,8 @@ def register_configs() -> None:
         cs.store(group="model", name=name, node=dataclasses.asdict(ModelConfig(name=name)))
     for name in ENGINES:
         cs.store(group="engine", name=name, node=dataclasses.asdict(EngineConfig(name=name)))
+    for name in PRIVACY_MECHANISMS:
+        cs.store(group="privacy", name=name, node=dataclasses.asdict(PrivacyConfig(name=name)))
 
 
 def run_config(values: dict[str, Any], *, progress: bool = True) -> dict[str, Any]:
@@ -61,6 +67,7 @@ def _simulate(argv: list[str]) -> int:
     from fedlabel.config import ConfigError
     from fedlabel.data import DataError
     from fedlabel.engines.flower import FlowerRunError
+    from fedlabel.federation import RoundFailed
     from fedlabel.report import format_table
 
     register_configs()
@@ -71,9 +78,12 @@ def _simulate(argv: list[str]) -> int:
         values = OmegaConf.to_container(hcfg, resolve=True)
         try:
             summary = run_config(values)
-        except (ConfigError, DataError, FlowerRunError) as err:
-            kind = {ConfigError: "config", DataError: "data", FlowerRunError: "flower"}[type(err)]
+        except (ConfigError, DataError, FlowerRunError, RoundFailed) as err:
+            kind = {ConfigError: "config", DataError: "data", FlowerRunError: "flower", RoundFailed: "run"}[type(err)]
             print(f"fedlabel: {kind} error: {err}", file=sys.stderr)
+            if isinstance(err, RoundFailed):
+                print("fedlabel: the rounds before it are in summary.json; resume=true continues from the last checkpoint",
+                      file=sys.stderr)  # fmt: skip
             status["code"] = 2
             return
         print(format_table(summary["rounds"]))
@@ -126,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd == "simulate":
         return _simulate(rest)
+    if cmd == "privacy-sweep":
+        from fedlabel.privacy.sweep import main as sweep_main
+
+        return sweep_main(rest)
     if cmd == "flower-config":
         if "--write" in rest:
             write_flower_config(Path(__file__).resolve().parents[1] / "pyproject.toml")

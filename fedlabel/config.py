@@ -35,6 +35,21 @@ class DataConfig:
     # follows its own Dirichlet(labeled_class_alpha) class mix, so labeled and unlabeled
     # class distributions differ (label/unlabel mismatch).
     labeled_class_alpha: float = 0.0
+    # Learning from label proportions (docs/privacy.md): bag_size > 0 turns each client's labeled
+    # part into random bags of that size that keep only class counts; bag_key (npz only) names an
+    # array with a bag id per training sample instead. Both unset = instance labels.
+    bag_size: int = 0
+    bag_key: str = ""
+    llp_method: str = "dllp"  # dllp (proportion loss) | bp (belief-propagation pseudo-labels)
+    proportion_epsilon: float = 0.0  # > 0: label-DP noise on each bag's counts; 0 = exact counts
+    proportion_noise: str = "laplace"  # laplace (pure epsilon) | gaussian (epsilon, proportion_delta)
+    proportion_delta: float = 1e-5
+    bp_neighbors: int = 5  # kNN edges per instance
+    bp_lambda_similarity: float = 10.0
+    bp_lambda_bag: float = 10.0
+    bp_iterations: int = 100
+    bp_damping: float = 0.5
+    bp_bag_loss_weight: float = 0.0  # > 0: add this times the DLLP loss to the pseudo-label loss
 
 
 @dataclass(frozen=True)
@@ -62,17 +77,59 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class FaultsConfig:
+    """Injected client faults (simulation only) and the server's tolerance rules (every runtime).
+
+    Each sampled client's fault is drawn from (seed, round, client id): with crash_prob it raises
+    during training, with dropout_prob it never replies, with straggler_prob it replies after
+    round_deadline_s. round_deadline_s, min_clients and max_update_norm also apply in deployment.
+    """
+
+    crash_prob: float = 0.0
+    dropout_prob: float = 0.0
+    straggler_prob: float = 0.0
+    round_deadline_s: float = 0.0  # the server waits this long for replies; 0 = wait for every reply
+    # Fewer accepted updates than this fails the round, and with it the run (status "failed", the
+    # last checkpoint kept, so `resume=true` continues from there).
+    min_clients: int = 1
+    # Updates whose L2 norm (over all their deltas) exceeds this are rejected; 0 = no bound. The
+    # default only catches absurd updates (a normal round's delta has norm of order 1).
+    max_update_norm: float = 1.0e4
+
+
+PRIVACY_MECHANISMS = ("none", "dpsgd", "central_dp")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Differential privacy (fedlabel/privacy/). ``name``: none | dpsgd (record-level DP-SGD in
+    every branch that trains on client data) | central_dp (client-level DP: each client's update
+    clipped to max_grad_norm, Gaussian noise on the aggregate)."""
+
+    name: str = "none"
+    noise_multiplier: float = 1.0  # z: noise std = z * max_grad_norm (per step / per round)
+    max_grad_norm: float = 1.0  # C: L2 bound per sample (dpsgd) or per client update (central_dp)
+    delta: float = 1e-5  # epsilon is reported at this delta
+    clipping: str = "server"  # central_dp: server | client (who clips each update)
+    accountant: str = "rdp"  # rdp | prv (Opacus accountants)
+
+
+@dataclass(frozen=True)
 class Config:
     algorithm: AlgorithmParams = field(default_factory=lambda: ALGORITHMS["fedlabel"].Params())
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     rounds: int = 30
     clients_per_round: int = 10
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_every: int = 1  # central test-set evaluation every N rounds (and after the last)
     output_dir: str = "outputs/run"
+    checkpoint_every: int = 1  # write output_dir/checkpoint.pt every N rounds (and after the last)
+    resume: bool = False  # continue the run in output_dir from its checkpoint
     tensorboard: bool = False  # also log every round to output_dir/tensorboard (pip install 'fedlabel[tensorboard]')
 
 
@@ -122,9 +179,12 @@ def _coerce(value: Any, kind: type, name: str) -> Any:
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Build and validate a Config from a nested dict (e.g. a resolved Hydra config)."""
     values = dict(values)
-    algo = dict(values.pop("algorithm", {}) or {})
+    algo = values.pop("algorithm", {}) or {}
+    if not isinstance(algo, dict):
+        raise ConfigError(f"algorithm must be a group of settings, got {algo!r}")
+    algo = dict(algo)
     name = algo.get("name", "fedlabel")
-    if name not in ALGORITHMS:
+    if not isinstance(name, str) or name not in ALGORITHMS:
         raise ConfigError(f"algorithm.name: unknown algorithm {name!r}; choose from {sorted(ALGORITHMS)}")
     params = _build(ALGORITHMS[name].Params, algo, "algorithm.")
     cfg = _build(Config, values, "")
@@ -183,6 +243,33 @@ def default_run_config() -> dict[str, Any]:
 # validation
 
 
+def _validate_bags(d: DataConfig, algorithm: str) -> None:
+    check(d.bag_size >= 0, "data.bag_size", f"must be >= 0 (0 = instance labels), got {d.bag_size}")
+    check(
+        not (d.bag_size or d.bag_key) or ALGORITHMS[algorithm].trains_on_bags,
+        "data.bag_size",
+        f"algorithm {algorithm} trains on instance labels in its own loop; bags (LLP) work with "
+        f"{', '.join(sorted(n for n, a in ALGORITHMS.items() if a.trains_on_bags))}",
+    )
+    check(not (d.bag_size and d.bag_key), "data.bag_key", "set either data.bag_size (random bags) or data.bag_key (given bags), not both")
+    check(not d.bag_key or d.name == "npz", "data.bag_key", "bag ids come from an .npz array; needs data.name=npz")
+    check(d.llp_method in ("dllp", "bp"), "data.llp_method", f"unknown LLP method {d.llp_method!r}; choose dllp or bp")
+    check(d.proportion_epsilon >= 0, "data.proportion_epsilon", f"must be >= 0 (0 = exact proportions), got {d.proportion_epsilon}")
+    check(
+        d.proportion_epsilon == 0 or bool(d.bag_size or d.bag_key),
+        "data.proportion_epsilon",
+        "noise on bag proportions needs bags: set data.bag_size or data.bag_key",
+    )
+    check(d.proportion_noise in ("laplace", "gaussian"), "data.proportion_noise", f"unknown mechanism {d.proportion_noise!r}; choose laplace or gaussian")
+    check(0 < d.proportion_delta < 1, "data.proportion_delta", f"must be in (0, 1), got {d.proportion_delta}")
+    check(d.bp_neighbors >= 1, "data.bp_neighbors", f"must be >= 1, got {d.bp_neighbors}")
+    check(d.bp_lambda_similarity >= 0, "data.bp_lambda_similarity", f"must be >= 0, got {d.bp_lambda_similarity}")
+    check(d.bp_lambda_bag >= 0, "data.bp_lambda_bag", f"must be >= 0, got {d.bp_lambda_bag}")
+    check(d.bp_iterations >= 1, "data.bp_iterations", f"must be >= 1, got {d.bp_iterations}")
+    check(0 <= d.bp_damping < 1, "data.bp_damping", f"must be in [0, 1), got {d.bp_damping}")
+    check(d.bp_bag_loss_weight >= 0, "data.bp_bag_loss_weight", f"must be >= 0, got {d.bp_bag_loss_weight}")
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError naming the first impossible field; called before any work starts."""
     d = cfg.data
@@ -195,6 +282,7 @@ def validate(cfg: Config) -> None:
     check(d.num_clients >= 1, "data.num_clients", f"must be >= 1, got {d.num_clients}")
     check(d.train_samples >= 0, "data.train_samples", f"must be >= 0 (0 = all), got {d.train_samples}")
     check(d.min_client_size >= 1, "data.min_client_size", f"must be >= 1, got {d.min_client_size}")
+    _validate_bags(d, cfg.algorithm.name)
     check(cfg.model.name in ("cnn", "resnet18"), "model.name", f"unknown model {cfg.model.name!r}; choose cnn or resnet18")
     e = cfg.engine
     check(e.name in ENGINES, "engine.name", f"unknown engine {e.name!r}; choose from {list(ENGINES)}")
@@ -217,6 +305,62 @@ def validate(cfg: Config) -> None:
         f"unknown device {cfg.device!r}; choose auto, cpu or cuda[:N]",
     )
     check(bool(cfg.output_dir), "output_dir", "must not be empty")
+    check(cfg.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {cfg.checkpoint_every}")
+    _validate_faults(cfg.faults, cfg.clients_per_round)
     check(not cfg.tensorboard or importlib.util.find_spec("tensorboard") is not None, "tensorboard",
           "needs the optional package tensorboard: pip install 'fedlabel[tensorboard]' (or tensorboard=false)")  # fmt: skip
+    validate_privacy(cfg)
     cfg.algorithm.validate()
+
+
+def validate_privacy(cfg: Config) -> None:
+    p = cfg.privacy
+    check(p.name in PRIVACY_MECHANISMS, "privacy.name", f"unknown mechanism {p.name!r}; choose from {list(PRIVACY_MECHANISMS)}")
+    check(p.noise_multiplier > 0, "privacy.noise_multiplier", f"must be > 0, got {p.noise_multiplier}")
+    check(p.max_grad_norm > 0, "privacy.max_grad_norm", f"must be > 0, got {p.max_grad_norm}")
+    check(0 < p.delta < 1, "privacy.delta", f"must be in (0, 1), got {p.delta}")
+    check(p.clipping in ("server", "client"), "privacy.clipping", f"unknown side {p.clipping!r}; choose server or client")
+    check(p.accountant in ("rdp", "prv"), "privacy.accountant", f"unknown accountant {p.accountant!r}; choose rdp or prv")
+    if p.name == "dpsgd":
+        supported = sorted(n for n, a in ALGORITHMS.items() if a.dpsgd_supported)
+        check(
+            ALGORITHMS[cfg.algorithm.name].dpsgd_supported,
+            "privacy.name",
+            f"privacy=dpsgd covers algorithms that train on one record set per SGD step ({', '.join(supported)}); "
+            f"{cfg.algorithm.name} trains on labeled and unlabeled records in one step or with its own SGD loop",
+        )
+        check(
+            not (cfg.data.bag_size or cfg.data.bag_key),
+            "privacy.name",
+            "privacy=dpsgd with bags (data.bag_size/data.bag_key) is not supported: a bag's loss couples its "
+            "images, so per-image clipping bounds no bag's influence; use data.proportion_epsilon or central_dp",
+        )
+        check(
+            getattr(cfg.algorithm, "unlabeled_sampling", "all") == "all",
+            "algorithm.unlabeled_sampling",
+            "privacy=dpsgd needs 'all': the sampling rate of a pool of kept samples would depend on the data",
+        )
+    if p.name == "central_dp":
+        check(
+            getattr(cfg.algorithm, "aggregation", "weighted") != "split",
+            "algorithm.aggregation",
+            "privacy=central_dp clips and averages one update per client; 'split' uploads two",
+        )
+def _validate_faults(f: FaultsConfig, clients_per_round: int) -> None:
+    for name in ("crash_prob", "dropout_prob", "straggler_prob"):
+        value = getattr(f, name)
+        check(0 <= value <= 1, f"faults.{name}", f"must be a probability in [0, 1], got {value}")
+    total = f.crash_prob + f.dropout_prob + f.straggler_prob
+    check(total <= 1, "faults", f"crash_prob + dropout_prob + straggler_prob must be <= 1, got {total}")
+    check(f.round_deadline_s >= 0, "faults.round_deadline_s", f"must be >= 0 (0 = no deadline), got {f.round_deadline_s}")
+    check(
+        f.round_deadline_s > 0 or f.dropout_prob + f.straggler_prob == 0,
+        "faults.round_deadline_s",
+        "dropout_prob or straggler_prob > 0 needs a round deadline (> 0) to end the round",
+    )
+    check(
+        1 <= f.min_clients <= clients_per_round,
+        "faults.min_clients",
+        f"must be in [1, clients_per_round={clients_per_round}], got {f.min_clients}",
+    )
+    check(f.max_update_norm >= 0, "faults.max_update_norm", f"must be >= 0 (0 = no bound), got {f.max_update_norm}")

@@ -12,3 +12,9 @@ PARTITION_ID = "partition-id"  # node_config key in simulation and deployment
 NUM_PARTITIONS = "num-partitions"
 CLIENT_ID = "client-id"
 WEIGHT = "weight"  # r_k
+
+# DP-SGD ledger a client reports (one entry per private training loop of its update)
+DP_NOISE_MULTIPLIERS = "dp-noise-multipliers"
+DP_SAMPLE_RATES = "dp-sample-rates"
+DP_STEPS = "dp-steps"
+CLIPPED_PARAMS = "clipped-params"  # central DP, client-side clipping: w + clip(Delta), client -> server

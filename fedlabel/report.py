@@ -9,6 +9,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ ROUND_FIELDS = [
     "loss_labeled",
     "loss_unlabeled",
     "clients",
+    "failed_clients",
+    "rejected_updates",
+    "epsilon",
     "seconds",
 ]
 
@@ -48,18 +52,51 @@ def _clean(value: Any) -> Any:
 class RunRecorder:
     """Collects round records and writes them to ``output_dir`` as they arrive."""
 
-    def __init__(self, output_dir: str | Path, *, config: dict[str, Any], total_rounds: int, progress: bool = True) -> None:
+    def __init__(
+        self,
+        output_dir: str | Path,
+        *,
+        config: dict[str, Any],
+        total_rounds: int,
+        progress: bool = True,
+        resume: bool = False,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """With ``resume`` nothing in output_dir is touched until :meth:`restore` is called.
+        ``on_round`` is called with each new round record once it is written."""
+        self.on_round = on_round
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.rounds: list[dict[str, Any]] = []
+        self.extra: dict[str, Any] = {}  # more top-level summary entries (e.g. "privacy")
         self.start = time.perf_counter()
         self.csv_path = self.dir / "rounds.csv"
-        with open(self.csv_path, "w", newline="") as fh:
-            csv.writer(fh).writerow(ROUND_FIELDS)
         self.tensorboard = _tensorboard_writer(self.dir / "tensorboard") if config.get("tensorboard") else None
         self.bar = tqdm(total=total_rounds, desc="rounds", unit="round", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        if not resume:
+            self.restore([], wall_seconds=0.0)
+
+    def restore(self, rounds: list[dict[str, Any]], *, wall_seconds: float) -> None:
+        """Start from the records of a checkpoint: rounds.csv and summary.json are rewritten
+        (atomically) with exactly these rounds; the wall clock continues from wall_seconds."""
+        self.rounds = [dict(r) for r in rounds]
+        self.start = time.perf_counter() - wall_seconds
+        tmp = self.csv_path.with_name(self.csv_path.name + ".tmp")
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(ROUND_FIELDS)
+            writer.writerows(self._csv_row(r) for r in self.rounds)
+        os.replace(tmp, self.csv_path)
         self._write_summary(status="running")
+        self.bar.update(len(self.rounds))
+
+    def wall_seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    @staticmethod
+    def _csv_row(record: dict[str, Any]) -> list[Any]:
+        return ["" if record.get(k) is None else record.get(k) for k in ROUND_FIELDS]
 
     def write_json(self, name: str, payload: Any) -> None:
         write_json_atomic(self.dir / name, payload)
@@ -68,7 +105,7 @@ class RunRecorder:
         record = {k: _clean(v) for k, v in record.items()}
         self.rounds.append(record)
         with open(self.csv_path, "a", newline="") as fh:
-            csv.writer(fh).writerow(["" if record.get(k) is None else record.get(k) for k in ROUND_FIELDS])
+            csv.writer(fh).writerow(self._csv_row(record))
         self._write_summary(status="running")
         if self.tensorboard is not None:
             for key in ROUND_FIELDS[1:]:
@@ -82,6 +119,8 @@ class RunRecorder:
             postfix["coverage"] = f"{record['pseudo_label_coverage']:.2f}"
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(1)
+        if self.on_round is not None:
+            self.on_round(record)
 
     def final_accuracy(self) -> float | None:
         evaluated = [r["accuracy"] for r in self.rounds if r.get("accuracy") is not None]
@@ -91,9 +130,10 @@ class RunRecorder:
         summary = {
             "status": status,
             "final_accuracy": self.final_accuracy(),
-            "wall_seconds": time.perf_counter() - self.start,
+            "wall_seconds": self.wall_seconds(),
             "rounds": self.rounds,
             "config": self.config,
+            **self.extra,
         }
         if error:
             summary["error"] = error

@@ -71,8 +71,15 @@ class ClientUpdate:
 class Algorithm:
     """Base class. Subclasses set ``name`` and ``Params`` and override what differs."""
 
+    # True when the supervised branch runs through fedavg.train_labeled, which also trains on
+    # LLP bags (data.bag_size / data.bag_key); config validation refuses bags otherwise.
+    trains_on_bags: ClassVar[bool] = False
     name: ClassVar[str]
     Params: ClassVar[type[AlgorithmParams]] = AlgorithmParams
+    # privacy=dpsgd: every SGD step trains on one Poisson batch of one record set through
+    # batch_indices/sgd_train (fedlabel.privacy.dpsgd's contract); joint labeled+unlabeled steps
+    # and hand-written SGD loops are not covered.
+    dpsgd_supported: ClassVar[bool] = False
 
     def __init__(self, params: AlgorithmParams) -> None:
         self.params = params
@@ -90,6 +97,10 @@ class Algorithm:
         """One client's round. ``extras``: what ``client_payload`` gave this client (the
         engines pass it only when that is not empty)."""
         raise NotImplementedError
+
+    def delta_names(self) -> frozenset[str]:
+        """The names of the deltas every client update must carry (checked before aggregation)."""
+        return frozenset({"model"})
 
     def init_global(self, params: Params, *, setup: ServerSetup) -> Params:
         """The initial global state from the seeded initial model parameters."""

@@ -16,6 +16,7 @@ from torch import nn
 from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate
 from fedlabel.augment import weak_augment
 from fedlabel.data import ClientData
+from fedlabel.llp.train import bag_objective
 from fedlabel.training import Params, batch_indices, sgd_train, subtract, to_float
 
 LossFn = Callable[[Callable[[torch.Tensor], torch.Tensor], Any], torch.Tensor]  # (f = x -> logits, batch) -> loss
@@ -33,13 +34,25 @@ def train_labeled(
     extra: tuple[list, LossFn] | None = None,
 ) -> tuple[Params, float]:
     """The supervised branch: tau SGD steps of cross-entropy on weakly augmented labeled
-    batches, starting from the global model. Returns (local params w_L, mean loss).
+    batches, starting from the global model. Returns (local params w_L, mean loss). A bagged
+    client (data.bags) trains on whole bags with a bag-level loss instead (fedlabel.llp.train).
 
     ``mu`` > 0 adds FedProx's proximal term mu/2 ||w - w_global||^2 to every step. ``extra`` =
     (batches, loss_fn) adds one more loss per step (FixMatch/UDA train on labeled and unlabeled
     batches in the same step): step i minimises labeled CE on labeled batch i plus
     loss_fn(f, batches[i]); either part is absent when its list is shorter, and the mean loss
     returned is that of the sum."""
+    if data.bags is not None:
+        batches, loss_fn = bag_objective(model, global_params, data.bags, p, generator=generator, device=device)
+    else:
+        batches, loss_fn = _instance_objective(data, p, generator=generator, device=device)
+    if extra is not None:
+        batches, loss_fn = _joint(batches, loss_fn, *extra)
+    return sgd_train(model, global_params, batches=batches, loss_fn=loss_fn, sgd=p.sgd(), prox_mu=mu)
+
+
+def _instance_objective(data: ClientData, p: AlgorithmParams, *, generator: torch.Generator, device: torch.device):
+    """(batches, loss_fn) of cross-entropy on weakly augmented labeled batches."""
     x, y = data.labeled_images.to(device), data.labeled_labels.to(device)
     batches = batch_indices(data.num_labeled, batch_size=p.batch_size, steps=p.local_steps, generator=generator)
 
@@ -49,9 +62,7 @@ def train_labeled(
             xb = weak_augment(xb, generator=generator, max_shift=p.weak_shift)
         return F.cross_entropy(f(xb), y[idx.to(device)])
 
-    if extra is not None:
-        batches, loss_fn = _joint(batches, loss_fn, *extra)
-    return sgd_train(model, global_params, batches=batches, loss_fn=loss_fn, sgd=p.sgd(), prox_mu=mu)
+    return batches, loss_fn
 
 
 def _joint(labeled: list, labeled_loss: LossFn, extra: list, extra_loss: LossFn) -> tuple[list, LossFn]:
@@ -72,7 +83,9 @@ class FedAvgParams(AlgorithmParams):
 
 class FedAvg(Algorithm):
     name = "fedavg"
+    dpsgd_supported = True
     Params = FedAvgParams
+    trains_on_bags = True
 
     def proximal_mu(self) -> float:
         """FedProx's mu for the supervised branch (0 = plain FedAvg)."""

@@ -177,7 +177,9 @@ def _rows(choice: ExpertChoice, idx: torch.Tensor) -> ExpertChoice:
 
 class FedLabel(Algorithm):
     name = "fedlabel"
+    dpsgd_supported = True
     Params = FedLabelParams
+    trains_on_bags = True
 
     def client_update(self, model, global_params, data, *, generator, device, extras=None) -> ClientUpdate:
         p: FedLabelParams = self.params
@@ -239,6 +241,9 @@ class FedLabel(Algorithm):
             add_scaled(combined, delta_u, scale)
             deltas = {"model": combined}
         return ClientUpdate(client_id=data.client_id, deltas=deltas, weight=weight, metrics=metrics)
+
+    def delta_names(self) -> frozenset[str]:
+        return frozenset({"labeled", "unlabeled"}) if self.params.aggregation == "split" else frozenset({"model"})
 
     def aggregate(self, global_params: Params, updates: list[ClientUpdate]) -> Params:
         if self.params.aggregation != "split":

@@ -30,12 +30,15 @@ Choices (config values), and why:
  - agreement="plurality": the paper's Max over the vote counts (ties to the lowest class, like
    the official argmax); "majority" keeps only labels with more than (H + 1)/2 votes.
  - Loss weights: the official lambda_s=10, lambda_i=lambda_a=1e-2, lambda_l2=10, lambda_l1=1e-4
-   go with SGD at lr 1e-3. Here every algorithm shares lr 0.05, so the regularisers keep the
-   official per-step effect (lr * lambda): lambda_l2 = 10 * 1e-3 / 0.05 = 0.2 and lambda_l1 =
-   1e-4 * 1e-3 / 0.05 = 2e-6. The data terms get unit weights (lambda_s = lambda_i =
-   lambda_a = 1), the weights of the FixMatch/UDA baselines here, so the labeled branch equals
-   FedAvg's and the unlabeled loss is not 1000x weaker than the labeled one as in the official
-   setting (which would make FedMatch labeled-only FedAvg).
+   go with SGD at lr 1e-3. Here every algorithm shares lr 0.05, so lambda_s=1 (the labeled step
+   is FedAvg's), the unlabeled terms keep the official ratio to it, lambda_i = lambda_a = 1e-3,
+   and the regularisers keep the official per-step effect (lr * lambda): lambda_l2 =
+   10 * 1e-3 / 0.05 = 0.2, lambda_l1 = 1e-4 * 1e-3 / 0.05 = 2e-6. Unit weights for the unlabeled
+   terms (lambda_i = lambda_a = 1, as the FixMatch/UDA baselines) measured far worse: on 10
+   Fashion-MNIST clients (5,000 images, Dirichlet 0.5, 5% labels, 5 per round) 0.28/0.50/0.53
+   accuracy at rounds 5/10/15 with helpers every round, against 0.56/0.67/0.70 for FedAvg and
+   0.57/0.68/0.72 for these defaults: the psi steps on the pseudo-labels undo the sigma steps'
+   fit of the few labels. (The paper's comparison, too, has FedMatch near labeled-only FedAvg.)
  - unlabeled_batch_size=32 unlabeled samples per step (FedLabel's batch); the official code
    spreads one epoch of the unlabeled set over the labeled steps. The client reports the
    unlabeled samples it processed as num_unlabeled (the coverage denominator).
@@ -75,8 +78,8 @@ class FedMatchParams(AlgorithmParams):
     confidence_threshold: float = 0.75  # keep an unlabeled sample iff local max probability >= this
     agreement: str = "plurality"  # plurality | majority
     lambda_s: float = 1.0  # labeled CE (sigma step)
-    lambda_i: float = 1.0  # inter-client consistency (KL to the helpers)
-    lambda_a: float = 1.0  # agreement-based pseudo-label CE on the strong view
+    lambda_i: float = 1e-3  # inter-client consistency (KL to the helpers)
+    lambda_a: float = 1e-3  # agreement-based pseudo-label CE on the strong view
     lambda_l1: float = 2e-6  # L1 sparsity of psi
     lambda_l2: float = 0.2  # L2 between sigma and psi
     psi_factor: float = 0.2

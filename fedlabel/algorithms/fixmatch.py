@@ -99,6 +99,7 @@ def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, *, thr
 class FedAvgFixMatch(Algorithm):
     name = "fedavg_fixmatch"
     Params = FixMatchParams
+    trains_on_bags = True
 
     def proximal_mu(self) -> float:
         return 0.0

@@ -1,5 +1,6 @@
 """Datasets (Fashion-MNIST, MedMNIST-style .npz), client partitions and labeled/unlabeled splits."""
 
+from fedlabel.data.bags import Bags, BagSpec, InstanceLabelsUnavailable
 from fedlabel.data.dataset import ImageDataset
 from fedlabel.data.errors import DataError
 from fedlabel.data.fashion_mnist import load_fashion_mnist
@@ -8,6 +9,9 @@ from fedlabel.data.npz import load_npz
 from fedlabel.data.partition import partition_dirichlet, partition_iid, split_labeled
 
 __all__ = [
+    "BagSpec",
+    "Bags",
+    "InstanceLabelsUnavailable",
     "ClientData",
     "DataError",
     "FederatedData",

@@ -19,6 +19,7 @@ class ImageDataset:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     num_classes: int
+    train_bags: torch.Tensor | None = None  # optional int64 N: a user-given bag id per train sample
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
@@ -41,12 +42,18 @@ class ImageDataset:
                     f"{where}: labels span [{int(labels.min())}, {int(labels.max())}], "
                     f"outside [0, {self.num_classes})"
                 )
-        if self.train_images.shape[0] == 0:
-            raise DataError(f"dataset {self.name!r}: the train split is empty")
+        for split in ("train", "test"):
+            if getattr(self, f"{split}_images").shape[0] == 0:
+                raise DataError(f"dataset {self.name!r}: the {split} split is empty")
         if self.train_images.shape[1:] != self.test_images.shape[1:]:
             raise DataError(
                 f"dataset {self.name!r}: train images are {tuple(self.train_images.shape[1:])} "
                 f"but test images are {tuple(self.test_images.shape[1:])}"
+            )
+        if self.train_bags is not None and (self.train_bags.dtype != torch.int64 or self.train_bags.shape != self.train_labels.shape):
+            raise DataError(
+                f"dataset {self.name!r}: train_bags must be int64 of shape {tuple(self.train_labels.shape)}, "
+                f"got {self.train_bags.dtype} of shape {tuple(self.train_bags.shape)}"
             )
 
     @property

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedlabel.data.bags import Bags, BagSpec, InstanceLabelsUnavailable, given_bag_index, make_bags, random_bag_index
 from fedlabel.data.dataset import ImageDataset
 from fedlabel.data.errors import DataError
 from fedlabel.data.fashion_mnist import load_fashion_mnist
@@ -15,24 +16,43 @@ from fedlabel.data.npz import load_npz
 from fedlabel.data.partition import partition_dirichlet, partition_iid, split_labeled
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False, eq=False)
 class ClientData:
     """One client's images (uint8 N x C x H x W) and labels (int64).
 
-    unlabeled_true_labels is the hidden ground truth of the unlabeled part, for simulation metrics
-    only; None in real deployments.
+    The labeled part holds either instance labels (``labeled_labels``) or, for a bagged client,
+    only :class:`Bags` with per-bag class counts: a bagged ClientData is built without instance
+    labels and ``labeled_labels`` raises :class:`InstanceLabelsUnavailable`, so training code
+    cannot use them. unlabeled_true_labels is the hidden ground truth of the unlabeled part, for
+    simulation metrics only; None in real deployments.
     """
 
     client_id: int
     labeled_images: torch.Tensor
-    labeled_labels: torch.Tensor
     unlabeled_images: torch.Tensor
     unlabeled_true_labels: torch.Tensor | None
+    bags: Bags | None
+    _instance_labels: torch.Tensor | None
 
-    def __post_init__(self) -> None:
-        if len(self.labeled_images) != len(self.labeled_labels):
+    def __init__(
+        self,
+        client_id: int,
+        labeled_images: torch.Tensor,
+        labeled_labels: torch.Tensor | None,
+        unlabeled_images: torch.Tensor,
+        unlabeled_true_labels: torch.Tensor | None,
+        bags: Bags | None = None,
+    ) -> None:
+        if (labeled_labels is None) == (bags is None):
+            raise DataError(f"client {client_id}: give either labeled_labels or bags (a bagged client holds no instance labels)")
+        if bags is not None and bags.images is not labeled_images:
+            raise DataError(f"client {client_id}: a bagged client's labeled_images must be its bags' images")
+        for name, value in (("client_id", client_id), ("labeled_images", labeled_images), ("unlabeled_images", unlabeled_images),
+                            ("unlabeled_true_labels", unlabeled_true_labels), ("bags", bags), ("_instance_labels", labeled_labels)):  # fmt: skip
+            object.__setattr__(self, name, value)
+        if labeled_labels is not None and len(self.labeled_images) != len(labeled_labels):
             raise DataError(
-                f"client {self.client_id}: {len(self.labeled_images)} labeled images but {len(self.labeled_labels)} labels"
+                f"client {self.client_id}: {len(self.labeled_images)} labeled images but {len(labeled_labels)} labels"
             )
         if self.unlabeled_true_labels is not None and len(self.unlabeled_true_labels) != len(self.unlabeled_images):
             raise DataError(
@@ -40,27 +60,49 @@ class ClientData:
                 f"{len(self.unlabeled_true_labels)} true labels"
             )
 
+    @classmethod
+    def bagged(cls, client_id: int, bags: Bags, unlabeled_images: torch.Tensor, unlabeled_true_labels: torch.Tensor | None) -> ClientData:
+        """A client whose labeled part is ``bags`` (no instance labels anywhere in the object)."""
+        return cls(client_id, bags.images, None, unlabeled_images, unlabeled_true_labels, bags=bags)
+
+    @property
+    def labeled_labels(self) -> torch.Tensor:
+        """Instance labels of the labeled part; raises for a bagged client."""
+        if self.bags is not None:
+            raise InstanceLabelsUnavailable(
+                f"client {self.client_id}: its labeled part is {self.bags.num_bags} bags (data.bag_size / data.bag_key) "
+                "that keep only class counts; instance labels do not exist here (use its .bags)"
+            )
+        return self._instance_labels
+
     @property
     def num_labeled(self) -> int:
-        return len(self.labeled_labels)
+        return len(self.labeled_images)
 
     @property
     def num_unlabeled(self) -> int:
         return len(self.unlabeled_images)
 
     def stats(self, num_classes: int) -> dict[str, Any]:
-        """Id, sizes and class histograms (unlabeled_histogram is None without true labels)."""
+        """Id, sizes and class histograms (unlabeled_histogram is None without true labels; a
+        bagged client's labeled_histogram is the sum of its released, possibly noisy, bag counts)."""
 
         def histogram(labels: torch.Tensor | None) -> list[int] | None:
             return None if labels is None else torch.bincount(labels, minlength=num_classes).tolist()
 
-        return {
+        stats = {
             "client_id": self.client_id,
             "num_labeled": self.num_labeled,
             "num_unlabeled": self.num_unlabeled,
-            "labeled_histogram": histogram(self.labeled_labels),
+            "labeled_histogram": histogram(self._instance_labels),
             "unlabeled_histogram": histogram(self.unlabeled_true_labels),
         }
+        if self.bags is not None:
+            total = self.bags.counts.sum(dim=0)
+            exact = self.bags.epsilon == 0
+            stats["labeled_histogram"] = total.long().tolist() if exact else [round(float(v), 3) for v in total]
+            stats["num_bags"] = self.bags.num_bags
+        return stats
 
 
 @dataclass(frozen=True)
@@ -79,14 +121,15 @@ class FederatedData:
         return [c.stats(self.num_classes) for c in self.clients]
 
 
-def load_images(*, name: str, root: str, cache_dir: str, download: bool) -> ImageDataset:
-    """Load "fashion_mnist" (root = directory or "") or "npz" (root = path of the .npz file)."""
+def load_images(*, name: str, root: str, cache_dir: str, download: bool, bag_key: str = "") -> ImageDataset:
+    """Load "fashion_mnist" (root = directory or "") or "npz" (root = path of the .npz file;
+    bag_key = name of its per-sample bag id array, if any)."""
     if name == "fashion_mnist":
         return load_fashion_mnist(root=root, cache_dir=cache_dir, download=download)
     if name == "npz":
         if not root:
             raise DataError("data.name=npz needs data.root set to the path of the .npz file")
-        return load_npz(root)
+        return load_npz(root, bag_key=bag_key)
     raise DataError(f"unknown dataset {name!r}; choose fashion_mnist or npz")
 
 
@@ -101,26 +144,36 @@ def build_federated(
     labeled_class_alpha: float,
     seed: int,
     train_samples: int = 0,
+    bags: BagSpec | None = None,
 ) -> FederatedData:
     """Partition the train split over clients ("iid" or "dirichlet"), then split each client into labeled/unlabeled.
 
     Deterministic in seed; the labeled split uses its own generator, so the partition depends on
     seed and the partition knobs only. ``train_samples`` > 0 first keeps a seeded random subset of
-    that many training samples (for quick runs and tests).
+    that many training samples (for quick runs and tests). ``bags`` turns every client's labeled
+    part into bags that keep only (possibly noisy) class counts, drawn from a third generator.
     """
     seed_seq = np.random.SeedSequence([seed, 17])
     partition_rng = np.random.default_rng(seed_seq)
     label_rng = np.random.default_rng(seed_seq.spawn(1)[0])
+    bag_rng = np.random.default_rng(np.random.SeedSequence([seed, 19]))
+    if bags is not None and bags.size == 0 and dataset.train_bags is None:
+        raise DataError(f"dataset {dataset.name!r} has no per-sample bag ids (data.bag_key); set data.bag_size > 0 for random bags")
     labels = dataset.train_labels.numpy()
     pool = np.arange(len(labels))
     if 0 < train_samples < len(labels):
         pool = np.sort(np.random.default_rng(np.random.SeedSequence([seed, 18])).choice(len(labels), train_samples, replace=False))
+    if num_clients > len(pool):
+        raise DataError(f"dataset {dataset.name!r}: {len(pool)} training samples cannot be split over data.num_clients={num_clients}")
     if partition == "iid":
         parts = partition_iid(len(pool), num_clients=num_clients, rng=partition_rng)
     elif partition == "dirichlet":
-        parts = partition_dirichlet(
-            labels[pool], num_clients=num_clients, alpha=alpha, min_client_size=min_client_size, rng=partition_rng
-        )
+        try:
+            parts = partition_dirichlet(
+                labels[pool], num_clients=num_clients, alpha=alpha, min_client_size=min_client_size, rng=partition_rng
+            )
+        except ValueError as err:
+            raise DataError(f"dataset {dataset.name!r}: {err}") from err
     else:
         raise ValueError(f"unknown partition {partition!r}; choose iid or dirichlet")
     clients = []
@@ -129,15 +182,19 @@ def build_federated(
             pool[part], labels, label_ratio=label_ratio, rng=label_rng, labeled_class_alpha=labeled_class_alpha
         )
         labeled_t, unlabeled_t = torch.from_numpy(labeled), torch.from_numpy(unlabeled)
-        clients.append(
-            ClientData(
-                client_id=client_id,
-                labeled_images=dataset.train_images[labeled_t],
-                labeled_labels=dataset.train_labels[labeled_t],
-                unlabeled_images=dataset.train_images[unlabeled_t],
-                unlabeled_true_labels=dataset.train_labels[unlabeled_t],
-            )
-        )
+        labeled_images, labeled_labels = dataset.train_images[labeled_t], dataset.train_labels[labeled_t]
+        unlabeled = (dataset.train_images[unlabeled_t], dataset.train_labels[unlabeled_t])
+        if bags is None:
+            clients.append(ClientData(client_id, labeled_images, labeled_labels, *unlabeled))
+            continue
+        if bags.size:
+            bag_index = random_bag_index(len(labeled), bag_size=bags.size, rng=bag_rng)
+        else:
+            bag_index = given_bag_index(dataset.train_bags[labeled_t].numpy())
+        client_bags = make_bags(labeled_images, labeled_labels, bag_index, num_classes=dataset.num_classes,
+                                mechanism=bags.mechanism, epsilon=bags.epsilon, delta=bags.delta, rng=bag_rng,
+                                method=bags.method, bp=bags.bp)  # fmt: skip
+        clients.append(ClientData.bagged(client_id, client_bags, *unlabeled))
     return FederatedData(
         clients=clients,
         test_images=dataset.test_images,

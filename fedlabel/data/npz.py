@@ -13,10 +13,11 @@ from fedlabel.data.dataset import ImageDataset
 from fedlabel.data.errors import DataError
 
 KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+MAX_CLASSES = 10_000  # num_classes is the largest label + 1: a stray huge label must not size the model
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+def _read_arrays(path: Path, keys: tuple[str, ...] = KEYS) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise DataError(f"{path}: .npz file is missing")
     try:
@@ -26,11 +27,11 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DataError(f"{path}: holds a single array, expected an .npz archive with keys {', '.join(KEYS)}")
     with archive:
-        missing = [key for key in KEYS if key not in archive.files]
+        missing = [key for key in keys if key not in archive.files]
         if missing:
             raise DataError(f"{path}: missing key(s) {', '.join(missing)}; found {', '.join(archive.files) or 'none'}")
         try:
-            return {key: archive[key] for key in KEYS}
+            return {key: archive[key] for key in keys}
         except _READ_ERRORS as err:
             raise DataError(f"{path}: corrupt .npz archive ({err})") from err
 
@@ -66,21 +67,26 @@ def _labels(path: Path, key: str, labels: np.ndarray, n: int) -> torch.Tensor:
         raise DataError(f"{path}: {key} has {len(labels)} entries but there are {n} images")
     if labels.size and labels.min() < 0:
         raise DataError(f"{path}: {key} contains negative labels (min {labels.min()})")
+    if labels.size and labels.max() >= MAX_CLASSES:
+        raise DataError(f"{path}: {key} contains label {labels.max()}; labels must be class indices below {MAX_CLASSES}")
     return torch.from_numpy(labels.astype(np.int64))
 
 
-def load_npz(path: str) -> ImageDataset:
+def load_npz(path: str, *, bag_key: str = "") -> ImageDataset:
     """Load train/test splits from an .npz with keys train_images, train_labels, test_images, test_labels.
 
-    val_* keys are ignored; num_classes is the largest label + 1 over both splits.
+    val_* keys are ignored; num_classes is the largest label + 1 over both splits. ``bag_key``
+    names an optional integer array with one bag id per training sample (ImageDataset.train_bags).
     """
     file = Path(path).expanduser()
-    arrays = _read_arrays(file)
+    arrays = _read_arrays(file, KEYS + ((bag_key,) if bag_key else ()))
     tensors = {}
     for split in ("train", "test"):
         images = _images(file, f"{split}_images", arrays[f"{split}_images"])
         tensors[f"{split}_images"] = images
         tensors[f"{split}_labels"] = _labels(file, f"{split}_labels", arrays[f"{split}_labels"], len(images))
+    if bag_key:
+        tensors["train_bags"] = _labels(file, bag_key, arrays[bag_key], len(tensors["train_images"]))
     num_classes = 1 + max((int(t.max()) for k, t in tensors.items() if k.endswith("labels") and t.numel()), default=0)
     try:
         return ImageDataset(name=file.stem, num_classes=num_classes, **tensors)

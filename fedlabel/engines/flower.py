@@ -23,6 +23,7 @@ import tomli_w
 import torch
 from tqdm import tqdm
 
+from fedlabel.checkpoint import check_resumable, load_checkpoint
 from fedlabel.config import Config, config_to_dict
 from fedlabel.federation import load_dataset
 
@@ -102,14 +103,16 @@ def run_flower(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
             "(Ray would find no worker to place clients on); set it to 0"
         )
     out = Path(cfg.output_dir).resolve()
+    run_config = config_to_dict(cfg)
+    run_config["output_dir"] = str(out)
+    if cfg.resume:  # the ServerApp checks again; failing here is faster and clearer
+        check_resumable(load_checkpoint(out), run_config)
     work = out / "flower"
     (work / "home").mkdir(parents=True, exist_ok=True)
     port = cfg.engine.superlink_port or free_port()
     (work / "home" / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
     )
-    run_config = config_to_dict(cfg)
-    run_config["output_dir"] = str(out)
     (work / "run_config.toml").write_text(tomli_w.dumps(run_config))
     env = flower_env(work / "home")
     superlink_log = work / "superlink.log"
@@ -124,7 +127,7 @@ def run_flower(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         e = cfg.engine
         federation = (
             f"num-supernodes={cfg.data.num_clients} client-resources-num-cpus={e.num_cpus_per_client} "
-            f"client-resources-num-gpus={e.num_gpus_per_client}"
+            f"client-resources-num-gpus={e.num_gpus_per_client}{_sleeper_workers(cfg)}"
         )
         run_log = work / "run.log"
         with open(run_log, "w") as log:
@@ -147,6 +150,16 @@ def run_flower(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     finally:
         _stop(superlink)
     return json.loads((out / "summary.json").read_text())
+
+
+def _sleeper_workers(cfg: Config) -> str:
+    """With injected dropouts or stragglers, give Ray a worker slot per cohort member: a client
+    sleeping past the deadline must not hold back the others (in deployment every site is its
+    own process); sleeping workers use no CPU."""
+    if cfg.faults.dropout_prob + cfg.faults.straggler_prob == 0:
+        return ""
+    slots = max(os.cpu_count() or 1, cfg.clients_per_round * cfg.engine.num_cpus_per_client)
+    return f" init-args-num-cpus={slots}"
 
 
 def _last_error(log: Path) -> str:

@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from fedlabel.algorithms import Algorithm, build_algorithm
-from fedlabel.config import Config, config_to_dict
+from fedlabel.config import Config
 from fedlabel.data import FederatedData
-from fedlabel.federation import TrainCohort, client_generator, initial_model, load_federated, run_federation
-from fedlabel.report import RunRecorder
+from fedlabel.faults import draw_fault, seen_by_server
+from fedlabel.federation import TrainCohort, client_generator, initial_model, load_federated, open_recorder, run_federation
+from fedlabel.privacy.mechanism import private_client_update
 from fedlabel.training import Params, resolve_device
 
 # (config, model skeleton, algorithm, data, device) -> the round's client training
@@ -24,27 +25,42 @@ def sequential_trainer(cfg: Config, model: nn.Module, algorithm: Algorithm, fed:
 
     def train_cohort(rnd: int, cohort: list[int], global_params: Params, extras: dict):
         return [
-            algorithm.client_update(
-                model,
-                global_params,
-                fed.clients[cid],
-                generator=client_generator(seed=cfg.seed, round=rnd, client_id=cid),
-                device=device,
-                **({"extras": extras[cid]} if extras.get(cid) else {}),
-            )
+            private_client_update(algorithm, cfg.privacy, model, global_params, fed.clients[cid], device=device,
+                                  generator=client_generator(seed=cfg.seed, round=rnd, client_id=cid),
+                                  extras=extras.get(cid))  # fmt: skip
             for cid in cohort
         ]
 
     return train_cohort
 
 
-def run_inprocess(cfg: Config, *, progress: bool = True, trainer: CohortTrainerFactory = sequential_trainer) -> dict[str, Any]:
-    """Run the whole simulation in this process; returns the summary dict."""
+def with_faults(cfg: Config, train_cohort: TrainCohort) -> TrainCohort:
+    """Injected faults (cfg.faults) for any cohort trainer: a faulty client is not trained and
+    the server sees what it would see of it (an error, or nothing before the deadline)."""
+
+    def faulty_cohort(rnd: int, cohort: list[int], global_params: Params, extras: dict):
+        faults = {cid: draw_fault(cfg.faults, seed=cfg.seed, round=rnd, client_id=cid) for cid in cohort}
+        healthy = [cid for cid in cohort if faults[cid] is None]
+        results = train_cohort(rnd, healthy, global_params, extras) if healthy else []
+        return results + [seen_by_server(kind, cid) for cid, kind in faults.items() if kind is not None]
+
+    return faulty_cohort
+
+
+def run_inprocess(
+    cfg: Config,
+    *,
+    progress: bool = True,
+    trainer: CohortTrainerFactory = sequential_trainer,
+    on_round: Callable[[dict], None] | None = None,
+) -> dict[str, Any]:
+    """Run the whole simulation in this process; returns the summary dict. ``on_round`` is
+    called with each round's record (e.g. to sample memory)."""
     device = resolve_device(cfg.device)
     fed = load_federated(cfg)
     model, params = initial_model(cfg, in_channels=fed.in_channels, num_classes=fed.num_classes, image_size=fed.image_size)
     algorithm = build_algorithm(cfg.algorithm)
-    recorder = RunRecorder(cfg.output_dir, config=config_to_dict(cfg), total_rounds=cfg.rounds, progress=progress)
+    recorder = open_recorder(cfg, progress=progress, on_round=on_round)
     recorder.write_json("clients.json", fed.client_stats())
     if cfg.engine.workers > 1 and trainer is sequential_trainer:
         from fedlabel.engines.workers import WorkerPool
@@ -58,9 +74,10 @@ def run_inprocess(cfg: Config, *, progress: bool = True, trainer: CohortTrainerF
             params=params,
             test_images=fed.test_images,
             test_labels=fed.test_labels,
-            train_cohort=train_cohort,
+            train_cohort=with_faults(cfg, train_cohort),
             recorder=recorder,
             device=device,
+            client_sizes={c.client_id: c.num_labeled + c.num_unlabeled for c in fed.clients},
         )
     finally:
         getattr(train_cohort, "close", lambda: None)()  # worker processes end with the run

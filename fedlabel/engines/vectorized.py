@@ -67,10 +67,10 @@ def batched(algorithm: Algorithm) -> bool:
 
 
 def vectorized_trainer(cfg: Config, model: nn.Module, algorithm: Algorithm, fed: FederatedData, device: torch.device) -> TrainCohort:
-    if not batched(algorithm):
+    if not batched(algorithm) or cfg.privacy.name != "none":
         print(
-            f"engine=vectorized: algorithm {algorithm.name!r} has no batched client update here; "
-            "its clients train one after another as with engine=inprocess",
+            f"engine=vectorized: algorithm {algorithm.name!r} with privacy={cfg.privacy.name} has no batched client "
+            "update here; its clients train one after another as with engine=inprocess",
             file=sys.stderr,
         )
         return sequential_trainer(cfg, model, algorithm, fed, device)

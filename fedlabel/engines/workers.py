@@ -28,6 +28,7 @@ from fedlabel.config import Config
 from fedlabel.data import ClientData, FederatedData
 from fedlabel.federation import client_generator
 from fedlabel.models import build_model
+from fedlabel.privacy.mechanism import private_client_update
 from fedlabel.training import Params, resolve_device
 
 _FIELDS = ("labeled_images", "labeled_labels", "unlabeled_images", "unlabeled_true_labels")
@@ -87,9 +88,9 @@ def _serve(conn, cfg: Config, shared: SharedClients, shape: tuple[int, int, int]
         rnd, ids, params, extras = msg
         try:
             _send(conn, [
-                algorithm.client_update(
-                    model, params, clients[cid], generator=client_generator(seed=cfg.seed, round=rnd, client_id=cid),
-                    device=device, **({"extras": extras[cid]} if extras.get(cid) else {}),
+                private_client_update(
+                    algorithm, cfg.privacy, model, params, clients[cid],
+                    generator=client_generator(seed=cfg.seed, round=rnd, client_id=cid), device=device, extras=extras.get(cid),
                 )
                 for cid in ids
             ])  # fmt: skip

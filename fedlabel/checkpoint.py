@@ -1,0 +1,106 @@
+"""Checkpoints of a run in its output directory, written atomically after complete rounds.
+
+``checkpoint.pt`` holds the round number, the global parameters, the algorithm's server state,
+the RNG states of this process, the round records so far and the config. It is written to a
+temporary file, synced and renamed over the previous one, so a kill at any moment leaves
+either the previous checkpoint or the new one, never a torn file."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedlabel.errors import ConfigError
+
+FILE = "checkpoint.pt"
+FORMAT = 1
+# Fields that may differ between a checkpoint and the run resuming it: how long the run goes,
+# where and how often it writes, and the resume switch itself.
+MAY_DIFFER = {"rounds", "output_dir", "checkpoint_every", "resume"}
+
+
+def rng_states() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+
+
+def save_checkpoint(
+    output_dir: str | Path,
+    *,
+    round: int,
+    params: dict[str, torch.Tensor],
+    algorithm_state: dict,
+    rounds: list[dict],
+    config: dict,
+    wall_seconds: float,
+    privacy_state: dict | None = None,
+) -> Path:
+    """Write output_dir/checkpoint.pt atomically; returns its path."""
+    path = Path(output_dir) / FILE
+    tmp = path.with_name(path.name + ".tmp")
+    payload = {
+        "format": FORMAT,
+        "round": round,
+        "params": {k: v.detach().cpu() for k, v in params.items()},
+        "algorithm": algorithm_state,
+        "rng": rng_states(),
+        "rounds": rounds,
+        "config": config,
+        "wall_seconds": wall_seconds,
+        "privacy": privacy_state or {},  # fedlabel.privacy's accountant history
+    }
+    with open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(output_dir: str | Path) -> dict[str, Any]:
+    """Read output_dir/checkpoint.pt; ConfigError if there is none or it cannot be read."""
+    path = Path(output_dir) / FILE
+    if not path.is_file():
+        raise ConfigError(f"resume: {path} does not exist; resume=true continues a run in output_dir from its checkpoint")
+    try:
+        # weights_only=False: the checkpoint also holds numpy/python RNG states; it is our own file.
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # any unreadable file is reported the same way
+        raise ConfigError(f"resume: cannot read {path} ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ConfigError(f"resume: {path} is not a fedlabel checkpoint of format {FORMAT}")
+    return state
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the fields that differ between two config dicts (MAY_DIFFER excepted)."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        name = prefix + key
+        if name in MAY_DIFFER:
+            continue
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(config_differences(a, b, name + "."))
+        elif a != b:
+            out.append(f"{name} (checkpoint {a!r}, now {b!r})")
+    return out
+
+
+def check_resumable(state: dict, current: dict) -> None:
+    """ConfigError unless ``current`` config may continue the checkpointed run."""
+    diffs = config_differences(state["config"], current)
+    if diffs:
+        raise ConfigError(f"resume: the config differs from the checkpoint's in {'; '.join(diffs)}")
+    if current["rounds"] < state["round"]:
+        raise ConfigError(f"rounds: {current['rounds']} is fewer than the {state['round']} rounds already in the checkpoint")

@@ -1,0 +1,41 @@
+"""The privacy group: Hydra options, validation naming the field, run_config round trip."""
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from fedlabel.cli import register_configs
+from fedlabel.config import ConfigError, config_from_dict, config_from_run_config, config_to_dict, flatten
+
+
+@pytest.mark.parametrize(
+    "values,field",
+    [
+        ({"privacy": {"name": "local_dp"}}, "privacy.name"),
+        ({"privacy": {"name": "dpsgd", "noise_multiplier": 0.0}}, "privacy.noise_multiplier"),
+        ({"privacy": {"name": "dpsgd", "max_grad_norm": -1.0}}, "privacy.max_grad_norm"),
+        ({"privacy": {"name": "dpsgd", "delta": 0.0}}, "privacy.delta"),
+        ({"privacy": {"name": "dpsgd", "delta": 1.0}}, "privacy.delta"),
+        ({"privacy": {"name": "central_dp", "clipping": "both"}}, "privacy.clipping"),
+        ({"privacy": {"name": "dpsgd", "accountant": "gdp"}}, "privacy.accountant"),
+        ({"privacy": {"name": "dpsgd", "epsilon": 1.0}}, "privacy.epsilon"),
+        ({"privacy": {"name": "dpsgd"}, "algorithm": {"name": "fedlabel", "unlabeled_sampling": "kept"}}, "algorithm.unlabeled_sampling"),
+        ({"privacy": {"name": "central_dp"}, "algorithm": {"name": "fedlabel", "aggregation": "split"}}, "algorithm.aggregation"),
+        ({"privacy": {"name": "dpsgd"}, "algorithm": {"name": "fedavg_fixmatch"}}, "privacy.name"),
+        ({"privacy": {"name": "dpsgd"}, "algorithm": {"name": "fedmatch"}}, "privacy.name"),
+        ({"privacy": {"name": "dpsgd"}, "algorithm": {"name": "fedavg"}, "data": {"bag_size": 8}}, "privacy.name"),
+    ],
+)
+def test_impossible_privacy_values_name_the_field(values, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        config_from_dict(values)
+
+
+@pytest.mark.parametrize("name", ["none", "dpsgd", "central_dp"])
+def test_hydra_privacy_group(name):
+    register_configs()
+    with initialize_config_module(config_module="configs", version_base="1.3"):
+        hcfg = compose(config_name="config", overrides=[f"privacy={name}", "privacy.noise_multiplier=0.7", "output_dir=x"])
+    cfg = config_from_dict(OmegaConf.to_container(hcfg, resolve=True))
+    assert cfg.privacy.name == name and cfg.privacy.noise_multiplier == 0.7
+    assert config_from_run_config(flatten(config_to_dict(cfg))) == cfg
