@@ -20,7 +20,9 @@ torch.utils.flop_counter (convolutions and matrix products of forward and backwa
 element-wise ops are not counted) per trained sample, times the samples of the timed rounds.
 The device's peak is a measured float32 matrix product (and the nominal figure for known GPUs).
 Peak memory is the largest resident set of the run's process tree (sampled every 0.2 s) and, on
-CUDA, torch's peak allocation in the benchmark process.
+CUDA, torch's peak allocation in the benchmark process. For the in-process engines and the floor
+the table also gives CPU seconds of the process tree per update and "cores used" (CPU seconds per
+wall second): on a shared machine a run that got less than its cores shows it there.
 """
 
 from __future__ import annotations
@@ -319,15 +321,21 @@ def default_engines(device: str) -> list[str]:
 
 def run_all(args) -> list[dict]:
     results = []
+    deadline = time.monotonic() + (args.budget_s or float("inf"))
     for w in args.workloads:
         for engine in args.engines:
+            left = deadline - time.monotonic()
+            if left < 10:
+                results.append({"workload": w, "engine": engine, "error": f"not run: --budget-s {args.budget_s:.0f} s spent"})
+                continue
             cmd = [sys.executable, __file__, "--single", w, engine, "--rounds", str(args.rounds), "--device", args.device,
                    "--data-root", args.data_root]  # fmt: skip
             print(f"[{w}/{engine}] {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
+            limit = min(args.timeout_s, left)
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_s, cwd=ROOT)
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, cwd=ROOT)
             except subprocess.TimeoutExpired:
-                results.append({"workload": w, "engine": engine, "error": f"timed out after {args.timeout_s} s"})
+                results.append({"workload": w, "engine": engine, "error": f"timed out after {limit:.0f} s"})
                 continue
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             if proc.returncode or not lines:
@@ -341,13 +349,13 @@ def run_all(args) -> list[dict]:
 
 def table(results: list[dict], info: dict) -> str:
     peak = info["matmul_fp32_flops"]
-    rows = ["| workload | engine | client updates/s | samples/s | GFLOP/s | % of matmul peak | peak memory | time / floor | speed-up vs flower | CPU s / update (/ floor) |",
-            "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows = ["| workload | engine | client updates/s | samples/s | GFLOP/s | % of matmul peak | peak memory | time / floor | speed-up vs flower | CPU s / update (/ floor) | cores used |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     by = {(r["workload"], r["engine"]): r for r in results}
     for r in results:
         w, e = r["workload"], r["engine"]
         if "error" in r:
-            rows.append(f"| {w} | {e} | {r['error']} | | | | | | | |")
+            rows.append(f"| {w} | {e} | {r['error']} | | | | | | | | |")
             continue
         rate = lambda x: x / r["seconds"]  # noqa: E731
         floor, flower = by.get((w, "floor")), by.get((w, "flower"))
@@ -356,13 +364,16 @@ def table(results: list[dict], info: dict) -> str:
         mem = f"{r['peak_rss_bytes'] / 2**30:.2f} GiB RSS"
         if r.get("peak_cuda_bytes"):
             mem += f", {r['peak_cuda_bytes'] / 2**30:.2f} GiB CUDA"
+        # CPU seconds per wall second over the timed rounds: below the cores a run may use, the
+        # machine's other load took the rest (wall-clock rates are then not comparable)
+        used = f"{r['cpu_seconds'] / r['seconds']:.2f}" if r.get("cpu_seconds") else "n/a"
         cpu = "n/a"
         if r.get("cpu_seconds"):
             cpu = f"{r['cpu_seconds'] / r['updates']:.3f}"
             if floor and floor.get("cpu_seconds"):
                 cpu += f" ({r['cpu_seconds'] / floor['cpu_seconds']:.2f}x)"
         rows.append(f"| {w} | {e} | {rate(r['updates']):.1f} | {rate(r['samples']):.0f} | {rate(r['flops']) / 1e9:.1f} | "
-                    f"{100 * rate(r['flops']) / peak:.1f}% | {mem} | {ratio_floor} | {vs_flower} | {cpu} |")  # fmt: skip
+                    f"{100 * rate(r['flops']) / peak:.1f}% | {mem} | {ratio_floor} | {vs_flower} | {cpu} | {used} |")  # fmt: skip
     return "\n".join(rows)
 
 
@@ -393,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="", help="cpu or cuda (default: cuda if available)")
     ap.add_argument("--data-root", default="", help="directory with the four Fashion-MNIST .gz files (default: search)")
     ap.add_argument("--timeout-s", type=float, default=1800, help="limit per (workload, engine) run")
+    ap.add_argument("--budget-s", type=float, default=0, help="start no run after this many seconds (0 = no limit)")
     ap.add_argument("--doc", default="", help="append a section with the results to this markdown file")
     ap.add_argument("--json", default="", help="write the raw results here")
     ap.add_argument("--single", nargs=2, metavar=("WORKLOAD", "ENGINE"), help=argparse.SUPPRESS)

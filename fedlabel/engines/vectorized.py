@@ -115,6 +115,11 @@ class CohortTrainer:
 
     def __init__(self, model: nn.Module, algorithm: Algorithm, fed: FederatedData, *, device: torch.device, chunk_clients: int) -> None:
         self.model, self.algorithm, self.device = model, algorithm, device
+        if device.type == "cuda":
+            # vmap turns the cohort's convolutions into grouped convolutions (one group per
+            # client), for which cuDNN's default algorithm choice can be far from the fastest;
+            # the shapes repeat every step, so autotuning them once pays off
+            torch.backends.cudnn.benchmark = True
         self.p = algorithm.params
         self.sgd: SgdConfig = self.p.sgd()
         clients = fed.clients

@@ -2,8 +2,8 @@
 
 Every client's tensors are slices of a few tensors in shared memory, so no worker copies any
 client's data, and each worker builds its model skeleton and algorithm once. Each round the
-cohort's clients are sorted by work (labeled plus unlabeled samples, the largest first) and each
-goes to the worker with the least work so far; a worker trains its clients one after another
+cohort's clients are sorted by work (the samples their SGD steps and inference process, the
+largest first) and each goes to the worker with the least work so far; a worker trains its clients one after another
 with the sequential engine's code and the clients' own generators and sends back their updates.
 The server loop aggregates them in client-id order as always, so a run with N workers equals the
 one-process run exactly when every worker uses that run's torch thread count; the workers share
@@ -11,12 +11,13 @@ the process's threads evenly (at least one each).
 
 Updates come back one per client rather than summed inside the workers: aggregations other than
 FedAvg's (FedLabel's split, FedMatch's helper selection) need each client's delta, and a delta
-of the models here is at most a few MB, passed through shared memory.
+of the models here is at most a few MB, pickled by value through a pipe.
 """
 
 from __future__ import annotations
 
 import itertools
+import pickle
 import traceback
 
 import torch
@@ -53,6 +54,17 @@ class SharedClients:
         return ClientData(client_id=i, **views)
 
 
+def client_work(data: ClientData, p) -> float:
+    """Samples one client update processes: its labeled SGD batches and, for algorithms with an
+    unlabeled branch (``unlabeled_steps``), one pass over its unlabeled part plus those batches.
+    Data size alone is a poor measure: every client with at least a batch does the same steps."""
+    work = min(p.batch_size, data.num_labeled) * p.local_steps
+    steps = getattr(p, "unlabeled_steps", 0)
+    if steps and data.num_unlabeled:
+        work += data.num_unlabeled + min(p.batch_size, data.num_unlabeled) * steps
+    return float(work)
+
+
 def assign_by_work(work: dict[int, float], workers: int) -> list[list[int]]:
     """Clients sorted by work (largest first, then id) to the least-loaded worker each."""
     loads = [0.0] * workers
@@ -72,10 +84,10 @@ def _serve(conn, cfg: Config, shared: SharedClients, shape: tuple[int, int, int]
     model = build_model(cfg.model.name, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
     algorithm = build_algorithm(cfg.algorithm)
     device = resolve_device(cfg.device)
-    while (msg := conn.recv()) is not None:
+    while (msg := _recv(conn)) is not None:
         rnd, ids, params, extras = msg
         try:
-            conn.send([
+            _send(conn, [
                 private_client_update(
                     algorithm, cfg.privacy, model, params, clients[cid],
                     generator=client_generator(seed=cfg.seed, round=rnd, client_id=cid), device=device, extras=extras.get(cid),
@@ -83,7 +95,17 @@ def _serve(conn, cfg: Config, shared: SharedClients, shape: tuple[int, int, int]
                 for cid in ids
             ])  # fmt: skip
         except Exception:  # noqa: BLE001 - reported to the server loop, which raises it
-            conn.send(RuntimeError(f"engine.workers: a worker failed in round {rnd}:\n{traceback.format_exc()}"))
+            _send(conn, RuntimeError(f"engine.workers: a worker failed in round {rnd}:\n{traceback.format_exc()}"))
+
+
+def _send(conn, obj) -> None:
+    """Plain pickling: tensors travel by value. (Connection.send would move every tensor into
+    a shared-memory segment of its own, which costs more than copying a model's few MB.)"""
+    conn.send_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _recv(conn):
+    return pickle.loads(conn.recv_bytes())
 
 
 class WorkerPool:
@@ -94,7 +116,7 @@ class WorkerPool:
         ctx = mp.get_context("spawn")  # no fork of a process whose OpenMP threads already run
         shared = SharedClients(fed.clients)
         threads = max(1, torch.get_num_threads() // n)
-        self.work = {c.client_id: float(c.num_labeled + c.num_unlabeled) for c in fed.clients}
+        self.work = {c.client_id: client_work(c, cfg.algorithm) for c in fed.clients}
         self._conns, self._procs = [], []
         for _ in range(n):
             ours, theirs = ctx.Pipe()
@@ -108,8 +130,8 @@ class WorkerPool:
     def __call__(self, rnd: int, cohort: list[int], global_params: Params, extras: dict) -> list[ClientUpdate]:
         parts = assign_by_work({c: self.work[c] for c in cohort}, len(self._conns))
         for conn, ids in zip(self._conns, parts):
-            conn.send((rnd, ids, global_params, {c: extras[c] for c in ids if c in extras}))
-        replies = [conn.recv() for conn in self._conns]
+            _send(conn, (rnd, ids, global_params, {c: extras[c] for c in ids if c in extras}))
+        replies = [_recv(conn) for conn in self._conns]
         for reply in replies:
             if isinstance(reply, BaseException):
                 raise reply
@@ -118,7 +140,7 @@ class WorkerPool:
     def close(self) -> None:
         for conn in self._conns:
             try:
-                conn.send(None)
+                _send(conn, None)
             except OSError:
                 pass
         for proc in self._procs:
