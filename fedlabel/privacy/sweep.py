@@ -141,7 +141,7 @@ def render(results: list[dict], args: argparse.Namespace, *, images: Path, repor
            f"Measured {datetime.now():%Y-%m-%d} with `fedlabel privacy-sweep {shlex.join(_argv(args))}` "
            f"({len(results)} runs, {total / 60:.1f} min wall in all, on the in-process engine). Base overrides of every run: "
            f"`{' '.join(args.overrides) or '(defaults)'}`; accuracy = the final evaluation and the mean of the last "
-           f"{args.last} evaluations; epsilon at delta = {delta}; round time = the sum of the rounds' wall seconds "
+           f"{args.last} evaluations; {f'epsilon at delta = {delta}; ' if delta is not None else ''}round time = the sum of the rounds' wall seconds "
            f"(training, aggregation, evaluation; no start-up); CPU time = this process's CPU seconds for the whole run "
            f"(robust to other jobs on the machine), CPU slowdown = against the non-private run.", ""]  # fmt: skip
     specs = [("noise", "DP-SGD noise multiplier z", "epsilon", True), ("central", "central-DP noise multiplier z", "epsilon", True),
