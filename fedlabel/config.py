@@ -68,6 +68,9 @@ class EngineConfig:
     num_cpus_per_client: int = 1
     num_gpus_per_client: float = 0.0
     superlink_port: int = 0  # 0 = pick a free port on 127.0.0.1
+    # A running Ray cluster for Flower's simulation runtime to join ("host:port" of its head, or
+    # "auto" for the cluster this machine is part of); "" = Flower starts its own local Ray.
+    ray_address: str = ""
     # engine=vectorized: clients trained together in one batched computation (0 = as many as
     # fit in about half of the free device memory, estimated from the model and batch size).
     chunk_clients: int = 0
@@ -270,6 +273,15 @@ def _validate_bags(d: DataConfig, algorithm: str) -> None:
     check(d.bp_bag_loss_weight >= 0, "data.bp_bag_loss_weight", f"must be >= 0, got {d.bp_bag_loss_weight}")
 
 
+def _is_ray_address(address: str) -> bool:
+    """"", "auto" or host:port (Ray Client's ray:// addresses are not supported: the simulation
+    runtime drives its actors as a Ray driver on a node of the cluster)."""
+    if address in ("", "auto"):
+        return True
+    host, _, port = address.rpartition(":")
+    return bool(host) and "/" not in host and port.isdigit() and 0 < int(port) < 65536
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError naming the first impossible field; called before any work starts."""
     d = cfg.data
@@ -291,6 +303,8 @@ def validate(cfg: Config) -> None:
     check(e.num_cpus_per_client >= 1, "engine.num_cpus_per_client", f"must be >= 1, got {e.num_cpus_per_client}")
     check(e.num_gpus_per_client >= 0, "engine.num_gpus_per_client", f"must be >= 0, got {e.num_gpus_per_client}")
     check(0 <= e.superlink_port < 65536, "engine.superlink_port", f"must be a port number, got {e.superlink_port}")
+    check(_is_ray_address(e.ray_address), "engine.ray_address",
+          f'must be "" (local Ray), "auto" or host:port of a Ray head, got {e.ray_address!r}')  # fmt: skip
     check(cfg.rounds >= 1, "rounds", f"must be >= 1, got {cfg.rounds}")
     check(cfg.clients_per_round >= 1, "clients_per_round", f"must be >= 1, got {cfg.clients_per_round}")
     check(

@@ -97,7 +97,7 @@ def run_status(env: dict[str, str]) -> list[dict[str, Any]]:
 def run_flower(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     """Run cfg on Flower's simulation engine; returns the ServerApp's summary.json."""
     load_dataset(cfg)  # fail here, with the data error, rather than inside the ServerApp
-    if cfg.engine.num_gpus_per_client > 0 and not torch.cuda.is_available():
+    if cfg.engine.num_gpus_per_client > 0 and not torch.cuda.is_available() and not cfg.engine.ray_address:
         raise FlowerRunError(
             f"engine.num_gpus_per_client={cfg.engine.num_gpus_per_client} but torch sees no GPU here "
             "(Ray would find no worker to place clients on); set it to 0"
@@ -115,6 +115,11 @@ def run_flower(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     )
     (work / "run_config.toml").write_text(tomli_w.dumps(run_config))
     env = flower_env(work / "home")
+    # Flower's Ray backend calls ray.init() without an address, so Ray reads RAY_ADDRESS: set,
+    # the simulation joins that cluster; unset, it starts a private local Ray, as it always has.
+    env.pop("RAY_ADDRESS", None)
+    if cfg.engine.ray_address:
+        env["RAY_ADDRESS"] = cfg.engine.ray_address
     superlink_log = work / "superlink.log"
     with open(superlink_log, "w") as log:
         superlink = subprocess.Popen(
@@ -155,8 +160,9 @@ def run_flower(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
 def _sleeper_workers(cfg: Config) -> str:
     """With injected dropouts or stragglers, give Ray a worker slot per cohort member: a client
     sleeping past the deadline must not hold back the others (in deployment every site is its
-    own process); sleeping workers use no CPU."""
-    if cfg.faults.dropout_prob + cfg.faults.straggler_prob == 0:
+    own process); sleeping workers use no CPU. A joined Ray cluster keeps the CPUs its nodes
+    were started with (Ray refuses num_cpus when connecting)."""
+    if cfg.faults.dropout_prob + cfg.faults.straggler_prob == 0 or cfg.engine.ray_address:
         return ""
     slots = max(os.cpu_count() or 1, cfg.clients_per_round * cfg.engine.num_cpus_per_client)
     return f" init-args-num-cpus={slots}"
