@@ -3,8 +3,9 @@
 Started the way a user would: a private SuperLink on 127.0.0.1 (runtime dependency installation
 disabled, so it never downloads packages), then ``flwr run <project> --stream``. Success is read
 from ``flwr ls`` (``flwr run --stream`` exits 0 even when a run fails). Only the processes
-started here are ended, by PID. This module drives Flower's command-line tools; it does not
-import flwr."""
+started here are ended, by PID. With ``engine.ray_address`` the simulation runtime joins a
+running Ray cluster instead of starting its own Ray (docs/performance.md, "Across machines").
+This module drives Flower's command-line tools; it does not import flwr."""
 
 from __future__ import annotations
 
