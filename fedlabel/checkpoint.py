@@ -20,8 +20,9 @@ from fedlabel.errors import ConfigError
 FILE = "checkpoint.pt"
 FORMAT = 1
 # Fields that may differ between a checkpoint and the run resuming it: how long the run goes,
-# where and how often it writes, and the resume switch itself.
-MAY_DIFFER = {"rounds", "output_dir", "checkpoint_every", "resume"}
+# where and how often it writes or evaluates (evaluation draws no random numbers), and the
+# resume switch itself.
+MAY_DIFFER = {"rounds", "output_dir", "checkpoint_every", "resume", "eval_every", "eval_last", "tensorboard"}
 
 
 def rng_states() -> dict[str, Any]:

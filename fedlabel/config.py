@@ -130,6 +130,7 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_every: int = 1  # central test-set evaluation every N rounds (and after the last)
+    eval_last: int = 0  # also evaluate every round of the last N rounds (final means stay per round)
     output_dir: str = "outputs/run"
     checkpoint_every: int = 1  # write output_dir/checkpoint.pt every N rounds (and after the last)
     resume: bool = False  # continue the run in output_dir from its checkpoint
@@ -313,6 +314,7 @@ def validate(cfg: Config) -> None:
         f"{cfg.clients_per_round} is more than data.num_clients={d.num_clients}",
     )
     check(cfg.eval_every >= 1, "eval_every", f"must be >= 1, got {cfg.eval_every}")
+    check(cfg.eval_last >= 0, "eval_last", f"must be >= 0, got {cfg.eval_last}")
     check(
         cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
         "device",

@@ -7,9 +7,11 @@ call order, so both engines draw the same cohorts and the same client randomness
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -131,8 +133,16 @@ def open_recorder(cfg: Config, *, progress: bool, on_round: Callable[[dict], Non
     if cfg.resume:
         state = load_checkpoint(cfg.output_dir)
         check_resumable(state, config)
-        recorder.restore(state["rounds"], wall_seconds=state["wall_seconds"])
+        recorder.restore(state["rounds"], wall_seconds=state["wall_seconds"], environments=_earlier_environments(cfg.output_dir))
     return recorder
+
+
+def _earlier_environments(output_dir: str) -> list[dict]:
+    try:
+        env = json.loads((Path(output_dir) / "summary.json").read_text()).get("environment")
+    except (OSError, ValueError):
+        return []
+    return env if isinstance(env, list) else []
 
 
 def run_federation(
@@ -185,7 +195,7 @@ def _rounds(cfg: Config, *, model, params, test_images, test_labels, train_cohor
         params = privacy.aggregate(algorithm, params, accepted, round=rnd)
         record = {"round": rnd, **pool_metrics(accepted), "failed_clients": len(failed), "rejected_updates": len(rejected),
                   "epsilon": privacy.account(accepted)}
-        if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
+        if rnd % cfg.eval_every == 0 or rnd > cfg.rounds - max(cfg.eval_last, 1):
             record["accuracy"], record["loss"] = evaluate(model, algorithm.eval_params(params), test_images, test_labels, device=device)
         else:
             record["accuracy"] = record["loss"] = None

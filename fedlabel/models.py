@@ -27,6 +27,21 @@ def _group_norm(channels: int, *, max_groups: int = 32) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels)
 
 
+class _MaxPool2x2(nn.MaxPool2d):
+    """2x2 max-pool, stride 2. Without autograd (evaluation, pseudo-labeling) it takes the maximum of
+    the four strided views, which gives the same values bitwise and is 5-10x faster on CPU than
+    ``max_pool2d``; with autograd it is ``max_pool2d`` (whose backward is the faster one)."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() or x.shape[-1] % 2 or x.shape[-2] % 2:
+            return super().forward(x)
+        top = torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2])
+        return torch.maximum(top, torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+
+
 class SmallCNN(nn.Module):
     """Two conv blocks (16, 32 channels, GroupNorm(8), max-pool) and a 128-unit hidden layer.
 
@@ -42,11 +57,11 @@ class SmallCNN(nn.Module):
             nn.Conv2d(in_channels, 16, 3, padding=1),
             nn.GroupNorm(8, 16),
             nn.ReLU(),
-            nn.MaxPool2d(2),
+            _MaxPool2x2(),
             nn.Conv2d(16, 32, 3, padding=1),
             nn.GroupNorm(8, 32),
             nn.ReLU(),
-            nn.MaxPool2d(2),
+            _MaxPool2x2(),
             nn.Flatten(),
             nn.Linear(32 * (image_size // 4) ** 2, 128),
             nn.ReLU(),

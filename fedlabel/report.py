@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import platform
 import sys
 import time
 from collections.abc import Callable
@@ -49,6 +50,23 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def environment() -> dict[str, Any]:
+    """Where a run's rounds were computed: results are bitwise reproducible only on the same
+    software and hardware (float sums differ across CPU kernels, GPUs and torch versions)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "host": platform.node(), "python": platform.python_version(), "torch": torch.__version__, "cpu": cpu,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }  # fmt: skip
+
+
 class RunRecorder:
     """Collects round records and writes them to ``output_dir`` as they arrive."""
 
@@ -69,7 +87,9 @@ class RunRecorder:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.rounds: list[dict[str, Any]] = []
-        self.extra: dict[str, Any] = {}  # more top-level summary entries (e.g. "privacy")
+        # more top-level summary entries: "privacy", and "environment" (one entry per process
+        # that computed rounds of this run, in order: a resumed run may span machines)
+        self.extra: dict[str, Any] = {"environment": [environment()]}
         self.start = time.perf_counter()
         self.csv_path = self.dir / "rounds.csv"
         self.tensorboard = _tensorboard_writer(self.dir / "tensorboard") if config.get("tensorboard") else None
@@ -77,9 +97,14 @@ class RunRecorder:
         if not resume:
             self.restore([], wall_seconds=0.0)
 
-    def restore(self, rounds: list[dict[str, Any]], *, wall_seconds: float) -> None:
+    def restore(self, rounds: list[dict[str, Any]], *, wall_seconds: float, environments: list[dict] = ()) -> None:
         """Start from the records of a checkpoint: rounds.csv and summary.json are rewritten
-        (atomically) with exactly these rounds; the wall clock continues from wall_seconds."""
+        (atomically) with exactly these rounds; the wall clock continues from wall_seconds;
+        ``environments`` (the earlier processes') come before this one's unless it is the same."""
+        earlier = list(environments)
+        if earlier and earlier[-1] == self.extra["environment"][-1]:
+            earlier.pop()
+        self.extra["environment"] = earlier + self.extra["environment"][-1:]
         self.rounds = [dict(r) for r in rounds]
         self.start = time.perf_counter() - wall_seconds
         tmp = self.csv_path.with_name(self.csv_path.name + ".tmp")

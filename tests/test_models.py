@@ -106,3 +106,15 @@ def test_build_model_registry_and_unknown_name() -> None:
     assert isinstance(build_model("cnn", in_channels=1, num_classes=10, image_size=28), SmallCNN)
     with pytest.raises(ValueError, match="cnn.*resnet18"):
         build_model("vgg", in_channels=1, num_classes=10, image_size=28)
+
+
+def test_cnn_pool_without_autograd_equals_max_pool2d() -> None:
+    model = _model("cnn", 1)
+    x = torch.rand(7, 1, 28, 28)
+    with torch.no_grad():
+        fast = model(x)
+    slow = model(x).detach()  # autograd on: the max_pool2d path
+    assert torch.equal(fast, slow)
+    odd = torch.rand(2, 3, 5, 6)
+    with torch.no_grad():
+        assert torch.equal(model.body[3](odd), torch.nn.functional.max_pool2d(odd, 2))

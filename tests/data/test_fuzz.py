@@ -158,7 +158,7 @@ def test_npz_wrong_keys_and_empty_file(tmp_path):
 
 VALUES = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8) | st.lists(st.integers(), max_size=2)
 FIELDS = [
-    "rounds", "clients_per_round", "seed", "device", "eval_every", "output_dir", "checkpoint_every", "resume",
+    "rounds", "clients_per_round", "seed", "device", "eval_every", "eval_last", "output_dir", "checkpoint_every", "resume",
     "data.name", "data.num_clients", "data.partition", "data.alpha", "data.label_ratio", "data.min_client_size",
     "data.train_samples", "data.labeled_class_alpha", "data.colour", "model.name", "engine.name",
     "engine.num_cpus_per_client", "engine.superlink_port", "faults.crash_prob", "faults.dropout_prob",

@@ -57,3 +57,9 @@ def test_other_seed_other_run(tmp_path):
 def test_fedavg_reports_no_pseudo_label_metrics(tmp_path):
     summary = run_config(tiny_config(tmp_path, algorithm="fedavg"), progress=False)
     assert all(r["pseudo_label_coverage"] is None and r["global_expert_share"] is None for r in summary["rounds"])
+
+
+def test_eval_every_and_eval_last_pick_the_evaluated_rounds(tmp_path):
+    cfg = tiny_config(tmp_path, algorithm="fedavg", overrides=["rounds=6", "eval_every=4", "eval_last=2"])
+    summary = run_config(cfg, progress=False)
+    assert [r["round"] for r in summary["rounds"] if r["accuracy"] is not None] == [4, 5, 6]

@@ -14,6 +14,7 @@ import torch
 from fedlabel.checkpoint import load_checkpoint
 from fedlabel.cli import run_config
 from fedlabel.errors import ConfigError
+from fedlabel.report import environment
 from tests.engines.conftest import tiny_config
 
 ROUNDS = 3
@@ -69,9 +70,15 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
 def test_resume_extends_rounds_and_keeps_earlier_ones(tmp_path):
     cfg = {**tiny_config(tmp_path), "rounds": 1}
     first = run_config(cfg, progress=False)
-    more = run_config({**cfg, "rounds": 2, "resume": True}, progress=False)
+    assert first["environment"] == [environment()]
+    # as if round 1 had run elsewhere: the record of that machine is kept, this one's appended
+    path = tmp_path / "run" / "summary.json"
+    elsewhere = {**environment(), "host": "elsewhere"}
+    path.write_text(json.dumps({**first, "environment": [elsewhere]}))
+    more = run_config({**cfg, "rounds": 2, "resume": True, "eval_every": 2}, progress=False)  # may change on resume
     assert [r["round"] for r in more["rounds"]] == [1, 2]
     assert more["rounds"][:1] == first["rounds"]
+    assert more["environment"] == [elsewhere, environment()]
     assert load_checkpoint(tmp_path / "run")["round"] == 2
     with pytest.raises(ConfigError, match="rounds: 1 is fewer than the 2 rounds"):
         run_config({**cfg, "resume": True}, progress=False)
