@@ -2,17 +2,24 @@
 
 Every registered algorithm (fedlabel.algorithms.ALGORITHMS, so methods added later appear by
 themselves) at each Dirichlet alpha and label ratio, for each seed, plus FedAvg with 100% labels
-as the reference, on the in-process engine with one torch thread per run (--jobs runs at a time),
-then FedLabel's sensitivity to beta, lambda0 and tau (local_steps = unlabeled_steps) in small
-sweeps. Each run is one `fedlabel simulate experiment=fmnist_cross_device ...` command (100
-clients, 10 per round, GroupNorm CNN); a run whose summary.json says completed with the same
-config is not run again, so an interrupted benchmark resumes. Writes the report (default
-docs/results.md) with mean ± std over seeds per cell, the commands, rounds, wall time per method,
-one PNG of accuracy against round per setting, and the sweeps.
+as the reference, then FedLabel's sensitivity to beta, lambda0 and tau (local_steps =
+unlabeled_steps) in small sweeps (one setting, fewer rounds). Each run is one `python -m fedlabel
+simulate experiment=fmnist_cross_device ...` command (100 clients, 10 per round, GroupNorm CNN) on
+the in-process engine with one torch thread, --jobs runs at a time, evaluated every --eval-every
+rounds and in each of the last --last rounds (the reported accuracy is the mean of those).
 
-    python benchmarks/accuracy.py --jobs 2                      # the full grid (many CPU-hours)
+Runs are resumable and the grid may be filled over several sessions or machines: a completed run
+(summary.json) is not run again, an interrupted or shorter one continues from its checkpoint
+(`resume=true`; raising --rounds extends finished runs). Runs start in the order of --alphas,
+then --label-ratios, then seeds, then methods, so the first settings fill first. The report
+(default docs/results.md) is written from whatever has completed: mean ± std over the seeds that
+exist per cell (the count is shown when seeds are missing), the commands, wall time per method,
+one PNG of accuracy against round per setting, the sweeps, and the machines that computed them.
+
+    python benchmarks/accuracy.py --jobs 2                      # the full grid (tens of CPU-hours)
+    python benchmarks/accuracy.py --report-only                 # rewrite the report from what exists
     python benchmarks/accuracy.py --alphas 0.1 --label-ratios 0.05 --methods fedavg fedlabel \\
-        --seeds 0 --rounds 5 --no-sweeps --report outputs/bench/tiny/results.md \\
+        --seeds 0 --rounds 5 --last 2 --no-sweeps --report /tmp/tiny/results.md --out /tmp/tiny \\
         --extra data.num_clients=10 clients_per_round=3 data.train_samples=3000   # a quick try
 """
 
@@ -25,6 +32,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,16 +67,20 @@ class Run:
     name: str  # run directory name under --out
     overrides: tuple[str, ...]
 
+    @property
+    def rounds(self) -> int:
+        return int(dict(o.split("=", 1) for o in self.overrides)["rounds"])
+
     def command(self, out: Path) -> list[str]:
         return ["fedlabel", "simulate", "experiment=fmnist_cross_device", *self.overrides, f"output_dir={out / self.name}"]
 
 
 @dataclass
 class Result:
-    curve: list[float]
+    evals: list[tuple[int, float]]  # (round, test accuracy) of every evaluated round
     wall: float
     rounds: list[dict] = field(repr=False)
-    config: dict = field(repr=False, default_factory=dict)
+    environment: list[dict] = field(repr=False, default_factory=list)
 
 
 def pct(ratio: float) -> str:
@@ -81,47 +93,62 @@ def grid_run(algo: str, alpha: float, ratio: float, seed: int, rounds: int, extr
     return Run(f"a{alpha:g}_{algo}_{pct(ratio)}{tag}_s{seed}", overrides)
 
 
+def summary(run: Run, out: Path) -> dict | None:
+    try:
+        return json.loads((out / run.name / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def completed(run: Run, out: Path) -> bool:
     """A finished run with the same algorithm, seed and rounds (everything else is in its name)."""
-    path = out / run.name / "summary.json"
-    if not path.exists():
+    s = summary(run, out)
+    if s is None or s["status"] != "completed":
         return False
-    s = json.loads(path.read_text())
     want = dict(o.split("=", 1) for o in run.overrides)
     cfg = s["config"]
-    return (s["status"] == "completed" and cfg["algorithm"]["name"] == want["algorithm"]
-            and cfg["rounds"] == int(want["rounds"]) and cfg["seed"] == int(want["seed"]))  # fmt: skip
+    return cfg["algorithm"]["name"] == want["algorithm"] and cfg["rounds"] == run.rounds and cfg["seed"] == int(want["seed"])
 
 
-def execute(run: Run, out: Path) -> None:
-    cmd = run.command(out)
-    cmd[0] = str(Path(sys.executable).parent / "fedlabel")
+def execute(run: Run, out: Path, evaluation: list[str]) -> str | None:
+    """Run (or continue) one run; the error text if it failed."""
+    cmd = [sys.executable, "-m", "fedlabel", *run.command(out)[1:], *evaluation]
+    if (out / run.name / "checkpoint.pt").exists():
+        cmd.append("resume=true")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"{shlex.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        print(f"FAILED: {run.name}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}", flush=True)
+        return f"{shlex.join(cmd)}\n{proc.stderr[-2000:]}"
     print(f"done: {run.name}", flush=True)
+    return None
 
 
-def load(run: Run, out: Path) -> Result:
-    s = json.loads((out / run.name / "summary.json").read_text())
-    return Result([r["accuracy"] for r in s["rounds"] if r["accuracy"] is not None], s["wall_seconds"], s["rounds"], s["config"])
+def load(run: Run, out: Path) -> Result | None:
+    s = summary(run, out) if completed(run, out) else None
+    if s is None:
+        return None
+    evals = [(r["round"], r["accuracy"]) for r in s["rounds"] if r["accuracy"] is not None]
+    return Result(evals, s["wall_seconds"], s["rounds"], s.get("environment") or [])
 
 
 def last_mean(r: Result, last: int) -> float:
-    return statistics.fmean(r.curve[-last:])
+    return statistics.fmean(a for _, a in r.evals[-last:])
 
 
 def late_gain(r: Result) -> float:
-    """Mean accuracy of the last 10% of evaluations minus that of the 10% before: ~0 once flat."""
-    w = max(1, len(r.curve) // 10)
-    if len(r.curve) < 2 * w:
-        return float("nan")
-    return statistics.fmean(r.curve[-w:]) - statistics.fmean(r.curve[-2 * w : -w])
+    """Mean accuracy evaluated in the last 10% of rounds minus that in the 10% before: ~0 once flat."""
+    n = r.rounds[-1]["round"]
+    tail = [a for t, a in r.evals if t > 0.9 * n]
+    before = [a for t, a in r.evals if 0.8 * n < t <= 0.9 * n]
+    return statistics.fmean(tail) - statistics.fmean(before) if tail and before else float("nan")
 
 
-def mean_std(xs: list[float]) -> str:
-    return f"{statistics.fmean(xs):.4f} ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else f"{xs[0]:.4f}"
+def mean_std(xs: list[float], want: int) -> str:
+    if not xs:
+        return "-"
+    text = f"{statistics.fmean(xs):.4f} ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else f"{xs[0]:.4f}"
+    return text if len(xs) == want else f"{text} (n={len(xs)})"
 
 
 def pooled(rs: list[Result], key: str, last: int) -> str:
@@ -139,118 +166,140 @@ def parse_sweeps(items: list[str]) -> dict[str, list[float]]:
     return sweeps
 
 
+def build_grid(args, methods, settings) -> tuple[dict[tuple, Run], dict[tuple, Run], dict[str, list[float]]]:
+    grid: dict[tuple, Run] = {}
+    for alpha, ratio in settings:
+        for seed in args.seeds:
+            ref = (alpha, None, "reference", seed)
+            if ref not in grid and not args.no_reference:  # with the first label ratio of its alpha
+                grid[ref] = grid_run("fedavg", alpha, 1.0, seed, args.rounds, args.extra)
+            for m in methods:
+                grid[(alpha, ratio, m, seed)] = grid_run(m, alpha, ratio, seed, args.rounds, args.extra)
+    sweeps = {} if args.no_sweeps or "fedlabel" not in ALGORITHMS else parse_sweeps(args.sweep)
+    sweep_runs: dict[tuple, Run] = {}
+    alpha_s, ratio_s = args.sweep_setting
+    rounds_s = args.sweep_rounds or args.rounds
+    defaults = ALGORITHMS["fedlabel"].Params()
+    rtag = "" if rounds_s == args.rounds else f"_r{rounds_s}"
+    for key, values in sweeps.items():
+        for v in values:
+            for seed in args.sweep_seeds:
+                if v == getattr(defaults, SWEEP_KEYS[key][0].split(".")[1]):  # the default: one run for every sweep
+                    run = grid_run("fedlabel", alpha_s, ratio_s, seed, rounds_s, args.extra, tag=rtag)
+                else:
+                    value = f"{int(v)}" if key == "tau" else f"{v:g}"
+                    run = grid_run("fedlabel", alpha_s, ratio_s, seed, rounds_s, args.extra, tag=f"_{key}{value}{rtag}",
+                                   more=[f"{k}={value}" for k in SWEEP_KEYS[key]])  # fmt: skip
+                sweep_runs[(key, v, seed)] = run
+    return grid, sweep_runs, sweeps
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=250)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
-    ap.add_argument("--label-ratios", type=float, nargs="+", default=[0.01, 0.05, 0.2])
+    ap.add_argument("--label-ratios", type=float, nargs="+", default=[0.05, 0.01, 0.2])
     ap.add_argument("--methods", nargs="+", default=None, help="registered names (default: all)")
-    ap.add_argument("--last", type=int, default=10, help="report the mean accuracy of the last N evaluations")
+    ap.add_argument("--last", type=int, default=10, help="evaluate each of the last N rounds and report their mean accuracy")
+    ap.add_argument("--eval-every", type=int, default=5, help="evaluate every N rounds before the last --last")
     ap.add_argument("--sweep", nargs="*", default=["beta=0.3,0.5,0.7,0.9", "lambda0=0,0.5,1,2", "tau=5,10,20"],
                     help="FedLabel sensitivity sweeps, KEY=v1,v2 with KEY in beta, lambda0, tau")  # fmt: skip
     ap.add_argument("--no-sweeps", action="store_true")
+    ap.add_argument("--no-reference", action="store_true", help="leave out FedAvg with 100%% labels")
     ap.add_argument("--sweep-setting", type=float, nargs=2, default=[0.1, 0.05], metavar=("ALPHA", "RATIO"))
     ap.add_argument("--sweep-seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--engine-rounds", type=int, default=0,
-                    help="also run FedLabel on both engines for this many rounds (default threads) and compare")  # fmt: skip
+    ap.add_argument("--sweep-rounds", type=int, default=100, help="rounds of the sweep runs (0: --rounds)")
+    ap.add_argument("--sweeps-first", action="store_true", help="start the sweep runs before the grid")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "accuracy")
     ap.add_argument("--report", type=Path, default=ROOT / "docs" / "results.md")
+    ap.add_argument("--report-only", action="store_true", help="run nothing; write the report from completed runs")
+    ap.add_argument("--no-report", action="store_true", help="run, but write no report (e.g. on a machine without matplotlib)")
     ap.add_argument("--extra", nargs="*", default=[], help="extra overrides for every run")
     args = ap.parse_args()
 
     known = [m for m in LABELS if m in ALGORITHMS] + [m for m in ALGORITHMS if m not in LABELS]
-    methods = args.methods or known
-    unknown = sorted(set(methods) - set(ALGORITHMS))
+    unknown = sorted(set(args.methods or []) - set(ALGORITHMS))
     if unknown:
         raise SystemExit(f"--methods: unknown {unknown}; registered: {sorted(ALGORITHMS)}")
-    methods = [m for m in known if m in methods]
+    methods = [m for m in known if m in (args.methods or known)]
     settings = [(a, r) for a in args.alphas for r in args.label_ratios]
+    grid, sweep_runs, sweeps = build_grid(args, methods, settings)
 
-    grid: dict[tuple, Run] = {}
-    for alpha in args.alphas:
-        for seed in args.seeds:
-            grid[(alpha, None, "reference", seed)] = grid_run("fedavg", alpha, 1.0, seed, args.rounds, args.extra)
-    for alpha, ratio in settings:
-        for m in methods:
-            for seed in args.seeds:
-                grid[(alpha, ratio, m, seed)] = grid_run(m, alpha, ratio, seed, args.rounds, args.extra)
-    sweeps = {} if args.no_sweeps or "fedlabel" not in ALGORITHMS else parse_sweeps(args.sweep)
-    sweep_runs: dict[tuple, Run] = {}
-    alpha_s, ratio_s = args.sweep_setting
-    defaults = ALGORITHMS["fedlabel"].Params()
-    for key, values in sweeps.items():
-        for v in values:
-            for seed in args.sweep_seeds:
-                default = getattr(defaults, SWEEP_KEYS[key][0].split(".")[1])
-                if v == default:  # the grid's own run
-                    run = grid_run("fedlabel", alpha_s, ratio_s, seed, args.rounds, args.extra)
-                else:
-                    value = f"{int(v)}" if key == "tau" else f"{v:g}"
-                    run = grid_run("fedlabel", alpha_s, ratio_s, seed, args.rounds, args.extra, tag=f"_{key}{value}",
-                                   more=[f"{k}={value}" for k in SWEEP_KEYS[key]])  # fmt: skip
-                sweep_runs[(key, v, seed)] = run
-    engine_runs = {}
-    if args.engine_rounds:
-        base = ("algorithm=fedlabel", f"data.label_ratio={args.label_ratios[0]:g}", f"rounds={args.engine_rounds}",
-                f"seed={args.seeds[0]}", *args.extra)  # fmt: skip
-        engine_runs = {e: Run(f"engine_{e}", (*base, f"engine={e}")) for e in ("flower", "inprocess")}
-
-    todo = {r.name: r for r in [*grid.values(), *sweep_runs.values()] if not completed(r, args.out)}
-    print(f"{len(todo)} of {len(set(r.name for r in [*grid.values(), *sweep_runs.values()]))} runs to do", flush=True)
-    with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(lambda r: execute(r, args.out), todo.values()))
-    for run in engine_runs.values():  # one at a time, each with its engine's default threads
-        if not completed(run, args.out):
-            cmd = run.command(args.out)
-            cmd[0] = str(Path(sys.executable).parent / "fedlabel")
-            subprocess.run(cmd, check=True, capture_output=True)
-    results = {k: load(r, args.out) for k, r in grid.items()}
-    sweep_results = {k: load(r, args.out) for k, r in sweep_runs.items()}
-    write_report(args, methods, settings, grid, results, sweeps, sweep_runs, sweep_results, engine_runs)
+    if not args.report_only:
+        order = [*sweep_runs.values(), *grid.values()] if args.sweeps_first else [*grid.values(), *sweep_runs.values()]
+        todo = list({r.name: r for r in order if not completed(r, args.out)}.values())
+        print(f"{len(todo)} of {len({r.name for r in order})} runs to do", flush=True)
+        evaluation = [f"eval_every={args.eval_every}", f"eval_last={args.last}"]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            errors = [e for e in pool.map(lambda r: execute(r, args.out, evaluation), todo) if e]
+        for e in errors:
+            print(e, file=sys.stderr)
+    if not args.no_report:
+        write_report(args, methods, settings, grid, sweeps, sweep_runs)
+    if not args.report_only and errors:
+        raise SystemExit(f"{len(errors)} run(s) failed (above)")
 
 
-def write_report(args, methods, settings, grid, results, sweeps, sweep_runs, sweep_results, engine_runs) -> None:
+def command_line(args, methods) -> str:
+    parts = ["python benchmarks/accuracy.py", f"--rounds {args.rounds}", f"--seeds {' '.join(map(str, args.seeds))}",
+             f"--alphas {' '.join(f'{a:g}' for a in args.alphas)}",
+             f"--label-ratios {' '.join(f'{r:g}' for r in args.label_ratios)}",
+             f"--last {args.last} --eval-every {args.eval_every}", f"--jobs {args.jobs}"]  # fmt: skip
+    if args.methods:
+        parts.append(f"--methods {' '.join(methods)}")
+    if args.no_sweeps:
+        parts.append("--no-sweeps")
+    else:
+        parts.append(f"--sweep {' '.join(args.sweep)} --sweep-seeds {' '.join(map(str, args.sweep_seeds))} "
+                     f"--sweep-rounds {args.sweep_rounds}")  # fmt: skip
+    if args.extra:
+        parts.append(f"--extra {' '.join(args.extra)}")
+    return " ".join(parts)
+
+
+def write_report(args, methods, settings, grid, sweeps, sweep_runs) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    results = {k: load(r, args.out) for k, r in grid.items()}
+    sweep_results = {k: load(r, args.out) for k, r in sweep_runs.items()}
+    done = {k: v for k, v in results.items() if v is not None}
     report: Path = args.report
     (report.parent / "figures").mkdir(parents=True, exist_ok=True)
     seeds, last = args.seeds, args.last
     label = lambda m: REFERENCE if m == "reference" else LABELS.get(m, m)  # noqa: E731
-    rows = ["reference", *methods]
-    cell = lambda alpha, ratio, m: [results[(alpha, None if m == "reference" else ratio, m, s)] for s in seeds]  # noqa: E731
-    extra = f" --extra {' '.join(args.extra)}" if args.extra else ""
-    sweep_args = f" --sweep {' '.join(args.sweep)} --sweep-seeds {' '.join(map(str, args.sweep_seeds))}" if sweeps else " --no-sweeps"
-    cfg = next(iter(results.values())).config
-    train = f"{cfg['data']['train_samples']} of 60k" if cfg["data"]["train_samples"] else "60k"
+    rows = ([] if args.no_reference else ["reference"]) + methods
+
+    def cell(alpha, ratio, m) -> list[Result]:
+        found = [results.get((alpha, None if m == "reference" else ratio, m, s)) for s in seeds]
+        return [x for x in found if x is not None]
+
+    expected = len(grid) + len({r.name for r in sweep_runs.values()} - {r.name for r in grid.values()})
+    have = len(done) + len({sweep_runs[k].name for k, v in sweep_results.items() if v is not None} - {grid[k].name for k in done})
     lines = [
         "# Results", "",
-        f"Fashion-MNIST ({train} train / 10k test), {cfg['data']['num_clients']} clients, {cfg['clients_per_round']} per round, "
-        f"{cfg['model']['name']} (GroupNorm), {args.rounds} rounds, seeds",
-        f"{' '.join(map(str, seeds))}, in-process engine, CPU, one torch thread per run. Each cell is the mean ± std over",
-        f"seeds of the test accuracy averaged over the last {last} rounds (under Dirichlet(0.1) accuracy swings by",
-        "several points from round to round, so single rounds mislead). Every method runs with its",
-        "documented defaults (the same lr, batch size, local steps and augmentations for all; no per-method",
-        "tuning). Produced by:", "",
-        "```bash",
-        f"python benchmarks/accuracy.py --rounds {args.rounds} --seeds {' '.join(map(str, seeds))} "
-        f"--alphas {' '.join(f'{a:g}' for a in args.alphas)} --label-ratios {' '.join(f'{r:g}' for r in args.label_ratios)} "
-        f"--methods {' '.join(methods)} --jobs {args.jobs}"
-        + sweep_args + (f" --engine-rounds {args.engine_rounds}" if args.engine_rounds else "") + extra,
-        "```", "",
-        "The full benchmark is `python benchmarks/accuracy.py --jobs N`: every registered method, Dirichlet",
-        "0.1 and 1.0, 1%, 5% and 20% labels, seeds 0 1 2, 250 rounds, and the sweeps (about 200 runs of 15-30",
-        "CPU-minutes each). 250 rounds because in 300-round runs at 5% labels the 10-round mean accuracy of",
-        "FedAvg and FedLabel rose by less than a point after round ~220 (fedlabel-investigation.md); the",
-        "late-gain column below checks this for every method and setting.", "",
+        f"Fashion-MNIST (60k train / 10k test), 100 clients, 10 per round, GroupNorm CNN, {args.rounds} rounds, seeds "
+        f"{' '.join(map(str, seeds))},",
+        "in-process engine, one torch thread per run. Each cell is the mean ± std over seeds of the test accuracy",
+        f"averaged over the last {last} rounds (under Dirichlet(0.1) accuracy swings by several points from one round",
+        "to the next, so single rounds mislead); `(n=k)` marks a cell with only k seeds so far, `-` one with none.",
+        "Every method runs with its documented defaults: the same lr (0.05), batch size (32), local steps",
+        "(10 labeled, 10 unlabeled where a method has them) and weak augmentation for all; no per-method tuning.",
+        f"Runs completed: {have} of {expected}.", "",
+        "Produced by (resumable: rerun the same command to continue or extend):", "",
+        "```bash", command_line(args, methods), "```", "",
+        f"{args.rounds} rounds: in 300-round runs at Dirichlet(0.1), 5% labels the 10-round mean accuracy of FedAvg",
+        "and FedLabel rose by less than a point after round ~220 ([fedlabel-investigation.md](fedlabel-investigation.md));",
+        "the late-gain column below checks flatness for every method and setting.",
         "Each run is one command (seed 0 shown; `algorithm=` takes every method's name):", "",
         "```bash",
-        *sorted({shlex.join(r.command(Path("outputs/bench/accuracy"))[:-1]) for k, r in grid.items()
-                 if k[3] == seeds[0] and k[2] in ("reference", methods[0])}),  # fmt: skip
+        *sorted({shlex.join([*r.command(Path("outputs/bench/accuracy"))[:-1], f"eval_every={args.eval_every}",
+                             f"eval_last={last}"])
+                 for k, r in grid.items() if k[3] == seeds[0] and k[2] in ("reference", methods[0]) and k[0] == args.alphas[0]}),
         "```",
     ]  # fmt: skip
     for alpha in args.alphas:
@@ -259,28 +308,32 @@ def write_report(args, methods, settings, grid, results, sweeps, sweep_runs, swe
                   "| method | " + " | ".join(f"{pct(r)}% labels" for r in ratios) + " |",
                   "|---|" + "---|" * len(ratios)]  # fmt: skip
         for m in rows:
-            cells = [mean_std([last_mean(x, last) for x in cell(alpha, r, m)]) for r in ratios]
+            cells = [mean_std([last_mean(x, last) for x in cell(alpha, r, m)], len(seeds)) for r in ratios]
             lines.append(f"| {label(m)} | " + " | ".join(cells) + " |")
         if all(m in methods for m in ABLATION):
-            lines += ["", f"Who pseudo-labels (the paper's Table 1), Dirichlet({alpha:g}):", "",
-                      "| pseudo-labeler | " + " | ".join(f"{pct(r)}%: acc. / pseudo-label cov. / pseudo-label acc." for r in ratios) + " |",
+            lines += ["", f"Who pseudo-labels (the paper's Table 1), Dirichlet({alpha:g}): accuracy / share of unlabeled",
+                      "samples pseudo-labeled / accuracy of those pseudo-labels (last rounds, pooled over seeds):", "",
+                      "| pseudo-labeler | " + " | ".join(f"{pct(r)}% labels" for r in ratios) + " |",
                       "|---|" + "---|" * len(ratios)]  # fmt: skip
             for m in ABLATION:
-                cells = [f"{mean_std([last_mean(x, last) for x in cell(alpha, r, m)])} / "
+                cells = [f"{mean_std([last_mean(x, last) for x in cell(alpha, r, m)], len(seeds))} / "
                          f"{pooled(cell(alpha, r, m), 'pseudo_label_coverage', last)} / "
                          f"{pooled(cell(alpha, r, m), 'pseudo_label_accuracy', last)}" for r in ratios]  # fmt: skip
                 lines.append(f"| {label(m)} | " + " | ".join(cells) + " |")
         for ratio in ratios:
+            if not any(cell(alpha, ratio, m) for m in rows):
+                continue
             fig, ax = plt.subplots(figsize=(8, 4.5))
             for m in rows:
-                curves = [x.curve for x in cell(alpha, ratio, m)]
-                n = min(map(len, curves))
-                ax.plot(range(1, n + 1), [statistics.fmean(c[i] for c in curves) for i in range(n)], label=label(m),
-                        linestyle="--" if m == "reference" else "-", linewidth=1)  # fmt: skip
-            ax.set(xlabel="round", ylabel=f"test accuracy (mean of {len(seeds)} seeds)",
-                   title=f"Fashion-MNIST, Dir({alpha:g}), {pct(ratio)}% labels")  # fmt: skip
+                runs = cell(alpha, ratio, m)
+                if not runs:
+                    continue
+                common = sorted(set.intersection(*(set(t for t, _ in x.evals) for x in runs)))
+                acc = [statistics.fmean(dict(x.evals)[t] for x in runs) for t in common]
+                ax.plot(common, acc, label=f"{label(m)} ({len(runs)})", linestyle="--" if m == "reference" else "-", linewidth=1)
+            ax.set(xlabel="round", ylabel="test accuracy (mean over seeds)", title=f"Fashion-MNIST, Dir({alpha:g}), {pct(ratio)}% labels")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="lower right")
+            ax.legend(fontsize=7, loc="lower right", title="method (seeds)", title_fontsize=7)
             fig.tight_layout()
             png = f"figures/accuracy_dir{alpha:g}_{pct(ratio)}pct.png"
             fig.savefig(report.parent / png, dpi=100)
@@ -288,64 +341,53 @@ def write_report(args, methods, settings, grid, results, sweeps, sweep_runs, swe
             lines += ["", f"![Dir({alpha:g}), {pct(ratio)}% labels]({png})"]
 
     lines += ["", "## Wall time and convergence", "",
-              "Wall s/run: mean over every run of the method (runs shared the cores with --jobs - 1 others, so",
-              "this compares methods only roughly). Late gain: mean accuracy of the last 10% of rounds minus that",
-              "of the 10% before, averaged over runs; a curve counts as flattened when it is below 0.01 (the",
-              "round-to-round swing is 0.03-0.05). Pseudo-label columns pool the last rounds' counters of all runs",
-              "(coverage: share of unlabeled samples, or drawn rows for FixMatch/UDA, whose pseudo-label was kept).", "",
-              "| method | wall s/run | s/round | late gain (max over settings) | pseudo-label coverage | pseudo-label acc. |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+              f"Wall s/run: mean over the method's completed runs, evaluation included (every {args.eval_every} rounds and",
+              f"the last {last}); runs shared the machine with --jobs - 1 others. Late gain: mean accuracy evaluated in the",
+              "last 10% of rounds minus that in the 10% before, per setting (mean over seeds), the largest over settings;",
+              "a curve counts as flattened below 0.01 (the round-to-round swing is 0.03-0.05). Pseudo-label columns pool",
+              "the last rounds' counters of all runs (coverage: share of unlabeled samples, or drawn rows for",
+              "FixMatch/UDA, whose pseudo-label was kept).", "",
+              "| method | runs | wall s/run | s/round | late gain (max over settings) | pseudo-label coverage | pseudo-label acc. |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
     rising = []
     for m in rows:
-        rs = [x for (a, r, mm, s), x in results.items() if mm == m]
-        gains = [statistics.fmean([late_gain(x) for x in cell(a, r, m)]) for a, r in settings]
-        rising += [f"{label(m)} at Dir({a:g}), {pct(r)}%" for (a, r), g in zip(settings, gains) if g >= 0.01]
-        lines.append(f"| {label(m)} | {statistics.fmean(x.wall for x in rs):.0f} | "
-                     f"{statistics.fmean(x.wall / len(x.rounds) for x in rs):.2f} | {max(gains):+.4f} | "
+        rs = [x for (_, _, mm, _), x in done.items() if mm == m]
+        if not rs:
+            continue
+        gains = {(a, r): statistics.fmean(late_gain(x) for x in cell(a, r, m)) for a, r in settings if cell(a, r, m)}
+        rising += [f"{label(m)} at Dir({a:g}), {pct(r)}%" for (a, r), g in gains.items() if g >= 0.01]
+        lines.append(f"| {label(m)} | {len(rs)} | {statistics.fmean(x.wall for x in rs):.0f} | "
+                     f"{statistics.fmean(x.wall / len(x.rounds) for x in rs):.2f} | {max(gains.values()):+.4f} | "
                      f"{pooled(rs, 'pseudo_label_coverage', last)} | {pooled(rs, 'pseudo_label_accuracy', last)} |")  # fmt: skip
     lines += ["", "Not flattened yet (late gain >= 0.01): " + ("; ".join(rising) if rising else "none") + "."]
 
     if sweeps:
         alpha_s, ratio_s = args.sweep_setting
-        lines += ["", f"## FedLabel sensitivity (Dirichlet({alpha_s:g}), {pct(ratio_s)}% labels, seeds "
+        rounds_s = args.sweep_rounds or args.rounds
+        lines += ["", f"## FedLabel sensitivity (Dirichlet({alpha_s:g}), {pct(ratio_s)}% labels, {rounds_s} rounds, seeds "
                   f"{' '.join(map(str, args.sweep_seeds))})", "",
                   "One value changed at a time from the defaults (beta 0.5, lambda0 1, tau = tau' = 10); tau sets",
-                  "both local_steps and unlabeled_steps.", ""]  # fmt: skip
+                  f"both local_steps and unlabeled_steps. Accuracy: mean of the last {last} rounds.", ""]  # fmt: skip
         for key, values in sweeps.items():
+            accs = [mean_std([last_mean(x, last) for s in args.sweep_seeds if (x := sweep_results[(key, v, s)])],
+                             len(args.sweep_seeds)) for v in values]  # fmt: skip
             lines += [f"| {key} | " + " | ".join(f"{v:g}" for v in values) + " |", "|---|" + "---|" * len(values),
-                      "| accuracy | " + " | ".join(mean_std([last_mean(sweep_results[(key, v, s)], last) for s in args.sweep_seeds])
-                                                  for v in values) + " |", ""]  # fmt: skip
-    if engine_runs:
-        lines += engine_section(args, engine_runs, results)
+                      "| accuracy | " + " | ".join(accs) + " |", ""]  # fmt: skip
+
+    machines = Counter()
+    for x in [*done.values(), *(v for v in sweep_results.values() if v is not None)]:
+        for e in {json.dumps(e, sort_keys=True) for e in x.environment}:
+            e = json.loads(e)
+            machines[f"{e.get('cpu')}{', ' + e['cuda'] if e.get('cuda') else ''} (torch {e.get('torch')})"] += 1
+    if machines:
+        lines += ["", "## Where the runs were computed", "",
+                  "Runs are bitwise reproducible on the same machine and software; on another CPU or torch",
+                  "version float sums differ and a run drifts within the seeds' spread. A resumed run counts",
+                  "once for each machine that computed part of it.", "",
+                  "| machine | runs |", "|---|---|", *[f"| {k} | {n} |" for k, n in machines.most_common()]]  # fmt: skip
     lines += ["", "What FedLabel's runs on this data show, run by run: [fedlabel-investigation.md](fedlabel-investigation.md)."]
     report.write_text("\n".join(lines) + "\n")
     print(report.read_text())
-
-
-def engine_section(args, engine_runs: dict[str, Run], results) -> list[str]:
-    r = {e: load(run, args.out) for e, run in engine_runs.items()}
-    ends = {}
-    for e in r:
-        path = args.out / engine_runs[e].name
-        first = path / "flower" / "run_config.toml" if e == "flower" else path / "clients.json"
-        ends[e] = (path / "summary.json").stat().st_mtime - first.stat().st_mtime
-    lines = ["", "## Same FedLabel run on both engines", "",
-             "Run one after the other on an otherwise idle machine, each with its default threads (Flower: one",
-             "Ray worker per CPU, 1 thread each; in-process: one process, all torch threads). Rounds wall s: the",
-             "server loop's own time; end to end: the whole command, SuperLink and Ray start-up included.", "",
-             "| engine | acc. (mean of last 10) | s per round | rounds wall s | end to end s | command |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
-    for e, x in r.items():
-        cmd = shlex.join(engine_runs[e].command(Path("out"))[:-1])
-        lines.append(f"| {e} | {last_mean(x, 10):.4f} | {x.wall / len(x.rounds):.2f} | {x.wall:.0f} | {ends[e]:.0f} | `{cmd}` |")
-    table = results.get((args.alphas[0], args.label_ratios[0], "fedlabel", args.seeds[0]))
-    if table is not None and len(table.curve) == len(r["flower"].curve):
-        same = sum(a == b for a, b in zip(r["flower"].curve, table.curve))
-        lines += ["", "Reproducibility across engines: the Flower run's test accuracy equals, bit for bit, that of the",
-                  f"grid's in-process run with the same seed and one torch thread in {same} of {len(table.curve)} rounds",
-                  "(the in-process engine run above used several threads, which sums inside convolutions in another",
-                  "order, so it drifts apart after a few rounds)."]  # fmt: skip
-    return lines
 
 
 if __name__ == "__main__":
