@@ -341,8 +341,8 @@ def write_report(args, methods, settings, grid, sweeps, sweep_runs) -> None:
             lines += ["", f"![Dir({alpha:g}), {pct(ratio)}% labels]({png})"]
 
     lines += ["", "## Wall time and convergence", "",
-              f"Wall s/run: mean over the method's completed runs, evaluation included (every {args.eval_every} rounds and",
-              f"the last {last}); runs shared the machine with --jobs - 1 others. Late gain: mean accuracy evaluated in the",
+              "Wall s/run: mean over the method's completed runs computed on one machine, evaluation included (every",
+              f"{args.eval_every} rounds and the last {last}); runs shared the machine with --jobs - 1 others. Late gain: mean accuracy evaluated in the",
               "last 10% of rounds minus that in the 10% before, per setting (mean over seeds), the largest over settings;",
               "a curve counts as flattened below 0.01 (the round-to-round swing is 0.03-0.05). Pseudo-label columns pool",
               "the last rounds' counters of all runs (coverage: share of unlabeled samples, or drawn rows for",
@@ -354,10 +354,11 @@ def write_report(args, methods, settings, grid, sweeps, sweep_runs) -> None:
         rs = [x for (_, _, mm, _), x in done.items() if mm == m]
         if not rs:
             continue
+        timed = [x for x in rs if len(x.environment) == 1] or rs  # runs resumed on another machine mix speeds
         gains = {(a, r): statistics.fmean(late_gain(x) for x in cell(a, r, m)) for a, r in settings if cell(a, r, m)}
         rising += [f"{label(m)} at Dir({a:g}), {pct(r)}%" for (a, r), g in gains.items() if g >= 0.01]
-        lines.append(f"| {label(m)} | {len(rs)} | {statistics.fmean(x.wall for x in rs):.0f} | "
-                     f"{statistics.fmean(x.wall / len(x.rounds) for x in rs):.2f} | {max(gains.values()):+.4f} | "
+        lines.append(f"| {label(m)} | {len(rs)} | {statistics.fmean(x.wall for x in timed):.0f} | "
+                     f"{statistics.fmean(x.wall / len(x.rounds) for x in timed):.2f} | {max(gains.values()):+.4f} | "
                      f"{pooled(rs, 'pseudo_label_coverage', last)} | {pooled(rs, 'pseudo_label_accuracy', last)} |")  # fmt: skip
     lines += ["", "Not flattened yet (late gain >= 0.01): " + ("; ".join(rising) if rising else "none") + "."]
 
