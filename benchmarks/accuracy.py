@@ -26,6 +26,7 @@ one PNG of accuracy against round per setting, the sweeps, and the machines that
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shlex
@@ -112,6 +113,19 @@ def completed(run: Run, out: Path) -> bool:
 
 def execute(run: Run, out: Path, evaluation: list[str]) -> str | None:
     """Run (or continue) one run; the error text if it failed."""
+    (out / run.name).mkdir(parents=True, exist_ok=True)
+    with open(out / run.name / ".lock", "w") as lock:  # released when this process ends, however it ends
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"skipped: {run.name} (another benchmark process is running it)", flush=True)
+            return None
+        if completed(run, out):
+            return None
+        return _execute(run, out, evaluation)
+
+
+def _execute(run: Run, out: Path, evaluation: list[str]) -> str | None:
     cmd = [sys.executable, "-m", "fedlabel", *run.command(out)[1:], *evaluation]
     if (out / run.name / "checkpoint.pt").exists():
         cmd.append("resume=true")
@@ -211,6 +225,7 @@ def main() -> None:
     ap.add_argument("--sweep-seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--sweep-rounds", type=int, default=100, help="rounds of the sweep runs (0: --rounds)")
     ap.add_argument("--sweeps-first", action="store_true", help="start the sweep runs before the grid")
+    ap.add_argument("--sweeps-only", action="store_true", help="run only the sweep runs (the report still covers the grid)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "accuracy")
     ap.add_argument("--report", type=Path, default=ROOT / "docs" / "results.md")
@@ -229,6 +244,8 @@ def main() -> None:
 
     if not args.report_only:
         order = [*sweep_runs.values(), *grid.values()] if args.sweeps_first else [*grid.values(), *sweep_runs.values()]
+        if args.sweeps_only:
+            order = list(sweep_runs.values())
         todo = list({r.name: r for r in order if not completed(r, args.out)}.values())
         print(f"{len(todo)} of {len({r.name for r in order})} runs to do", flush=True)
         evaluation = [f"eval_every={args.eval_every}", f"eval_last={args.last}"]
