@@ -58,6 +58,7 @@ LABELS = {
     "fedlabel": "FedLabel",
 }
 REFERENCE = "FedAvg, 100% labels"
+SMOOTH = 25  # the curves in the figures are means over this many rounds (accuracy swings round to round)
 ABLATION = ["fedlabel_local_only", "fedlabel_global_only", "fedlabel"]
 SWEEP_KEYS = {"beta": ["algorithm.beta"], "lambda0": ["algorithm.lambda0"],
               "tau": ["algorithm.local_steps", "algorithm.unlabeled_steps"]}  # fmt: skip
@@ -340,15 +341,19 @@ def write_report(args, methods, settings, grid, sweeps, sweep_runs) -> None:
         for ratio in ratios:
             if not any(cell(alpha, ratio, m) for m in rows):
                 continue
-            fig, ax = plt.subplots(figsize=(8, 4.5))
-            for m in rows:
+            fig, ax = plt.subplots(figsize=(9, 5))
+            colours = plt.get_cmap("tab20").colors
+            for i, m in enumerate(rows):
                 runs = cell(alpha, ratio, m)
                 if not runs:
                     continue
                 common = sorted(set.intersection(*(set(t for t, _ in x.evals) for x in runs)))
-                acc = [statistics.fmean(dict(x.evals)[t] for x in runs) for t in common]
-                ax.plot(common, acc, label=f"{label(m)} ({len(runs)})", linestyle="--" if m == "reference" else "-", linewidth=1)
-            ax.set(xlabel="round", ylabel="test accuracy (mean over seeds)", title=f"Fashion-MNIST, Dir({alpha:g}), {pct(ratio)}% labels")
+                acc = {t: statistics.fmean(dict(x.evals)[t] for x in runs) for t in common}
+                smooth = [statistics.fmean(a for u, a in acc.items() if t - SMOOTH < u <= t) for t in common]
+                ax.plot(common, smooth, label=f"{label(m)} ({len(runs)})", color=colours[(2 * i) % 20 + (2 * i) // 20],
+                        linestyle="--" if m == "reference" else "-", linewidth=2 if m == "fedlabel" else 1)  # fmt: skip
+            ax.set(xlabel="round", ylabel=f"test accuracy (mean over seeds and the last {SMOOTH} rounds)",
+                   title=f"Fashion-MNIST, Dir({alpha:g}), {pct(ratio)}% labels")  # fmt: skip
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="lower right", title="method (seeds)", title_fontsize=7)
             fig.tight_layout()
@@ -358,7 +363,7 @@ def write_report(args, methods, settings, grid, sweeps, sweep_runs) -> None:
             lines += ["", f"![Dir({alpha:g}), {pct(ratio)}% labels]({png})"]
 
     lines += ["", "## Wall time and convergence", "",
-              "Wall s/run: mean over the method's completed runs computed on one machine, evaluation included (every",
+              "Wall s/run: mean over the method's completed runs computed on one machine (`-`: none yet), evaluation included (every",
               f"{args.eval_every} rounds and the last {last}); runs shared the machine with --jobs - 1 others. Late gain: mean accuracy evaluated in the",
               "last 10% of rounds minus that in the 10% before, per setting (mean over seeds), the largest over settings;",
               "a curve counts as flattened below 0.01 (the round-to-round swing is 0.03-0.05). Pseudo-label columns pool",
@@ -371,11 +376,11 @@ def write_report(args, methods, settings, grid, sweeps, sweep_runs) -> None:
         rs = [x for (_, _, mm, _), x in done.items() if mm == m]
         if not rs:
             continue
-        timed = [x for x in rs if len(x.environment) == 1] or rs  # runs resumed on another machine mix speeds
+        timed = [x for x in rs if len(x.environment) == 1]  # a run resumed on another machine mixes speeds
         gains = {(a, r): statistics.fmean(late_gain(x) for x in cell(a, r, m)) for a, r in settings if cell(a, r, m)}
         rising += [f"{label(m)} at Dir({a:g}), {pct(r)}%" for (a, r), g in gains.items() if g >= 0.01]
-        lines.append(f"| {label(m)} | {len(rs)} | {statistics.fmean(x.wall for x in timed):.0f} | "
-                     f"{statistics.fmean(x.wall / len(x.rounds) for x in timed):.2f} | {max(gains.values()):+.4f} | "
+        wall = f"{statistics.fmean(x.wall for x in timed):.0f} | {statistics.fmean(x.wall / len(x.rounds) for x in timed):.2f}" if timed else "- | -"
+        lines.append(f"| {label(m)} | {len(rs)} | {wall} | {max(gains.values()):+.4f} | "
                      f"{pooled(rs, 'pseudo_label_coverage', last)} | {pooled(rs, 'pseudo_label_accuracy', last)} |")  # fmt: skip
     lines += ["", "Not flattened yet (late gain >= 0.01): " + ("; ".join(rising) if rising else "none") + "."]
 
