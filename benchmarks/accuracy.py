@@ -102,9 +102,10 @@ def summary(run: Run, out: Path) -> dict | None:
         return None
 
 
-def completed(run: Run, out: Path) -> bool:
-    """A finished run with the same algorithm, seed and rounds (everything else is in its name)."""
-    s = summary(run, out)
+def completed(run: Run, out: Path, s: dict | None = None) -> bool:
+    """A finished run with the same algorithm, seed and rounds (everything else is in its name);
+    ``s``: its summary, if already read."""
+    s = s or summary(run, out)
     if s is None or s["status"] != "completed":
         return False
     want = dict(o.split("=", 1) for o in run.overrides)
@@ -140,8 +141,8 @@ def _execute(run: Run, out: Path, evaluation: list[str]) -> str | None:
 
 
 def load(run: Run, out: Path) -> Result | None:
-    s = summary(run, out) if completed(run, out) else None
-    if s is None:
+    s = summary(run, out)
+    if not completed(run, out, s):
         return None
     evals = [(r["round"], r["accuracy"]) for r in s["rounds"] if r["accuracy"] is not None]
     return Result(evals, s["wall_seconds"], s["rounds"], s.get("environment") or [])

@@ -7,11 +7,9 @@ call order, so both engines draw the same cohorts and the same client randomness
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -133,16 +131,8 @@ def open_recorder(cfg: Config, *, progress: bool, on_round: Callable[[dict], Non
     if cfg.resume:
         state = load_checkpoint(cfg.output_dir)
         check_resumable(state, config)
-        recorder.restore(state["rounds"], wall_seconds=state["wall_seconds"], environments=_earlier_environments(cfg.output_dir))
+        recorder.restore(state["rounds"], wall_seconds=state["wall_seconds"])
     return recorder
-
-
-def _earlier_environments(output_dir: str) -> list[dict]:
-    try:
-        env = json.loads((Path(output_dir) / "summary.json").read_text()).get("environment")
-    except (OSError, ValueError):
-        return []
-    return env if isinstance(env, list) else []
 
 
 def run_federation(

@@ -97,11 +97,12 @@ class RunRecorder:
         if not resume:
             self.restore([], wall_seconds=0.0)
 
-    def restore(self, rounds: list[dict[str, Any]], *, wall_seconds: float, environments: list[dict] = ()) -> None:
+    def restore(self, rounds: list[dict[str, Any]], *, wall_seconds: float) -> None:
         """Start from the records of a checkpoint: rounds.csv and summary.json are rewritten
-        (atomically) with exactly these rounds; the wall clock continues from wall_seconds;
-        ``environments`` (the earlier processes') come before this one's unless it is the same."""
-        earlier = list(environments)
+        (atomically) with exactly these rounds; the wall clock continues from wall_seconds; the
+        environments of the earlier processes (from the old summary.json) come before this one's
+        unless it is the same."""
+        earlier = self._earlier_environments()
         if earlier and earlier[-1] == self.extra["environment"][-1]:
             earlier.pop()
         self.extra["environment"] = earlier + self.extra["environment"][-1:]
@@ -115,6 +116,13 @@ class RunRecorder:
         os.replace(tmp, self.csv_path)
         self._write_summary(status="running")
         self.bar.update(len(self.rounds))
+
+    def _earlier_environments(self) -> list[dict[str, Any]]:
+        try:
+            env = json.loads((self.dir / "summary.json").read_text()).get("environment")
+        except (OSError, ValueError):
+            return []
+        return list(env) if isinstance(env, list) else []
 
     def wall_seconds(self) -> float:
         return time.perf_counter() - self.start
