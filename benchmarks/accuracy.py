@@ -83,6 +83,12 @@ class Result:
     wall: float
     rounds: list[dict] = field(repr=False)
     environment: list[dict] = field(repr=False, default_factory=list)
+    engine: str = "inprocess"
+
+    def machines(self) -> set[str]:
+        """The machines (CPU model, GPU, torch, engine) that computed parts of this run."""
+        return {f"{e.get('cpu')}{', ' + e['cuda'] if e.get('cuda') else ''} (torch {e.get('torch')}), engine={self.engine}"
+                for e in self.environment}  # fmt: skip
 
 
 def pct(ratio: float) -> str:
@@ -145,7 +151,7 @@ def load(run: Run, out: Path) -> Result | None:
     if not completed(run, out, s):
         return None
     evals = [(r["round"], r["accuracy"]) for r in s["rounds"] if r["accuracy"] is not None]
-    return Result(evals, s["wall_seconds"], s["rounds"], s.get("environment") or [])
+    return Result(evals, s["wall_seconds"], s["rounds"], s.get("environment") or [], s["config"]["engine"]["name"])
 
 
 def last_mean(r: Result, last: int) -> float:
@@ -366,9 +372,14 @@ def write_report(args, methods, settings, grid, sweeps, sweep_runs) -> None:
             plt.close(fig)
             lines += ["", f"![Dir({alpha:g}), {pct(ratio)}% labels]({png})"]
 
+    machines = Counter(k for x in [*done.values(), *(v for v in sweep_results.values() if v is not None)] for k in x.machines())
+    timing = Counter({k: n for k, n in machines.items()
+                      if any(x.machines() == {k} for x in done.values())}).most_common(1)  # fmt: skip
+    timing = timing[0][0] if timing else None
     lines += ["", "## Wall time and convergence", "",
-              "Wall s/run: mean over the method's completed runs computed on one machine (`-`: none yet), evaluation included (every",
-              f"{args.eval_every} rounds and the last {last}); runs shared the machine with --jobs - 1 others. Late gain: mean accuracy evaluated in the",
+              "Wall s/run: mean over the method's completed runs computed wholly on the machine with the most runs",
+              f"({timing}; `-`: none yet), evaluation included (every {args.eval_every} rounds and the last {last});",
+              "runs shared the machine with --jobs - 1 others. Late gain: mean accuracy evaluated in the",
               "last 10% of rounds minus that in the 10% before, per setting (mean over seeds), the largest over settings;",
               "a curve counts as flattened below 0.01 (the round-to-round swing is 0.03-0.05). Pseudo-label columns pool",
               "the last rounds' counters of all runs (coverage: share of unlabeled samples, or drawn rows for",
@@ -380,7 +391,7 @@ def write_report(args, methods, settings, grid, sweeps, sweep_runs) -> None:
         rs = [x for (_, _, mm, _), x in done.items() if mm == m]
         if not rs:
             continue
-        timed = [x for x in rs if len(x.environment) == 1]  # a run resumed on another machine mixes speeds
+        timed = [x for x in rs if x.machines() == {timing}]  # other machines, or runs resumed elsewhere, time differently
         gains = {(a, r): statistics.fmean(late_gain(x) for x in cell(a, r, m)) for a, r in settings if cell(a, r, m)}
         rising += [f"{label(m)} at Dir({a:g}), {pct(r)}%" for (a, r), g in gains.items() if g >= 0.01]
         wall = f"{statistics.fmean(x.wall for x in timed):.0f} | {statistics.fmean(x.wall / len(x.rounds) for x in timed):.2f}" if timed else "- | -"
@@ -401,16 +412,13 @@ def write_report(args, methods, settings, grid, sweeps, sweep_runs) -> None:
             lines += [f"| {key} | " + " | ".join(f"{v:g}" for v in values) + " |", "|---|" + "---|" * len(values),
                       "| accuracy | " + " | ".join(accs) + " |", ""]  # fmt: skip
 
-    machines = Counter()
-    for x in [*done.values(), *(v for v in sweep_results.values() if v is not None)]:
-        for e in {json.dumps(e, sort_keys=True) for e in x.environment}:
-            e = json.loads(e)
-            machines[f"{e.get('cpu')}{', ' + e['cuda'] if e.get('cuda') else ''} (torch {e.get('torch')})"] += 1
     if machines:
         lines += ["", "## Where the runs were computed", "",
                   "Runs are bitwise reproducible on the same machine and software; on another CPU or torch",
                   "version float sums differ and a run drifts within the seeds' spread. A resumed run counts",
-                  "once for each machine that computed part of it.", "",
+                  "once for each machine that computed part of it. engine=vectorized (on a GPU) trains a round's",
+                  "clients in one batched computation: the same algorithm, with per-client random streams and",
+                  "other float sums, so its runs are other draws of the same experiment (docs/performance.md).", "",
                   "| machine | runs |", "|---|---|", *[f"| {k} | {n} |" for k, n in machines.most_common()]]  # fmt: skip
     lines += ["", "What FedLabel's runs on this data show, run by run: [fedlabel-investigation.md](fedlabel-investigation.md)."]
     report.write_text("\n".join(lines) + "\n")

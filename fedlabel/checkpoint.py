@@ -20,9 +20,13 @@ from fedlabel.errors import ConfigError
 FILE = "checkpoint.pt"
 FORMAT = 1
 # Fields that may differ between a checkpoint and the run resuming it: how long the run goes,
-# where and how often it writes or evaluates (evaluation draws no random numbers), and the
-# resume switch itself.
-MAY_DIFFER = {"rounds", "output_dir", "checkpoint_every", "resume", "eval_every", "eval_last", "tensorboard"}
+# where and how often it writes or evaluates (evaluation draws no random numbers), the resume
+# switch itself, and where the rounds are computed (engine, device): a run started on a GPU may
+# go on on CPUs. Engines and devices compute the same rounds with other float sums (and the
+# vectorized engine with its own per-client random streams), so a run resumed on another engine
+# is not bitwise the run that would have gone on where it started.
+MAY_DIFFER = {"rounds", "output_dir", "checkpoint_every", "resume", "eval_every", "eval_last", "tensorboard",
+              "engine", "device"}  # fmt: skip
 
 
 def rng_states() -> dict[str, Any]:

@@ -44,6 +44,11 @@ def test_tiny_grid_reports_then_extends_its_runs(tmp_path):
 def test_report_only_marks_missing_seeds(tmp_path):
     proc = _bench(tmp_path, "--rounds", "2", "--seeds", "0", "1", "--no-sweeps", *GRID)
     assert proc.returncode == 0, proc.stderr
+    # seed 1 as if computed on another machine: listed there, and left out of the wall time
+    path = tmp_path / "runs" / "a0.1_fedavg_5_s1" / "summary.json"
+    s1 = json.loads(path.read_text())
+    path.write_text(json.dumps({**s1, "environment": [{**s1["environment"][0], "cpu": "Elsewhere CPU"}]}))
+    s0 = json.loads((tmp_path / "runs" / "a0.1_fedavg_5_s0" / "summary.json").read_text())
     # ask for a third seed that has not run: the report says so instead of failing
     proc = _bench(tmp_path, "--rounds", "2", "--seeds", "0", "1", "2", "--no-sweeps", "--report-only", *GRID)
     assert proc.returncode == 0, proc.stderr
@@ -51,3 +56,6 @@ def test_report_only_marks_missing_seeds(tmp_path):
     row = next(line for line in report.splitlines() if line.startswith("| FedAvg, labeled part only |"))
     assert "(n=2)" in row
     assert "Runs completed: 4 of 6." in report
+    wall = [line for line in report.splitlines() if line.startswith("| FedAvg, labeled part only | 2 |")]
+    assert wall and f"| 2 | {s0['wall_seconds']:.0f} | {s0['wall_seconds'] / 2:.2f} |" in wall[0]
+    assert "| Elsewhere CPU (torch " in report

@@ -13,7 +13,9 @@ import torch
 
 from fedlabel.checkpoint import load_checkpoint
 from fedlabel.cli import run_config
+from fedlabel.config import config_from_dict
 from fedlabel.errors import ConfigError
+from fedlabel.federation import initial_model
 from fedlabel.report import environment
 from tests.engines.conftest import tiny_config
 
@@ -82,6 +84,25 @@ def test_resume_extends_rounds_and_keeps_earlier_ones(tmp_path):
     assert load_checkpoint(tmp_path / "run")["round"] == 2
     with pytest.raises(ConfigError, match="rounds: 1 is fewer than the 2 rounds"):
         run_config({**cfg, "resume": True}, progress=False)
+
+
+def test_run_started_on_one_engine_goes_on_on_another(tmp_path):
+    """A run begun with engine=vectorized (as on a lent GPU) continues on the in-process engine:
+    its first round is kept and the second is the in-process engine's round from that state."""
+    vec = {**tiny_config(tmp_path, engine="vectorized", algorithm="fedavg"), "rounds": 1}
+    first = run_config(vec, progress=False)
+    inproc = tiny_config(tmp_path, engine="inprocess", algorithm="fedavg")
+    resumed = run_config({**inproc, "resume": True}, progress=False)
+    assert resumed["status"] == "completed"
+    assert resumed["rounds"][:1] == first["rounds"]
+    assert load_checkpoint(tmp_path / "run")["config"]["engine"]["name"] == "inprocess"
+    # the same run on the in-process engine throughout: near it, as in test_vectorized_equals_sequential
+    run_config(tiny_config(tmp_path, engine="inprocess", algorithm="fedavg", name="whole"), progress=False)
+    a, b = torch.load(tmp_path / "run" / "model.pt"), torch.load(tmp_path / "whole" / "model.pt")
+    start = initial_model(config_from_dict(inproc), in_channels=1, num_classes=10, image_size=28)[1]
+    moved = max(float((b[k] - start[k]).abs().max()) for k in b)
+    apart = max(float((a[k] - b[k]).abs().max()) for k in b)
+    assert moved > 1e-2 and apart < 0.1 * moved
 
 
 def test_resume_refuses_a_different_config_and_keeps_the_outputs(tmp_path):
