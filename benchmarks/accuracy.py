@@ -11,7 +11,8 @@ rounds and in each of the last --last rounds (the reported accuracy is the mean 
 Runs are resumable and the grid may be filled over several sessions or machines: a completed run
 (summary.json) is not run again, an interrupted or shorter one continues from its checkpoint
 (`resume=true`; raising --rounds extends finished runs). Runs start in the order of --alphas,
-then --label-ratios, then seeds, then methods, so the first settings fill first. The report
+then --label-ratios, then seeds, then methods, so the first settings fill first (--seeds-first:
+every setting's first seed, then every setting's second, ...). The report
 (default docs/results.md) is written from whatever has completed: mean ± std over the seeds that
 exist per cell (the count is shown when seeds are missing), the commands, wall time per method,
 one PNG of accuracy against round per setting, the sweeps, and the machines that computed them.
@@ -233,6 +234,8 @@ def main() -> None:
     ap.add_argument("--sweep-seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--sweep-rounds", type=int, default=100, help="rounds of the sweep runs (0: --rounds)")
     ap.add_argument("--sweeps-first", action="store_true", help="start the sweep runs before the grid")
+    ap.add_argument("--seeds-first", action="store_true",
+                    help="start every setting's first seed before any setting's second (a whole table sooner)")  # fmt: skip
     ap.add_argument("--sweeps-only", action="store_true", help="run only the sweep runs (the report still covers the grid)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "accuracy")
@@ -251,7 +254,9 @@ def main() -> None:
     grid, sweep_runs, sweeps = build_grid(args, methods, settings)
 
     if not args.report_only:
-        order = [*sweep_runs.values(), *grid.values()] if args.sweeps_first else [*grid.values(), *sweep_runs.values()]
+        runs = [r for _, r in sorted(grid.items(), key=lambda kv: args.seeds.index(kv[0][3]))] if args.seeds_first \
+            else list(grid.values())  # fmt: skip
+        order = [*sweep_runs.values(), *runs] if args.sweeps_first else [*runs, *sweep_runs.values()]
         if args.sweeps_only:
             order = list(sweep_runs.values())
         todo = list({r.name: r for r in order if not completed(r, args.out)}.values())
