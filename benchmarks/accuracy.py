@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "outputs" / "bench" / "accuracy"
+DEFAULT_REPORT = ROOT / "docs" / "results.md"
 sys.path.insert(0, str(ROOT))
 
 from fedlabel.algorithms import ALGORITHMS  # noqa: E402
@@ -238,8 +240,9 @@ def main() -> None:
                     help="start every setting's first seed before any setting's second (a whole table sooner)")  # fmt: skip
     ap.add_argument("--sweeps-only", action="store_true", help="run only the sweep runs (the report still covers the grid)")
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "accuracy")
-    ap.add_argument("--report", type=Path, default=ROOT / "docs" / "results.md")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--report", type=Path, default=DEFAULT_REPORT)
+    ap.add_argument("--title", default="Results", help="the report's heading")
     ap.add_argument("--report-only", action="store_true", help="run nothing; write the report from completed runs")
     ap.add_argument("--no-report", action="store_true", help="run, but write no report (e.g. on a machine without matplotlib)")
     ap.add_argument("--extra", nargs="*", default=[], help="extra overrides for every run")
@@ -286,6 +289,11 @@ def command_line(args, methods) -> str:
                      f"--sweep-rounds {args.sweep_rounds}")  # fmt: skip
     if args.extra:
         parts.append(f"--extra {' '.join(args.extra)}")
+    for flag, value, default in (("--out", args.out, DEFAULT_OUT), ("--report", args.report, DEFAULT_REPORT)):
+        if value.resolve() != default:
+            parts.append(f"{flag} {value.resolve().relative_to(ROOT) if value.resolve().is_relative_to(ROOT) else value}")
+    if args.title != "Results":
+        parts.append(f"--title {shlex.quote(args.title)}")
     return " ".join(parts)
 
 
@@ -311,7 +319,7 @@ def write_report(args, methods, settings, grid, sweeps, sweep_runs) -> None:
     expected = len(grid) + len({r.name for r in sweep_runs.values()} - {r.name for r in grid.values()})
     have = len(done) + len({sweep_runs[k].name for k, v in sweep_results.items() if v is not None} - {grid[k].name for k in done})
     lines = [
-        "# Results", "",
+        f"# {args.title}", "",
         f"Fashion-MNIST (60k train / 10k test), 100 clients, 10 per round, GroupNorm CNN, {args.rounds} rounds, seeds "
         f"{' '.join(map(str, seeds))},",
         "in-process engine, one torch thread per run. Each cell is the mean ± std over seeds of the test accuracy",
@@ -325,9 +333,10 @@ def write_report(args, methods, settings, grid, sweeps, sweep_runs) -> None:
         f"Runs completed: {have} of {expected}.", "",
         "Produced by (resumable: rerun the same command to continue or extend):", "",
         "```bash", command_line(args, methods), "```", "",
-        f"{args.rounds} rounds: in 300-round runs at Dirichlet(0.1), 5% labels the 10-round mean accuracy of FedAvg",
-        "and FedLabel rose by less than a point after round ~220 ([fedlabel-investigation.md](fedlabel-investigation.md));",
-        "the late-gain column below checks flatness for every method and setting.",
+        f"{args.rounds} rounds is a fixed budget, the same for every method; the late-gain column below says which",
+        "curves were still rising when it ended." + (
+            " Whether the order holds over twice the rounds: [results-500.md](results-500.md) (every method, one setting, seed 0,"
+            " 500 rounds; the command is there)." if args.report.resolve() == DEFAULT_REPORT else ""),
         "Each run is one command (seed 0 shown; `algorithm=` takes every method's name):", "",
         "```bash",
         *sorted({shlex.join([*r.command(Path("outputs/bench/accuracy"))[:-1], f"eval_every={args.eval_every}",
@@ -372,7 +381,7 @@ def write_report(args, methods, settings, grid, sweeps, sweep_runs) -> None:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="lower right", title="method (seeds)", title_fontsize=7)
             fig.tight_layout()
-            png = f"figures/accuracy_dir{alpha:g}_{pct(ratio)}pct.png"
+            png = f"figures/{report.stem}_dir{alpha:g}_{pct(ratio)}pct.png"  # one set per report
             fig.savefig(report.parent / png, dpi=100)
             plt.close(fig)
             lines += ["", f"![Dir({alpha:g}), {pct(ratio)}% labels]({png})"]

@@ -30,7 +30,7 @@ def test_tiny_grid_reports_then_extends_its_runs(tmp_path):
     row = next(line for line in report.splitlines() if line.startswith("| FedAvg, labeled part only |"))
     assert "±" in row and "(n=" not in row
     assert "| beta | 0.5 | 0.9 |" in report
-    assert (tmp_path / "docs" / "figures" / "accuracy_dir0.1_5pct.png").stat().st_size > 0
+    assert (tmp_path / "docs" / "figures" / "results_dir0.1_5pct.png").stat().st_size > 0
     before = _rounds(tmp_path, "a0.1_fedavg_5_s0")
 
     # more rounds: every run continues from its checkpoint; the first two rounds stay as they were
