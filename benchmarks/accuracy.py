@@ -387,11 +387,10 @@ def write_report(args, methods, settings, grid, sweeps, sweep_runs) -> None:
             lines += ["", f"![Dir({alpha:g}), {pct(ratio)}% labels]({png})"]
 
     machines = Counter(k for x in [*done.values(), *(v for v in sweep_results.values() if v is not None)] for k in x.machines())
-    timing = Counter({k: n for k, n in machines.items()
-                      if any(x.machines() == {k} for x in done.values())}).most_common(1)  # fmt: skip
-    timing = timing[0][0] if timing else None
+    whole = Counter(next(iter(m)) for x in done.values() if len(m := x.machines()) == 1)  # runs computed on one machine
+    timing = whole.most_common(1)[0][0] if whole else None
     lines += ["", "## Wall time and convergence", "",
-              "Wall s/run: mean over the method's completed runs computed wholly on the machine with the most runs",
+              "Wall s/run: mean over the method's completed runs computed wholly on the machine that computed the most such runs",
               f"({timing}; `-`: none yet), evaluation included (every {args.eval_every} rounds and the last {last});",
               "runs shared the machine with --jobs - 1 others. Late gain: mean accuracy evaluated in the",
               "last 10% of rounds minus that in the 10% before, per setting (mean over seeds), the largest over settings;",
