@@ -290,8 +290,9 @@ def command_line(args, methods) -> str:
     if args.extra:
         parts.append(f"--extra {' '.join(args.extra)}")
     for flag, value, default in (("--out", args.out, DEFAULT_OUT), ("--report", args.report, DEFAULT_REPORT)):
-        if value.resolve() != default:
-            parts.append(f"{flag} {value.resolve().relative_to(ROOT) if value.resolve().is_relative_to(ROOT) else value}")
+        path = value.resolve()
+        if path != default:
+            parts.append(f"{flag} {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     if args.title != "Results":
         parts.append(f"--title {shlex.quote(args.title)}")
     return " ".join(parts)
