@@ -24,8 +24,9 @@ OUT=${OUT:-$PWD/gpu-out}
 BUDGET_S=${BUDGET_S:-480}
 JOBS=${JOBS:-16}
 CROSS_SILO=${CROSS_SILO:-}  # e.g. "fedlabel fedavg fedavg_100"
-GRID_ARGS=${GRID_ARGS:-"--alphas 0.1 1.0 --label-ratios 0.05 0.01 0.2 --methods fedlabel fedlabel_local_only fedlabel_global_only --no-reference --no-sweeps"}
-PRIOR=${PRIOR:-}
+CROSS_SILO_ENGINE=${CROSS_SILO_ENGINE:-vectorized}
+GRID_ARGS=${GRID_ARGS:-"--alphas 0.1 1.0 --label-ratios 0.05 0.01 0.2 --methods fedlabel fedlabel_local_only fedlabel_global_only --no-reference --no-sweeps --seeds-first"}
+PRIOR=${PRIOR:+$(realpath "$PRIOR")}  # absolute: read again from inside $WORK/acc
 WORK=/tmp/acc-work
 mkdir -p "$OUT" "$WORK/acc" "$WORK/cross_silo" ~/.cache/fedlabel/fashion-mnist
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/.gpu_site${PYTHONPATH:+:$PYTHONPATH}"
@@ -40,7 +41,7 @@ for m in $CROSS_SILO; do
   algo=${m%_100}; ratio=()
   [ "$m" != "$algo" ] && ratio=(data.label_ratio=1)
   timeout "$BUDGET_S" "$PY" -m fedlabel simulate experiment=cross_silo algorithm="$algo" "${ratio[@]}" seed=0 \
-    device=cuda engine=vectorized output_dir="$WORK/cross_silo/$m" >"$WORK/cross_silo/$m.log" 2>&1 &
+    device=cuda engine="$CROSS_SILO_ENGINE" output_dir="$WORK/cross_silo/$m" >"$WORK/cross_silo/$m.log" 2>&1 &
   pids+=($!)
 done
 # its own process group, so that the budget ends the grid's runs too (and nothing else)

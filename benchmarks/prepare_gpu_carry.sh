@@ -5,7 +5,7 @@
 #   data/fashion-mnist/  the four Fashion-MNIST .gz files (found where fedlabel looks for them,
 #                        or downloaded; checksums verified), 30 MB
 #   .gpu_site/           pure-Python packages the tests need and such machines lack
-#                        (hydra, omegaconf, antlr4), copied from .venv, 4 MB
+#                        (hydra, omegaconf, antlr4, tomli_w), copied from .venv, 4 MB
 #   outputs/gpu_carry/acc/  the summaries of the accuracy grid's finished runs here
 #                        (outputs/bench/accuracy), so that gpu_accuracy.sh (PRIOR=) skips them
 # Usage: benchmarks/prepare_gpu_carry.sh   (then carry: ["data", ".gpu_site", "outputs/gpu_carry"])
@@ -30,7 +30,7 @@ print(f"data/fashion-mnist: copied from {src}")
 PY
 site=$($PY -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 rm -rf .gpu_site && mkdir -p .gpu_site
-for pkg in hydra omegaconf antlr4; do cp -r "$site/$pkg" .gpu_site/; done
+for pkg in hydra omegaconf antlr4 tomli_w; do cp -r "$site/$pkg" .gpu_site/; done
 find .gpu_site -name __pycache__ -prune -exec rm -rf {} +
 rm -rf outputs/gpu_carry && mkdir -p outputs/gpu_carry/acc
 $PY - <<'PY'  # only what tells a finished run (benchmarks/accuracy.py's completed()), a few bytes each
