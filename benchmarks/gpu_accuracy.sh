@@ -18,11 +18,13 @@
 # and rerun benchmarks/accuracy.py to continue the grid, or --report-only.
 # Before: benchmarks/prepare_gpu_carry.sh here; carry ["data", ".gpu_site", "outputs/gpu_carry"].
 #   OUT=$OUT BUDGET_S=480 PRIOR=outputs/gpu_carry/acc bash benchmarks/gpu_accuracy.sh
+# The cross-silo runs with the machine to themselves (no grid beside them):
+#   OUT=$OUT BUDGET_S=540 JOBS=0 CROSS_SILO="fedlabel fedavg fedavg_100" bash benchmarks/gpu_accuracy.sh
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 BUDGET_S=${BUDGET_S:-480}
-JOBS=${JOBS:-16}
+JOBS=${JOBS:-16}  # grid runs at a time; 0: none
 CROSS_SILO=${CROSS_SILO:-}  # e.g. "fedlabel fedavg fedavg_100"
 CROSS_SILO_ENGINE=${CROSS_SILO_ENGINE:-vectorized}
 GRID_ARGS=${GRID_ARGS:-"--alphas 0.1 1.0 --label-ratios 0.05 0.01 0.2 --methods fedlabel fedlabel_local_only fedlabel_global_only --no-reference --no-sweeps --seeds-first"}
@@ -44,12 +46,14 @@ for m in $CROSS_SILO; do
     device=cuda engine="$CROSS_SILO_ENGINE" output_dir="$WORK/cross_silo/$m" >"$WORK/cross_silo/$m.log" 2>&1 &
   pids+=($!)
 done
-# its own process group, so that the budget ends the grid's runs too (and nothing else)
-setsid "$PY" benchmarks/accuracy.py $GRID_ARGS --jobs "$JOBS" --no-report --out "$WORK/acc" \
-  --extra device=cuda engine=vectorized >"$OUT/grid.log" 2>&1 &
-grid=$!
-for ((i = 0; i < BUDGET_S; i++)); do kill -0 "$grid" 2>/dev/null || break; sleep 1; done
-kill -KILL -- "-$grid" 2>/dev/null && echo "grid stopped at the budget" >>"$OUT/grid.log"
+if [ "$JOBS" -gt 0 ]; then  # JOBS=0: no grid (the cross-silo runs alone)
+  # its own process group, so that the budget ends the grid's runs too (and nothing else)
+  setsid "$PY" benchmarks/accuracy.py $GRID_ARGS --jobs "$JOBS" --no-report --out "$WORK/acc" \
+    --extra device=cuda engine=vectorized >"$OUT/grid.log" 2>&1 &
+  grid=$!
+  for ((i = 0; i < BUDGET_S; i++)); do kill -0 "$grid" 2>/dev/null || break; sleep 1; done
+  kill -KILL -- "-$grid" 2>/dev/null && echo "grid stopped at the budget" >>"$OUT/grid.log"
+fi
 wait ${pids[@]+"${pids[@]}"}
 
 for m in $CROSS_SILO; do tail -3 "$WORK/cross_silo/$m.log"; done | tee "$OUT/cross_silo.txt"
