@@ -391,9 +391,11 @@ def write_report(args, methods, settings, grid, sweeps, sweep_runs) -> None:
     whole = Counter(next(iter(m)) for x in done.values() if len(m := x.machines()) == 1)  # runs computed on one machine
     timing = whole.most_common(1)[0][0] if whole else None
     lines += ["", "## Wall time and convergence", "",
-              "Wall s/run: mean over the method's completed runs computed wholly on the machine that computed the most such runs",
+              "Wall s/run: median over the method's completed runs computed wholly on the machine that computed the most such runs",
               f"({timing}; `-`: none yet), evaluation included (every {args.eval_every} rounds and the last {last});",
-              "runs shared the machine with --jobs - 1 others. Late gain: mean accuracy evaluated in the",
+              "s/round: the median round of those runs (a training round; evaluated rounds take longer). Medians, because a",
+              "run paused part-way (on a shared machine) counts the pause in its wall time. Runs shared the machine",
+              "with --jobs - 1 others. Late gain: mean accuracy evaluated in the",
               "last 10% of rounds minus that in the 10% before, per setting (mean over seeds), the largest over settings;",
               "a curve counts as flattened below 0.01 (the round-to-round swing is 0.03-0.05). Pseudo-label columns pool",
               "the last rounds' counters of all runs (coverage: share of unlabeled samples, or drawn rows for",
@@ -408,7 +410,8 @@ def write_report(args, methods, settings, grid, sweeps, sweep_runs) -> None:
         timed = [x for x in rs if x.machines() == {timing}]  # other machines, or runs resumed elsewhere, time differently
         gains = {(a, r): statistics.fmean(late_gain(x) for x in cell(a, r, m)) for a, r in settings if cell(a, r, m)}
         rising += [f"{label(m)} at Dir({a:g}), {pct(r)}%" for (a, r), g in gains.items() if g >= 0.01]
-        wall = f"{statistics.fmean(x.wall for x in timed):.0f} | {statistics.fmean(x.wall / len(x.rounds) for x in timed):.2f}" if timed else "- | -"
+        wall = (f"{statistics.median(x.wall for x in timed):.0f} | "
+                f"{statistics.median(statistics.median(r['seconds'] for r in x.rounds) for x in timed):.2f}") if timed else "- | -"
         lines.append(f"| {label(m)} | {len(rs)} | {wall} | {max(gains.values()):+.4f} | "
                      f"{pooled(rs, 'pseudo_label_coverage', last)} | {pooled(rs, 'pseudo_label_accuracy', last)} |")  # fmt: skip
     lines += ["", "Not flattened yet (late gain >= 0.01): " + ("; ".join(rising) if rising else "none") + "."]
