@@ -40,9 +40,11 @@ cp -n data/fashion-mnist/*.gz ~/.cache/fedlabel/fashion-mnist/ 2>/dev/null
 
 pids=()
 for m in $CROSS_SILO; do
-  algo=${m%_100}; ratio=()
-  [ "$m" != "$algo" ] && ratio=(data.label_ratio=1)
-  timeout "$BUDGET_S" "$PY" -m fedlabel simulate experiment=cross_silo algorithm="$algo" "${ratio[@]}" seed=0 \
+  algo=${m%_100}; more=()
+  [ "$m" != "$algo" ] && more=(data.label_ratio=1)
+  # a second call on a still-warm machine (same /tmp) continues the first call's run
+  [ -f "$WORK/cross_silo/$m/checkpoint.pt" ] && more+=(resume=true)
+  timeout "$BUDGET_S" "$PY" -m fedlabel simulate experiment=cross_silo algorithm="$algo" "${more[@]}" seed=0 \
     device=cuda engine="$CROSS_SILO_ENGINE" output_dir="$WORK/cross_silo/$m" >"$WORK/cross_silo/$m.log" 2>&1 &
   pids+=($!)
 done
