@@ -1,5 +1,6 @@
 """benchmarks/accuracy.py end to end on a tiny grid: it runs, reports, and continues its runs."""
 
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -61,3 +62,16 @@ def test_report_only_marks_missing_seeds(tmp_path):
     median_round = statistics.median(r["seconds"] for r in s0["rounds"])
     assert wall and f"| 2 | {s0['wall_seconds']:.0f} | {median_round:.2f} |" in wall[0]
     assert "| Elsewhere CPU (torch " in report
+
+
+def test_difference_says_above_below_or_within_noise():
+    spec = importlib.util.spec_from_file_location("accuracy_bench", ROOT / "benchmarks" / "accuracy.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    # 10 points apart, standard error sqrt(2e-4/2 + 2e-4/2) = 1.4 points
+    assert bench.difference([0.80, 0.82], [0.70, 0.72]) == "+10.0 ± 1.4, above"
+    assert bench.difference([0.70, 0.72], [0.80, 0.82]) == "-10.0 ± 1.4, below"
+    assert bench.difference([0.80, 0.90], [0.79, 0.91]) == "+0.0 ± 7.8, within noise"
+    assert bench.difference([0.8], [0.7, 0.72]) == "+9.0 (one seed)"
+    assert bench.difference([], [0.7]) == "-"
