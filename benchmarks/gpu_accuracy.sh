@@ -28,6 +28,9 @@ JOBS=${JOBS:-16}  # grid runs at a time; 0: none
 CROSS_SILO=${CROSS_SILO:-}  # e.g. "fedlabel fedavg fedavg_100"
 CROSS_SILO_ENGINE=${CROSS_SILO_ENGINE:-vectorized}
 GRID_ARGS=${GRID_ARGS:-"--alphas 0.1 1.0 --label-ratios 0.05 0.01 0.2 --methods fedlabel fedlabel_local_only fedlabel_global_only --no-reference --no-sweeps --seeds-first"}
+# the grid's runs on the GPU; methods without a batched form do better on the machine's CPU cores,
+# one run per core: GRID_EXTRA="device=cpu engine=inprocess" JOBS=16
+GRID_EXTRA=${GRID_EXTRA:-"device=cuda engine=vectorized"}
 PRIOR=${PRIOR:+$(realpath "$PRIOR")}  # absolute: read again from inside $WORK/acc
 WORK=/tmp/acc-work
 mkdir -p "$OUT" "$WORK/acc" "$WORK/cross_silo" ~/.cache/fedlabel/fashion-mnist
@@ -51,7 +54,7 @@ done
 if [ "$JOBS" -gt 0 ]; then  # JOBS=0: no grid (the cross-silo runs alone)
   # its own process group, so that the budget ends the grid's runs too (and nothing else)
   setsid "$PY" benchmarks/accuracy.py $GRID_ARGS --jobs "$JOBS" --no-report --out "$WORK/acc" \
-    --extra device=cuda engine=vectorized >"$OUT/grid.log" 2>&1 &
+    --extra $GRID_EXTRA >"$OUT/grid.log" 2>&1 &
   grid=$!
   for ((i = 0; i < BUDGET_S; i++)); do kill -0 "$grid" 2>/dev/null || break; sleep 1; done
   kill -KILL -- "-$grid" 2>/dev/null && echo "grid stopped at the budget" >>"$OUT/grid.log"
