@@ -28,7 +28,8 @@ JOBS=${JOBS:-16}  # grid runs at a time; 0: none
 CROSS_SILO=${CROSS_SILO:-}  # e.g. "fedlabel fedavg fedavg_100"
 CROSS_SILO_ENGINE=${CROSS_SILO_ENGINE:-vectorized}
 GRID_ARGS=${GRID_ARGS:-"--alphas 0.1 1.0 --label-ratios 0.05 0.01 0.2 --methods fedlabel fedlabel_local_only fedlabel_global_only --no-reference --no-sweeps --seeds-first"}
-# the grid's runs on the GPU; methods without a batched form do better on the machine's CPU cores,
+# the grid's runs on the GPU; methods without a batched form (13 of them sharing the GPU ran 5x slower
+# per run than on one CPU core here, docs/results-gpu.md) may do better on the machine's CPU cores,
 # one run per core: GRID_EXTRA="device=cpu engine=inprocess" JOBS=16
 GRID_EXTRA=${GRID_EXTRA:-"device=cuda engine=vectorized"}
 PRIOR=${PRIOR:+$(realpath "$PRIOR")}  # absolute: read again from inside $WORK/acc
