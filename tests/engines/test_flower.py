@@ -13,7 +13,7 @@ from tests.engines.conftest import tiny_config
 # Both engines run the same client code with the same seeds, sum updates in client-id order and
 # evaluate the same way, so with the same torch thread count they do the same arithmetic: Flower's
 # Ray workers run clients with one thread, so the in-process side runs with one thread too and the
-# per-round accuracies must be equal exactly (docs/results.md shows 150 of 150 rounds equal on
+# per-round accuracies must be equal exactly (docs/performance.md shows 150 of 150 rounds equal on
 # the full benchmark). The evaluation itself runs with the ServerApp's default threads; only the
 # loss is compared with a tolerance, for its last digits.
 
