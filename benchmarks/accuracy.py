@@ -4,7 +4,8 @@ Every registered algorithm (fedlabel.algorithms.ALGORITHMS, so methods added lat
 themselves) at each Dirichlet alpha and label ratio, for each seed, plus FedAvg with 100% labels
 as the reference, then FedLabel's sensitivity to beta, lambda0 and tau (local_steps =
 unlabeled_steps) in small sweeps (one setting, fewer rounds). Each run is one `python -m fedlabel
-simulate experiment=fmnist_cross_device ...` command (100 clients, 10 per round, GroupNorm CNN) on
+simulate experiment=fmnist_cross_device ...` command (100 clients, 10 per round, GroupNorm CNN;
+--experiment cross_silo: 10 silos, all in every round, GroupNorm ResNet-18) on
 the in-process engine with one torch thread, --jobs runs at a time, evaluated every --eval-every
 rounds and in each of the last --last rounds (the reported accuracy is the mean of those).
 
@@ -22,6 +23,9 @@ one PNG of accuracy against round per setting, the sweeps, and the machines that
     python benchmarks/accuracy.py --alphas 0.1 --label-ratios 0.05 --methods fedavg fedlabel \\
         --seeds 0 --rounds 5 --last 2 --no-sweeps --report /tmp/tiny/results.md --out /tmp/tiny \\
         --extra data.num_clients=10 clients_per_round=3 data.train_samples=3000   # a quick try
+    python benchmarks/accuracy.py --experiment cross_silo --rounds 100 --seeds 0 --alphas 0.1 \
+        --label-ratios 0.05 --methods fedavg fedlabel --no-sweeps --out outputs/bench/cross_silo \
+        --report docs/results-cross-silo.md --title "Cross-silo" --extra device=cuda engine=vectorized
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import subprocess
 import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +67,9 @@ LABELS = {
     "fedlabel": "FedLabel",
 }
 REFERENCE = "FedAvg, 100% labels"
+# configs/experiment/ files the grid runs on, and how the report describes them
+EXPERIMENTS = {"fmnist_cross_device": "100 clients, 10 per round, GroupNorm CNN",
+               "cross_silo": "10 clients (silos), all in every round, GroupNorm ResNet-18"}  # fmt: skip
 SMOOTH = 25  # the curves in the figures are means over this many rounds (accuracy swings round to round)
 ABLATION = ["fedlabel_local_only", "fedlabel_global_only", "fedlabel"]
 SEMI_SUPERVISED = ["fedavg_uda", "fedavg_fixmatch", "fedprox_uda", "fedprox_fixmatch", "fedtrinet", "fedmatch"]
@@ -79,7 +87,7 @@ class Run:
         return int(dict(o.split("=", 1) for o in self.overrides)["rounds"])
 
     def command(self, out: Path) -> list[str]:
-        return ["fedlabel", "simulate", "experiment=fmnist_cross_device", *self.overrides, f"output_dir={out / self.name}"]
+        return ["fedlabel", "simulate", *self.overrides, f"output_dir={out / self.name}"]
 
 
 @dataclass
@@ -100,9 +108,10 @@ def pct(ratio: float) -> str:
     return f"{ratio * 100:g}"
 
 
-def grid_run(algo: str, alpha: float, ratio: float, seed: int, rounds: int, extra: list[str], *, tag: str = "", more=()) -> Run:
-    overrides = (f"algorithm={algo}", f"data.alpha={alpha:g}", f"data.label_ratio={ratio:g}", f"rounds={rounds}",
-                 f"seed={seed}", *more, *extra)  # fmt: skip
+def grid_run(algo: str, alpha: float, ratio: float, seed: int, rounds: int, *, experiment: str, extra=(), tag: str = "",
+             more=()) -> Run:  # fmt: skip
+    overrides = (f"experiment={experiment}", f"algorithm={algo}", f"data.alpha={alpha:g}", f"data.label_ratio={ratio:g}",
+                 f"rounds={rounds}", f"seed={seed}", *more, *extra)  # fmt: skip
     return Run(f"a{alpha:g}_{algo}_{pct(ratio)}{tag}_s{seed}", overrides)
 
 
@@ -206,14 +215,15 @@ def parse_sweeps(items: list[str]) -> dict[str, list[float]]:
 
 
 def build_grid(args, methods, settings) -> tuple[dict[tuple, Run], dict[tuple, Run], dict[str, list[float]]]:
+    run_of = partial(grid_run, experiment=args.experiment, extra=args.extra)
     grid: dict[tuple, Run] = {}
     for alpha, ratio in settings:
         for seed in args.seeds:
             ref = (alpha, None, "reference", seed)
             if ref not in grid and not args.no_reference:  # with the first label ratio of its alpha
-                grid[ref] = grid_run("fedavg", alpha, 1.0, seed, args.rounds, args.extra)
+                grid[ref] = run_of("fedavg", alpha, 1.0, seed, args.rounds)
             for m in methods:
-                grid[(alpha, ratio, m, seed)] = grid_run(m, alpha, ratio, seed, args.rounds, args.extra)
+                grid[(alpha, ratio, m, seed)] = run_of(m, alpha, ratio, seed, args.rounds)
     sweeps = {} if args.no_sweeps or "fedlabel" not in ALGORITHMS else parse_sweeps(args.sweep)
     sweep_runs: dict[tuple, Run] = {}
     alpha_s, ratio_s = args.sweep_setting
@@ -224,17 +234,18 @@ def build_grid(args, methods, settings) -> tuple[dict[tuple, Run], dict[tuple, R
         for v in values:
             for seed in args.sweep_seeds:
                 if v == getattr(defaults, SWEEP_KEYS[key][0].split(".")[1]):  # the default: one run for every sweep
-                    run = grid_run("fedlabel", alpha_s, ratio_s, seed, rounds_s, args.extra, tag=rtag)
+                    run = run_of("fedlabel", alpha_s, ratio_s, seed, rounds_s, tag=rtag)
                 else:
                     value = f"{int(v)}" if key == "tau" else f"{v:g}"
-                    run = grid_run("fedlabel", alpha_s, ratio_s, seed, rounds_s, args.extra, tag=f"_{key}{value}{rtag}",
-                                   more=[f"{k}={value}" for k in SWEEP_KEYS[key]])  # fmt: skip
+                    run = run_of("fedlabel", alpha_s, ratio_s, seed, rounds_s, tag=f"_{key}{value}{rtag}",
+                                  more=[f"{k}={value}" for k in SWEEP_KEYS[key]])  # fmt: skip
                 sweep_runs[(key, v, seed)] = run
     return grid, sweep_runs, sweeps
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--experiment", choices=EXPERIMENTS, default="fmnist_cross_device", help="configs/experiment/ file")
     ap.add_argument("--rounds", type=int, default=250)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
@@ -289,8 +300,15 @@ def main() -> None:
         raise SystemExit(f"{len(errors)} run(s) failed (above)")
 
 
+def shown(path: Path) -> Path:
+    """``path`` as the docs show it: relative to the repository when inside it."""
+    path = path.resolve()
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def command_line(args, methods) -> str:
-    parts = ["python benchmarks/accuracy.py", f"--rounds {args.rounds}", f"--seeds {' '.join(map(str, args.seeds))}",
+    parts = ["python benchmarks/accuracy.py", *([f"--experiment {args.experiment}"] * (args.experiment != "fmnist_cross_device")),
+             f"--rounds {args.rounds}", f"--seeds {' '.join(map(str, args.seeds))}",
              f"--alphas {' '.join(f'{a:g}' for a in args.alphas)}",
              f"--label-ratios {' '.join(f'{r:g}' for r in args.label_ratios)}",
              f"--last {args.last} --eval-every {args.eval_every}", f"--jobs {args.jobs}"]  # fmt: skip
@@ -304,9 +322,8 @@ def command_line(args, methods) -> str:
     if args.extra:
         parts.append(f"--extra {' '.join(args.extra)}")
     for flag, value, default in (("--out", args.out, DEFAULT_OUT), ("--report", args.report, DEFAULT_REPORT)):
-        path = value.resolve()
-        if path != default:
-            parts.append(f"{flag} {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+        if value.resolve() != default:
+            parts.append(f"{flag} {shown(value)}")
     if args.title != "Results":
         parts.append(f"--title {shlex.quote(args.title)}")
     return " ".join(parts)
@@ -358,7 +375,7 @@ def write_report(args, methods, settings, grid, sweeps, sweep_runs) -> None:
     have = len(done) + len({sweep_runs[k].name for k, v in sweep_results.items() if v is not None} - {grid[k].name for k in done})
     lines = [
         f"# {args.title}", "",
-        f"Fashion-MNIST (60k train / 10k test), 100 clients, 10 per round, GroupNorm CNN, {args.rounds} rounds, seeds "
+        f"Fashion-MNIST (60k train / 10k test), {EXPERIMENTS[args.experiment]}, {args.rounds} rounds, seeds "
         f"{' '.join(map(str, seeds))},",
         "in-process engine, one torch thread per run. Each cell is the mean ± std over seeds of the test accuracy",
         f"averaged over the last {last} rounds (under Dirichlet(0.1) accuracy swings by several points from one round",
@@ -380,7 +397,7 @@ def write_report(args, methods, settings, grid, sweeps, sweep_runs) -> None:
             " after it: FedLabel and its local-only ablation gain the most." if args.report.resolve() == DEFAULT_REPORT else ""),
         "Each run is one command (seed 0 shown; `algorithm=` takes every method's name):", "",
         "```bash",
-        *sorted({shlex.join([*r.command(Path("outputs/bench/accuracy"))[:-1], f"eval_every={args.eval_every}",
+        *sorted({shlex.join([*r.command(shown(args.out))[:-1], f"eval_every={args.eval_every}",
                              f"eval_last={last}"])
                  for k, r in grid.items() if k[3] == seeds[0] and k[2] in ("reference", methods[0]) and k[0] == args.alphas[0]}),
         "```",

@@ -5,70 +5,74 @@
 #     (about 900 s each there); on an H200, 16 at a time took about 1.9 s per round each.
 #     Methods without a batched form fall back to one client at a time (slow on a shared GPU).
 #   - optionally the cross-silo experiment (configs/experiment/cross_silo.yaml, GroupNorm
-#     ResNet-18), one run per method in CROSS_SILO. Its FedLabel run took 19-22 s per round
-#     beside other work, so 100 rounds do not fit one lease; it is off by default.
-# PRIOR: a folder of the grid's run folders to start from: completed ones (summary.json) are
-# skipped, unfinished ones continue from their checkpoint (benchmarks/prepare_gpu_carry.sh
-# writes the summaries of the runs finished here to outputs/gpu_carry/acc).
-# Every run checkpoints each round. Results come back in $OUT as acc.tgz.* (the grid: finished
-# runs, and checkpoints of unfinished ones, which go on on any machine: engine and device may
-# change on resume) and cross_silo.tgz. Here, add the run folders that are not here yet:
+#     ResNet-18): benchmarks/accuracy.py --experiment cross_silo, 100 rounds, seed 0, for the
+#     methods in CROSS_SILO and FedAvg with 100% labels, all at once on the GPU. Its FedLabel run
+#     took 19-22 s per round beside the grid and about 4 s alone; off by default.
+# PRIOR (CROSS_SILO_PRIOR): a folder of the grid's (cross-silo) run folders to start from:
+# completed ones (summary.json) are skipped, unfinished ones continue from their checkpoint
+# (benchmarks/prepare_gpu_carry.sh writes the summaries of the grid's runs finished here to
+# outputs/gpu_carry/acc; a ResNet-18 checkpoint is 45 MB, so at most one fits the 64 MiB carry).
+# Every run checkpoints each round. Results come back in $OUT as acc.tgz.* and cross_silo.tgz.*:
+# finished runs, and checkpoints of unfinished ones, which go on on any machine (engine and
+# device may change on resume). Here, add the run folders that are not here yet:
 #   mkdir -p /tmp/acc && cat <files_at>/acc.tgz.* | tar xz -C /tmp/acc
 #   for d in /tmp/acc/*/; do [ -e outputs/bench/accuracy/$(basename $d) ] || cp -r $d outputs/bench/accuracy/; done
-# and rerun benchmarks/accuracy.py to continue the grid, or --report-only.
+# (cross_silo.tgz.* likewise into outputs/bench/cross_silo) and rerun benchmarks/accuracy.py to
+# continue, or --report-only (for cross-silo: the CROSS_SILO_ARGS below and --experiment cross_silo).
 # Before: benchmarks/prepare_gpu_carry.sh here; carry ["data", ".gpu_site", "outputs/gpu_carry"].
 #   OUT=$OUT BUDGET_S=480 PRIOR=outputs/gpu_carry/acc bash benchmarks/gpu_accuracy.sh
 # The cross-silo runs with the machine to themselves (no grid beside them):
-#   OUT=$OUT BUDGET_S=540 JOBS=0 CROSS_SILO="fedlabel fedavg fedavg_100" bash benchmarks/gpu_accuracy.sh
+#   OUT=$OUT BUDGET_S=540 JOBS=0 CROSS_SILO="fedlabel fedavg" bash benchmarks/gpu_accuracy.sh
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 BUDGET_S=${BUDGET_S:-480}
 JOBS=${JOBS:-16}  # grid runs at a time; 0: none
-CROSS_SILO=${CROSS_SILO:-}  # e.g. "fedlabel fedavg fedavg_100"
-CROSS_SILO_ENGINE=${CROSS_SILO_ENGINE:-vectorized}
+CROSS_SILO=${CROSS_SILO:-}  # methods, e.g. "fedlabel fedavg" (FedAvg with 100% labels comes with them)
+CROSS_SILO_ARGS=${CROSS_SILO_ARGS:-"--rounds 100 --seeds 0 --alphas 0.1 --label-ratios 0.05 --no-sweeps"}
+CROSS_SILO_EXTRA=${CROSS_SILO_EXTRA:-"device=cuda"}  # the experiment's in-process engine; or add engine=vectorized
 GRID_ARGS=${GRID_ARGS:-"--alphas 0.1 1.0 --label-ratios 0.05 0.01 0.2 --methods fedlabel fedlabel_local_only fedlabel_global_only --no-reference --no-sweeps --seeds-first"}
 # the grid's runs on the GPU; methods without a batched form (13 of them sharing the GPU ran 5x slower
 # per run than on one CPU core here, docs/results-gpu.md) may do better on the machine's CPU cores,
 # one run per core: GRID_EXTRA="device=cpu engine=inprocess" JOBS=16
 GRID_EXTRA=${GRID_EXTRA:-"device=cuda engine=vectorized"}
 PRIOR=${PRIOR:+$(realpath "$PRIOR")}  # absolute: read again from inside $WORK/acc
+CROSS_SILO_PRIOR=${CROSS_SILO_PRIOR:+$(realpath "$CROSS_SILO_PRIOR")}
 WORK=/tmp/acc-work
 mkdir -p "$OUT" "$WORK/acc" "$WORK/cross_silo" ~/.cache/fedlabel/fashion-mnist
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/.gpu_site${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PY:-$(command -v python3)}
 cp -n data/fashion-mnist/*.gz ~/.cache/fedlabel/fashion-mnist/ 2>/dev/null
 [ -n "$PRIOR" ] && cp -r "$PRIOR"/. "$WORK/acc/"
+[ -n "$CROSS_SILO_PRIOR" ] && cp -r "$CROSS_SILO_PRIOR"/. "$WORK/cross_silo/"
 { "$PY" -c 'import torch; print("torch", torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))'
   nproc; grep -m1 "model name" /proc/cpuinfo; } | tee "$OUT/env.txt"
 
-pids=()
-for m in $CROSS_SILO; do
-  algo=${m%_100}; more=()
-  [ "$m" != "$algo" ] && more=(data.label_ratio=1)
-  # a second call on a still-warm machine (same /tmp) continues the first call's run
-  [ -f "$WORK/cross_silo/$m/checkpoint.pt" ] && more+=(resume=true)
-  timeout "$BUDGET_S" "$PY" -m fedlabel simulate experiment=cross_silo algorithm="$algo" "${more[@]}" seed=0 \
-    device=cuda engine="$CROSS_SILO_ENGINE" output_dir="$WORK/cross_silo/$m" >"$WORK/cross_silo/$m.log" 2>&1 &
-  pids+=($!)
-done
+groups=()  # each benchmark in its own process group, so that the budget ends its runs too (and nothing else)
+if [ -n "$CROSS_SILO" ]; then  # a second call on a still-warm machine (same /tmp) continues the first's runs
+  n=$(($(wc -w <<<"$CROSS_SILO") + 1))
+  setsid "$PY" benchmarks/accuracy.py --experiment cross_silo $CROSS_SILO_ARGS --methods $CROSS_SILO --jobs "$n" \
+    --no-report --out "$WORK/cross_silo" --extra $CROSS_SILO_EXTRA >"$OUT/cross_silo.log" 2>&1 &
+  groups+=($!)
+fi
 if [ "$JOBS" -gt 0 ]; then  # JOBS=0: no grid (the cross-silo runs alone)
-  # its own process group, so that the budget ends the grid's runs too (and nothing else)
   setsid "$PY" benchmarks/accuracy.py $GRID_ARGS --jobs "$JOBS" --no-report --out "$WORK/acc" \
     --extra $GRID_EXTRA >"$OUT/grid.log" 2>&1 &
-  grid=$!
-  for ((i = 0; i < BUDGET_S; i++)); do kill -0 "$grid" 2>/dev/null || break; sleep 1; done
-  kill -KILL -- "-$grid" 2>/dev/null && echo "grid stopped at the budget" >>"$OUT/grid.log"
+  groups+=($!)
 fi
-wait ${pids[@]+"${pids[@]}"}
+running() { for g in ${groups[@]+"${groups[@]}"}; do kill -0 "$g" 2>/dev/null && return 0; done; return 1; }
+for ((i = 0; i < BUDGET_S; i++)); do running || break; sleep 1; done
+for g in ${groups[@]+"${groups[@]}"}; do kill -KILL -- "-$g" 2>/dev/null && echo "stopped at the budget: group $g"; done
 
-for m in $CROSS_SILO; do tail -3 "$WORK/cross_silo/$m.log"; done | tee "$OUT/cross_silo.txt"
-(cd "$WORK/cross_silo" && tar czf "$OUT/cross_silo.tgz" --exclude='*.pt' --exclude='*.png' .)
-# the grid: finished runs without model/checkpoint, unfinished ones with their checkpoint
-(cd "$WORK/acc" && for d in */; do
-   d=${d%/}
-   [ -n "$PRIOR" ] && grep -q '"status": "completed"' "$PRIOR/$d/summary.json" 2>/dev/null && continue  # not new
-   if grep -q '"status": "completed"' "$d/summary.json" 2>/dev/null; then echo "$d/summary.json"; echo "$d/rounds.csv"
-   else find "$d" -maxdepth 1 \( -name '*.json' -o -name checkpoint.pt -o -name rounds.csv \); fi
- done | tar czf - -T - | split -b 15m - "$OUT/acc.tgz.")
-grep -c '^done' "$OUT/grid.log"; ls -la "$OUT"
+# finished runs without model/checkpoint (new ones only), unfinished ones with their checkpoint
+pack() {  # pack DIR PRIOR NAME
+  (cd "$1" && for d in */; do
+     d=${d%/}
+     [ -n "$2" ] && grep -q '"status": "completed"' "$2/$d/summary.json" 2>/dev/null && continue  # not new
+     if grep -q '"status": "completed"' "$d/summary.json" 2>/dev/null; then echo "$d/summary.json"; echo "$d/rounds.csv"
+     else find "$d" -maxdepth 1 \( -name '*.json' -o -name checkpoint.pt -o -name rounds.csv \); fi
+   done | tar czf - -T - | split -b 15m - "$OUT/$3.tgz.")
+}
+[ "$JOBS" -gt 0 ] && pack "$WORK/acc" "$PRIOR" acc
+[ -n "$CROSS_SILO" ] && pack "$WORK/cross_silo" "$CROSS_SILO_PRIOR" cross_silo
+grep -h '^done\|^FAILED' "$OUT"/*.log; ls -la "$OUT"

@@ -1,11 +1,19 @@
 """benchmarks/accuracy.py end to end on a tiny grid: it runs, reports, and continues its runs."""
 
+import argparse
 import importlib.util
 import json
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from fedlabel.cli import register_configs
+from fedlabel.config import config_from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID = ["--alphas", "0.1", "--label-ratios", "0.05", "--methods", "fedavg", "--last", "1", "--eval-every", "1",
@@ -64,11 +72,38 @@ def test_report_only_marks_missing_seeds(tmp_path):
     assert "| Elsewhere CPU (torch " in report
 
 
-def test_difference_says_above_below_or_within_noise():
+@pytest.fixture(scope="module")
+def bench():
     spec = importlib.util.spec_from_file_location("accuracy_bench", ROOT / "benchmarks" / "accuracy.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # its dataclasses look their module up there
-    spec.loader.exec_module(bench)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cross_silo_grid_runs_the_cross_silo_experiment(bench):
+    args = argparse.Namespace(experiment="cross_silo", seeds=[0], rounds=100, extra=["device=cpu"], no_reference=False,
+                              no_sweeps=True, sweep=[], sweep_setting=[0.1, 0.05], sweep_rounds=0)  # fmt: skip
+    grid, sweep_runs, _ = bench.build_grid(args, ["fedavg", "fedlabel"], [(0.1, 0.05)])
+    assert sorted(r.name for r in grid.values()) == ["a0.1_fedavg_100_s0", "a0.1_fedavg_5_s0", "a0.1_fedlabel_5_s0"]
+    assert not sweep_runs
+    register_configs()
+    for run in grid.values():
+        with initialize_config_module(config_module="configs", version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(run.command(Path("/tmp/x"))[2:]))
+        built = config_from_dict(OmegaConf.to_container(cfg, resolve=True))
+        assert (built.model.name, built.engine.name, built.data.num_clients, built.clients_per_round) == (
+            "resnet18",
+            "inprocess",
+            10,
+            10,
+        )
+        assert (built.rounds, built.seed, built.device, built.output_dir) == (100, 0, "cpu", f"/tmp/x/{run.name}")
+    ratios = sorted(r.overrides[3] for r in grid.values())
+    assert ratios == ["data.label_ratio=0.05", "data.label_ratio=0.05", "data.label_ratio=1"]
+
+
+def test_difference_says_above_below_or_within_noise(bench):
     # 10 points apart, standard error sqrt(2e-4/2 + 2e-4/2) = 1.4 points
     assert bench.difference([0.80, 0.82], [0.70, 0.72]) == "+10.0 ± 1.4, above"
     assert bench.difference([0.70, 0.72], [0.80, 0.82]) == "-10.0 ± 1.4, below"
