@@ -25,7 +25,7 @@ one PNG of accuracy against round per setting, the sweeps, and the machines that
         --extra data.num_clients=10 clients_per_round=3 data.train_samples=3000   # a quick try
     python benchmarks/accuracy.py --experiment cross_silo --rounds 100 --seeds 0 --alphas 0.1 \
         --label-ratios 0.05 --methods fedavg fedlabel --no-sweeps --out outputs/bench/cross_silo \
-        --report docs/results-cross-silo.md --title "Cross-silo" --extra device=cuda engine=vectorized
+        --report docs/results-cross-silo.md --title "Cross-silo" --extra device=cuda
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ import subprocess
 import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -397,7 +397,7 @@ def write_report(args, methods, settings, grid, sweeps, sweep_runs) -> None:
             " after it: FedLabel and its local-only ablation gain the most." if args.report.resolve() == DEFAULT_REPORT else ""),
         "Each run is one command (seed 0 shown; `algorithm=` takes every method's name):", "",
         "```bash",
-        *sorted({shlex.join([*r.command(shown(args.out))[:-1], f"eval_every={args.eval_every}",
+        *sorted({shlex.join([*r.command(args.out)[:-1], f"eval_every={args.eval_every}",
                              f"eval_last={last}"])
                  for k, r in grid.items() if k[3] == seeds[0] and k[2] in ("reference", methods[0]) and k[0] == args.alphas[0]}),
         "```",
