@@ -300,12 +300,6 @@ def main() -> None:
         raise SystemExit(f"{len(errors)} run(s) failed (above)")
 
 
-def shown(path: Path) -> Path:
-    """``path`` as the docs show it: relative to the repository when inside it."""
-    path = path.resolve()
-    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
-
-
 def command_line(args, methods) -> str:
     parts = ["python benchmarks/accuracy.py", *([f"--experiment {args.experiment}"] * (args.experiment != "fmnist_cross_device")),
              f"--rounds {args.rounds}", f"--seeds {' '.join(map(str, args.seeds))}",
@@ -322,8 +316,9 @@ def command_line(args, methods) -> str:
     if args.extra:
         parts.append(f"--extra {' '.join(args.extra)}")
     for flag, value, default in (("--out", args.out, DEFAULT_OUT), ("--report", args.report, DEFAULT_REPORT)):
-        if value.resolve() != default:
-            parts.append(f"{flag} {shown(value)}")
+        path = value.resolve()
+        if path != default:
+            parts.append(f"{flag} {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     if args.title != "Results":
         parts.append(f"--title {shlex.quote(args.title)}")
     return " ".join(parts)

@@ -9,11 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 
-from fedlabel.cli import register_configs
 from fedlabel.config import config_from_dict
+from tests.engines.conftest import composed
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID = ["--alphas", "0.1", "--label-ratios", "0.05", "--methods", "fedavg", "--last", "1", "--eval-every", "1",
@@ -87,20 +85,12 @@ def test_cross_silo_grid_runs_the_cross_silo_experiment(bench):
     grid, sweep_runs, _ = bench.build_grid(args, ["fedavg", "fedlabel"], [(0.1, 0.05)])
     assert sorted(r.name for r in grid.values()) == ["a0.1_fedavg_100_s0", "a0.1_fedavg_5_s0", "a0.1_fedlabel_5_s0"]
     assert not sweep_runs
-    register_configs()
     for run in grid.values():
-        with initialize_config_module(config_module="configs", version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(run.command(Path("/tmp/x"))[2:]))
-        built = config_from_dict(OmegaConf.to_container(cfg, resolve=True))
-        assert (built.model.name, built.engine.name, built.data.num_clients, built.clients_per_round) == (
-            "resnet18",
-            "inprocess",
-            10,
-            10,
-        )
-        assert (built.rounds, built.seed, built.device, built.output_dir) == (100, 0, "cpu", f"/tmp/x/{run.name}")
-    ratios = sorted(r.overrides[3] for r in grid.values())
-    assert ratios == ["data.label_ratio=0.05", "data.label_ratio=0.05", "data.label_ratio=1"]
+        built = config_from_dict(composed(run.command(Path("/tmp/x"))[2:]))
+        got = (built.model.name, built.engine.name, built.data.num_clients, built.clients_per_round, built.rounds, built.seed,
+               built.device, built.output_dir, built.data.label_ratio)  # fmt: skip
+        ratio = 1.0 if run.name == "a0.1_fedavg_100_s0" else 0.05
+        assert got == ("resnet18", "inprocess", 10, 10, 100, 0, "cpu", f"/tmp/x/{run.name}", ratio)
 
 
 def test_difference_says_above_below_or_within_noise(bench):
