@@ -11,7 +11,11 @@ rounds and in each of the last --last rounds (the reported accuracy is the mean 
 
 Runs are resumable and the grid may be filled over several sessions or machines: a completed run
 (summary.json) is not run again, an interrupted or shorter one continues from its checkpoint
-(`resume=true`; raising --rounds extends finished runs). Runs start in the order of --alphas,
+(`resume=true`; raising --rounds extends finished runs). Run folders (--out, with checkpoints) are
+not committed; each completed run's summary is also kept, gzipped, in --archive (default
+benchmarks/runs/<name of --out> for an --out inside this checkout), which is committed: a fresh
+clone rewrites the report from it and does not run those runs again. `touch <--out>/STOP` lets the
+runs in progress finish and starts no new one (e.g. before a machine is handed back). Runs start in the order of --alphas,
 then --label-ratios, then seeds, then methods, so the first settings fill first (--seeds-first:
 every setting's first seed, then every setting's second, ...). The report
 (default docs/results.md) is written from whatever has completed: mean ± std over the seeds that
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import gzip
 import json
 import math
 import os
@@ -48,6 +53,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "outputs" / "bench" / "accuracy"
 DEFAULT_REPORT = ROOT / "docs" / "results.md"
+ARCHIVE = ROOT / "benchmarks" / "runs"
 sys.path.insert(0, str(ROOT))
 
 from fedlabel.algorithms import ALGORITHMS  # noqa: E402
@@ -115,57 +121,82 @@ def grid_run(algo: str, alpha: float, ratio: float, seed: int, rounds: int, *, e
     return Run(f"a{alpha:g}_{algo}_{pct(ratio)}{tag}_s{seed}", overrides)
 
 
-def summary(run: Run, out: Path) -> dict | None:
-    try:
-        return json.loads((out / run.name / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
+@dataclass(frozen=True)
+class Store:
+    """Where runs are: ``out`` holds their folders (checkpoints, logs; not committed), ``archive``
+    (if set) one gzipped summary.json per completed run (committed; read when ``out`` lacks the run)."""
 
+    out: Path
+    archive: Path | None = None
 
-def completed(run: Run, out: Path, s: dict | None = None) -> bool:
-    """A finished run with the same algorithm, seed and rounds (everything else is in its name);
-    ``s``: its summary, if already read."""
-    s = s or summary(run, out)
-    if s is None or s["status"] != "completed":
-        return False
-    want = dict(o.split("=", 1) for o in run.overrides)
-    cfg = s["config"]
-    return cfg["algorithm"]["name"] == want["algorithm"] and cfg["rounds"] == run.rounds and cfg["seed"] == int(want["seed"])
-
-
-def execute(run: Run, out: Path, evaluation: list[str]) -> str | None:
-    """Run (or continue) one run; the error text if it failed."""
-    (out / run.name).mkdir(parents=True, exist_ok=True)
-    with open(out / run.name / ".lock", "w") as lock:  # released when this process ends, however it ends
+    def summary(self, run: Run) -> dict | None:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"skipped: {run.name} (another benchmark process is running it)", flush=True)
-            return None
-        if completed(run, out):
-            return None
-        return _execute(run, out, evaluation)
-
-
-def _execute(run: Run, out: Path, evaluation: list[str]) -> str | None:
-    cmd = [sys.executable, "-m", "fedlabel", *run.command(out)[1:], *evaluation]
-    if (out / run.name / "checkpoint.pt").exists():
-        cmd.append("resume=true")
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(f"FAILED: {run.name}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}", flush=True)
-        return f"{shlex.join(cmd)}\n{proc.stderr[-2000:]}"
-    print(f"done: {run.name}", flush=True)
-    return None
-
-
-def load(run: Run, out: Path) -> Result | None:
-    s = summary(run, out)
-    if not completed(run, out, s):
+            return json.loads((self.out / run.name / "summary.json").read_bytes())
+        except (OSError, ValueError):
+            pass
+        if self.archive is not None:
+            try:
+                return json.loads(gzip.decompress((self.archive / f"{run.name}.json.gz").read_bytes()))
+            except (OSError, ValueError, EOFError):
+                pass
         return None
-    evals = [(r["round"], r["accuracy"]) for r in s["rounds"] if r["accuracy"] is not None]
-    return Result(evals, s["wall_seconds"], s["rounds"], s.get("environment") or [], s["config"]["engine"]["name"])
+
+    def completed(self, run: Run, s: dict | None = None) -> bool:
+        """A finished run with the same algorithm, seed and rounds (everything else is in its name);
+        ``s``: its summary, if already read."""
+        s = s or self.summary(run)
+        if s is None or s["status"] != "completed":
+            return False
+        want = dict(o.split("=", 1) for o in run.overrides)
+        cfg = s["config"]
+        return cfg["algorithm"]["name"] == want["algorithm"] and cfg["rounds"] == run.rounds and cfg["seed"] == int(want["seed"])
+
+    def keep(self, run: Run) -> None:
+        """Copy the run's summary into the archive if it completed there in ``out`` and is not archived yet."""
+        path = self.out / run.name / "summary.json"
+        if self.archive is None or not path.is_file():
+            return
+        archived = self.archive / f"{run.name}.json.gz"
+        data = path.read_bytes()
+        if not self.completed(run, json.loads(data)) or (archived.is_file() and gzip.decompress(archived.read_bytes()) == data):
+            return
+        self.archive.mkdir(parents=True, exist_ok=True)
+        tmp = archived.with_suffix(".tmp")
+        tmp.write_bytes(gzip.compress(data, mtime=0))
+        tmp.replace(archived)
+
+    def execute(self, run: Run, evaluation: list[str]) -> str | None:
+        """Run (or continue) one run; the error text if it failed."""
+        if (self.out / "STOP").exists():
+            print(f"not started: {run.name} ({self.out / 'STOP'} exists)", flush=True)
+            return None
+        (self.out / run.name).mkdir(parents=True, exist_ok=True)
+        with open(self.out / run.name / ".lock", "w") as lock:  # released when this process ends, however it ends
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"skipped: {run.name} (another benchmark process is running it)", flush=True)
+                return None
+            if self.completed(run):
+                return None
+            cmd = [sys.executable, "-m", "fedlabel", *run.command(self.out)[1:], *evaluation]
+            if (self.out / run.name / "checkpoint.pt").exists():
+                cmd.append("resume=true")
+            env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"FAILED: {run.name}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}", flush=True)
+                return f"{shlex.join(cmd)}\n{proc.stderr[-2000:]}"
+            self.keep(run)
+            print(f"done: {run.name}", flush=True)
+            return None
+
+    def load(self, run: Run) -> Result | None:
+        s = self.summary(run)
+        if not self.completed(run, s):
+            return None
+        evals = [(r["round"], r["accuracy"]) for r in s["rounds"] if r["accuracy"] is not None]
+        return Result(evals, s["wall_seconds"], s["rounds"], s.get("environment") or [], s["config"]["engine"]["name"])
 
 
 def last_mean(r: Result, last: int) -> float:
@@ -266,6 +297,9 @@ def main() -> None:
     ap.add_argument("--sweeps-only", action="store_true", help="run only the sweep runs (the report still covers the grid)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--archive", type=Path, default=None,
+                    help="committed summaries of completed runs (default: benchmarks/runs/<name of --out> when --out "
+                         "is inside this checkout, else none)")  # fmt: skip
     ap.add_argument("--report", type=Path, default=DEFAULT_REPORT)
     ap.add_argument("--title", default="Results", help="the report's heading")
     ap.add_argument("--report-only", action="store_true", help="run nothing; write the report from completed runs")
@@ -280,6 +314,10 @@ def main() -> None:
     methods = [m for m in known if m in (args.methods or known)]
     settings = [(a, r) for a in args.alphas for r in args.label_ratios]
     grid, sweep_runs, sweeps = build_grid(args, methods, settings)
+    archive = args.archive or (ARCHIVE / args.out.name if args.out.resolve().is_relative_to(ROOT) else None)
+    store = Store(args.out, archive)
+    for run in [*grid.values(), *sweep_runs.values()]:  # e.g. run folders brought back from another machine
+        store.keep(run)
 
     if not args.report_only:
         runs = [r for _, r in sorted(grid.items(), key=lambda kv: args.seeds.index(kv[0][3]))] if args.seeds_first \
@@ -287,15 +325,15 @@ def main() -> None:
         order = [*sweep_runs.values(), *runs] if args.sweeps_first else [*runs, *sweep_runs.values()]
         if args.sweeps_only:
             order = list(sweep_runs.values())
-        todo = list({r.name: r for r in order if not completed(r, args.out)}.values())
+        todo = list({r.name: r for r in order if not store.completed(r)}.values())
         print(f"{len(todo)} of {len({r.name for r in order})} runs to do", flush=True)
         evaluation = [f"eval_every={args.eval_every}", f"eval_last={args.last}"]
         with ThreadPoolExecutor(args.jobs) as pool:
-            errors = [e for e in pool.map(lambda r: execute(r, args.out, evaluation), todo) if e]
+            errors = [e for e in pool.map(lambda r: store.execute(r, evaluation), todo) if e]
         for e in errors:
             print(e, file=sys.stderr)
     if not args.no_report:
-        write_report(args, methods, settings, grid, sweeps, sweep_runs)
+        write_report(args, store, methods, settings, grid, sweeps, sweep_runs)
     if not args.report_only and errors:
         raise SystemExit(f"{len(errors)} run(s) failed (above)")
 
@@ -319,6 +357,8 @@ def command_line(args, methods) -> str:
         path = value.resolve()
         if path != default:
             parts.append(f"{flag} {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    if args.archive:
+        parts.append(f"--archive {args.archive}")
     if args.title != "Results":
         parts.append(f"--title {shlex.quote(args.title)}")
     return " ".join(parts)
@@ -347,14 +387,14 @@ def claims_section(args, settings, cell, label) -> list[str]:
     return lines
 
 
-def write_report(args, methods, settings, grid, sweeps, sweep_runs) -> None:
+def write_report(args, store: Store, methods, settings, grid, sweeps, sweep_runs) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = {k: load(r, args.out) for k, r in grid.items()}
-    sweep_results = {k: load(r, args.out) for k, r in sweep_runs.items()}
+    results = {k: store.load(r) for k, r in grid.items()}
+    sweep_results = {k: store.load(r) for k, r in sweep_runs.items()}
     done = {k: v for k, v in results.items() if v is not None}
     report: Path = args.report
     (report.parent / "figures").mkdir(parents=True, exist_ok=True)

@@ -8,19 +8,20 @@
 #     ResNet-18): benchmarks/accuracy.py --experiment cross_silo, 100 rounds, seed 0, for the
 #     methods in CROSS_SILO and FedAvg with 100% labels, all at once on the GPU. Its FedLabel run
 #     took 19-22 s per round beside the grid and about 4 s alone; off by default.
-# PRIOR (CROSS_SILO_PRIOR): a folder of the grid's (cross-silo) run folders to start from:
-# completed ones (summary.json) are skipped, unfinished ones continue from their checkpoint
-# (benchmarks/prepare_gpu_carry.sh writes the summaries of the grid's runs finished here to
-# outputs/gpu_carry/acc; a ResNet-18 checkpoint is 45 MB, so at most one fits the 64 MiB carry).
+# Runs completed anywhere before (their summaries are committed in benchmarks/runs/accuracy and
+# benchmarks/runs/cross_silo, which travel with the working tree) are not run again.
+# PRIOR (CROSS_SILO_PRIOR): a carried folder of unfinished run folders, which continue from their
+# checkpoint (a ResNet-18 checkpoint is 45 MB, so at most one fits the 64 MiB carry).
 # Every run checkpoints each round. Results come back in $OUT as acc.tgz.* and cross_silo.tgz.*:
 # finished runs, and checkpoints of unfinished ones, which go on on any machine (engine and
 # device may change on resume). Here, add the run folders that are not here yet:
 #   mkdir -p /tmp/acc && cat <files_at>/acc.tgz.* | tar xz -C /tmp/acc
 #   for d in /tmp/acc/*/; do [ -e outputs/bench/accuracy/$(basename $d) ] || cp -r $d outputs/bench/accuracy/; done
 # (cross_silo.tgz.* likewise into outputs/bench/cross_silo) and rerun benchmarks/accuracy.py to
-# continue, or --report-only (for cross-silo: the CROSS_SILO_ARGS below and --experiment cross_silo).
-# Before: benchmarks/prepare_gpu_carry.sh here; carry ["data", ".gpu_site", "outputs/gpu_carry"].
-#   OUT=$OUT BUDGET_S=480 PRIOR=outputs/gpu_carry/acc bash benchmarks/gpu_accuracy.sh
+# continue, or --report-only (for cross-silo: the CROSS_SILO_ARGS below and --experiment cross_silo);
+# either archives the finished ones into benchmarks/runs/ (commit them).
+# Before: benchmarks/prepare_gpu_carry.sh here; carry ["data", ".gpu_site"].
+#   OUT=$OUT BUDGET_S=480 bash benchmarks/gpu_accuracy.sh
 # The cross-silo runs with the machine to themselves (no grid beside them):
 #   OUT=$OUT BUDGET_S=540 JOBS=0 CROSS_SILO="fedlabel fedavg" bash benchmarks/gpu_accuracy.sh
 set -u
@@ -52,11 +53,11 @@ groups=()  # each benchmark in its own process group, so that the budget ends it
 if [ -n "$CROSS_SILO" ]; then  # a second call on a still-warm machine (same /tmp) continues the first's runs
   n=$(($(wc -w <<<"$CROSS_SILO") + 1))
   setsid "$PY" benchmarks/accuracy.py --experiment cross_silo $CROSS_SILO_ARGS --methods $CROSS_SILO --jobs "$n" \
-    --no-report --out "$WORK/cross_silo" --extra $CROSS_SILO_EXTRA >"$OUT/cross_silo.log" 2>&1 &
+    --no-report --out "$WORK/cross_silo" --archive benchmarks/runs/cross_silo --extra $CROSS_SILO_EXTRA >"$OUT/cross_silo.log" 2>&1 &
   groups+=($!)
 fi
 if [ "$JOBS" -gt 0 ]; then  # JOBS=0: no grid (the cross-silo runs alone)
-  setsid "$PY" benchmarks/accuracy.py $GRID_ARGS --jobs "$JOBS" --no-report --out "$WORK/acc" \
+  setsid "$PY" benchmarks/accuracy.py $GRID_ARGS --jobs "$JOBS" --no-report --out "$WORK/acc" --archive benchmarks/runs/accuracy \
     --extra $GRID_EXTRA >"$OUT/grid.log" 2>&1 &
   groups+=($!)
 fi

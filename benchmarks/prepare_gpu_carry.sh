@@ -6,9 +6,8 @@
 #                        or downloaded; checksums verified), 30 MB
 #   .gpu_site/           pure-Python packages the tests need and such machines lack
 #                        (hydra, omegaconf, antlr4, tomli_w), copied from .venv, 4 MB
-#   outputs/gpu_carry/acc/  the summaries of the accuracy grid's finished runs here
-#                        (outputs/bench/accuracy), so that gpu_accuracy.sh (PRIOR=) skips them
-# Usage: benchmarks/prepare_gpu_carry.sh   (then carry: ["data", ".gpu_site", "outputs/gpu_carry"])
+# (The accuracy grid's finished runs travel as committed files, benchmarks/runs/.)
+# Usage: benchmarks/prepare_gpu_carry.sh   (then carry: ["data", ".gpu_site"])
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -32,18 +31,4 @@ site=$($PY -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 rm -rf .gpu_site && mkdir -p .gpu_site
 for pkg in hydra omegaconf antlr4 tomli_w; do cp -r "$site/$pkg" .gpu_site/; done
 find .gpu_site -name __pycache__ -prune -exec rm -rf {} +
-rm -rf outputs/gpu_carry && mkdir -p outputs/gpu_carry/acc
-$PY - <<'PY'  # only what tells a finished run (benchmarks/accuracy.py's completed()), a few bytes each
-import json
-from pathlib import Path
-
-for path in Path("outputs/bench/accuracy").glob("*/summary.json"):
-    s = json.loads(path.read_text())
-    if s["status"] == "completed":
-        c = s["config"]
-        mini = {"status": "completed", "config": {"algorithm": {"name": c["algorithm"]["name"]}, "rounds": c["rounds"], "seed": c["seed"]}}
-        dst = Path("outputs/gpu_carry/acc") / path.parent.name
-        dst.mkdir(parents=True)
-        (dst / "summary.json").write_text(json.dumps(mini))
-PY
-du -sh data .gpu_site outputs/gpu_carry
+du -sh data .gpu_site

@@ -1,8 +1,10 @@
 """benchmarks/accuracy.py end to end on a tiny grid: it runs, reports, and continues its runs."""
 
 import argparse
+import gzip
 import importlib.util
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -68,6 +70,29 @@ def test_report_only_marks_missing_seeds(tmp_path):
     median_round = statistics.median(r["seconds"] for r in s0["rounds"])
     assert wall and f"| 2 | {s0['wall_seconds']:.0f} | {median_round:.2f} |" in wall[0]
     assert "| Elsewhere CPU (torch " in report
+
+
+def test_archived_summaries_alone_rewrite_the_report_and_are_not_run_again(tmp_path):
+    archive = tmp_path / "archive"
+    proc = _bench(tmp_path, "--rounds", "2", "--seeds", "0", "--no-sweeps", "--archive", str(archive), *GRID)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in archive.iterdir()) == ["a0.1_fedavg_100_s0.json.gz", "a0.1_fedavg_5_s0.json.gz"]
+    summary = (tmp_path / "runs" / "a0.1_fedavg_5_s0" / "summary.json").read_bytes()
+    assert gzip.decompress((archive / "a0.1_fedavg_5_s0.json.gz").read_bytes()) == summary
+    row = next(line for line in (tmp_path / "docs" / "results.md").read_text().splitlines() if line.startswith("| FedAvg, la"))
+
+    # a fresh clone: no run folders, only the archive; and a STOP file: no new run may start
+    shutil.rmtree(tmp_path / "runs")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "STOP").touch()
+    proc = _bench(tmp_path, "--rounds", "2", "--seeds", "0", "1", "--no-sweeps", "--archive", str(archive), *GRID)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 of 4 runs to do" in proc.stdout and "not started: a0.1_fedavg_5_s1" in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["STOP"]
+    report = (tmp_path / "docs" / "results.md").read_text()
+    assert "Runs completed: 2 of 4." in report
+    seed0 = row.split(" | ")[1].strip(" |")  # the seed-0 cell, now marked as one seed of two
+    assert f"| FedAvg, labeled part only | {seed0} (n=1) |" in report
 
 
 @pytest.fixture(scope="module")
