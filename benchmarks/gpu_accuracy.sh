@@ -9,7 +9,8 @@
 #     methods in CROSS_SILO and FedAvg with 100% labels, all at once on the GPU. Its FedLabel run
 #     took 19-22 s per round beside the grid and about 4 s alone; off by default.
 # Runs completed anywhere before (their summaries are committed in benchmarks/runs/accuracy and
-# benchmarks/runs/cross_silo, which travel with the working tree) are not run again.
+# benchmarks/runs/cross_silo, which travel with the working tree) are not run again; a rehearsal
+# with a tiny config sets ARCHIVE to another folder, so as not to write over those.
 # PRIOR (CROSS_SILO_PRIOR): a carried folder of unfinished run folders, which continue from their
 # checkpoint (a ResNet-18 checkpoint is 45 MB, so at most one fits the 64 MiB carry).
 # Every run checkpoints each round. Results come back in $OUT as acc.tgz.* and cross_silo.tgz.*:
@@ -39,6 +40,7 @@ GRID_ARGS=${GRID_ARGS:-"--alphas 0.1 1.0 --label-ratios 0.05 0.01 0.2 --methods 
 GRID_EXTRA=${GRID_EXTRA:-"device=cuda engine=vectorized"}
 PRIOR=${PRIOR:+$(realpath "$PRIOR")}  # absolute: read again from inside $WORK/acc
 CROSS_SILO_PRIOR=${CROSS_SILO_PRIOR:+$(realpath "$CROSS_SILO_PRIOR")}
+ARCHIVE=${ARCHIVE:-benchmarks/runs}
 WORK=/tmp/acc-work
 mkdir -p "$OUT" "$WORK/acc" "$WORK/cross_silo" ~/.cache/fedlabel/fashion-mnist
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/.gpu_site${PYTHONPATH:+:$PYTHONPATH}"
@@ -53,11 +55,11 @@ groups=()  # each benchmark in its own process group, so that the budget ends it
 if [ -n "$CROSS_SILO" ]; then  # a second call on a still-warm machine (same /tmp) continues the first's runs
   n=$(($(wc -w <<<"$CROSS_SILO") + 1))
   setsid "$PY" benchmarks/accuracy.py --experiment cross_silo $CROSS_SILO_ARGS --methods $CROSS_SILO --jobs "$n" \
-    --no-report --out "$WORK/cross_silo" --archive benchmarks/runs/cross_silo --extra $CROSS_SILO_EXTRA >"$OUT/cross_silo.log" 2>&1 &
+    --no-report --out "$WORK/cross_silo" --archive "$ARCHIVE/cross_silo" --extra $CROSS_SILO_EXTRA >"$OUT/cross_silo.log" 2>&1 &
   groups+=($!)
 fi
 if [ "$JOBS" -gt 0 ]; then  # JOBS=0: no grid (the cross-silo runs alone)
-  setsid "$PY" benchmarks/accuracy.py $GRID_ARGS --jobs "$JOBS" --no-report --out "$WORK/acc" --archive benchmarks/runs/accuracy \
+  setsid "$PY" benchmarks/accuracy.py $GRID_ARGS --jobs "$JOBS" --no-report --out "$WORK/acc" --archive "$ARCHIVE/accuracy" \
     --extra $GRID_EXTRA >"$OUT/grid.log" 2>&1 &
   groups+=($!)
 fi
