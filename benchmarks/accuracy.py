@@ -15,12 +15,14 @@ Runs are resumable and the grid may be filled over several sessions or machines:
 not committed; each completed run's summary is also kept, gzipped, in --archive (default
 benchmarks/runs/<name of --out> for an --out inside this checkout), which is committed: a fresh
 clone rewrites the report from it and does not run those runs again. `touch <--out>/STOP` lets the
-runs in progress finish and starts no new one (e.g. before a machine is handed back). Runs start in the order of --alphas,
-then --label-ratios, then seeds, then methods, so the first settings fill first (--seeds-first:
-every setting's first seed, then every setting's second, ...). The report
-(default docs/results.md) is written from whatever has completed: mean ± std over the seeds that
-exist per cell (the count is shown when seeds are missing), the commands, wall time per method,
-one PNG of accuracy against round per setting, the sweeps, and the machines that computed them.
+runs in progress finish and starts no new one (e.g. before a machine is handed back).
+
+Runs start in the order of --alphas, then --label-ratios, then seeds, then methods, so the first
+settings fill first (--seeds-first: every setting's first seed, then every setting's second, ...).
+The report (default docs/results.md) is written from whatever has completed: mean ± std over the
+seeds that exist per cell (the count is shown when seeds are missing), the commands, wall time per
+method, one PNG of accuracy against round per setting, the sweeps, and the machines that computed
+them. `--report-only --no-report` only archives finished runs.
 
     python benchmarks/accuracy.py --jobs 2                      # the full grid (tens of CPU-hours)
     python benchmarks/accuracy.py --report-only                 # rewrite the report from what exists
