@@ -112,6 +112,12 @@ class Result:
                 for e in self.environment}  # fmt: skip
 
 
+def shown(path: Path) -> str:
+    """A path as the docs show it: relative to this checkout where inside it."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+
 def pct(ratio: float) -> str:
     return f"{ratio * 100:g}"
 
@@ -356,11 +362,10 @@ def command_line(args, methods) -> str:
     if args.extra:
         parts.append(f"--extra {' '.join(args.extra)}")
     for flag, value, default in (("--out", args.out, DEFAULT_OUT), ("--report", args.report, DEFAULT_REPORT)):
-        path = value.resolve()
-        if path != default:
-            parts.append(f"{flag} {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+        if value.resolve() != default:
+            parts.append(f"{flag} {shown(value)}")
     if args.archive:
-        parts.append(f"--archive {args.archive}")
+        parts.append(f"--archive {shown(args.archive)}")
     if args.title != "Results":
         parts.append(f"--title {shlex.quote(args.title)}")
     return " ".join(parts)
@@ -422,7 +427,8 @@ def write_report(args, store: Store, methods, settings, grid, sweeps, sweep_runs
         "The one tuning budget: the lr, picked from 0.025, 0.05 and 0.1 with labeled-only FedAvg (Dirichlet(0.1), 5%",
         "labels, 60 rounds) and then used by every method; in that test FedLabel alone did better early with 0.025",
         "([fedlabel-investigation.md](fedlabel-investigation.md)) and keeps 0.05 like the others.",
-        f"Runs completed: {have} of {expected}.", "",
+        f"Runs completed: {have} of {expected}." + (f" Each run's summary.json (every round's metrics, the config, the"
+        f" machine): {shown(store.archive)}/<run>.json.gz." if store.archive else ""), "",
         "Produced by (resumable: rerun the same command to continue or extend):", "",
         "```bash", command_line(args, methods), "```", "",
         f"{args.rounds} rounds is a fixed budget, the same for every method; the late-gain column below says which",
