@@ -142,12 +142,21 @@ class Store:
             return json.loads((self.out / run.name / "summary.json").read_bytes())
         except (OSError, ValueError):
             pass
-        if self.archive is not None:
-            try:
-                return json.loads(gzip.decompress((self.archive / f"{run.name}.json.gz").read_bytes()))
-            except (OSError, ValueError, EOFError):
-                pass
-        return None
+        data = self.archived(run)
+        return json.loads(data) if data is not None else None
+
+    def archived(self, run: Run) -> bytes | None:
+        """The run's archived summary.json, or None (none, or unreadable: said, and then run again)."""
+        path = self.archive / f"{run.name}.json.gz" if self.archive else None
+        if path is None or not path.is_file():
+            return None
+        try:
+            data = gzip.decompress(path.read_bytes())
+            json.loads(data)
+            return data
+        except (OSError, ValueError, EOFError) as e:
+            print(f"unreadable, ignored: {path} ({e})", file=sys.stderr, flush=True)
+            return None
 
     def completed(self, run: Run, s: dict | None = None) -> bool:
         """A finished run with the same algorithm, seed and rounds (everything else is in its name);
@@ -164,14 +173,17 @@ class Store:
         path = self.out / run.name / "summary.json"
         if self.archive is None or not path.is_file():
             return
-        archived = self.archive / f"{run.name}.json.gz"
         data = path.read_bytes()
-        if not self.completed(run, json.loads(data)) or (archived.is_file() and gzip.decompress(archived.read_bytes()) == data):
+        try:
+            finished = self.completed(run, json.loads(data))
+        except ValueError:  # not JSON: not a finished run
+            return
+        if not finished or self.archived(run) == data:
             return
         self.archive.mkdir(parents=True, exist_ok=True)
-        tmp = archived.with_suffix(".tmp")
+        tmp = self.archive / f"{run.name}.json.gz.tmp"
         tmp.write_bytes(gzip.compress(data, mtime=0))
-        tmp.replace(archived)
+        tmp.replace(self.archive / f"{run.name}.json.gz")
 
     def execute(self, run: Run, evaluation: list[str]) -> str | None:
         """Run (or continue) one run; the error text if it failed."""

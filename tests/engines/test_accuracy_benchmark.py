@@ -94,6 +94,13 @@ def test_archived_summaries_alone_rewrite_the_report_and_are_not_run_again(tmp_p
     seed0 = row.split(" | ")[1].strip(" |")  # the seed-0 cell, now marked as one seed of two
     assert f"| FedAvg, labeled part only | {seed0} (n=1) |" in report
 
+    # a damaged archive file is named, and its run counts as not run (it would run again)
+    (archive / "a0.1_fedavg_100_s0.json.gz").write_bytes(b"not gzip")
+    proc = _bench(tmp_path, "--rounds", "2", "--seeds", "0", "--no-sweeps", "--archive", str(archive), "--report-only", *GRID)
+    assert proc.returncode == 0, proc.stderr
+    assert f"unreadable, ignored: {archive / 'a0.1_fedavg_100_s0.json.gz'}" in proc.stderr
+    assert "Runs completed: 1 of 2." in (tmp_path / "docs" / "results.md").read_text()
+
 
 @pytest.fixture(scope="module")
 def bench():
