@@ -425,8 +425,11 @@ def write_report(args, store: Store, methods, settings, grid, sweeps, sweep_runs
         found = [results.get((alpha, None if m == "reference" else ratio, m, s)) for s in seeds]
         return [x for x in found if x is not None]
 
-    expected = len(grid) + len({r.name for r in sweep_runs.values()} - {r.name for r in grid.values()})
-    have = len(done) + len({sweep_runs[k].name for k, v in sweep_results.items() if v is not None} - {grid[k].name for k in done})
+    # a run may fill several cells (the sweeps' shared default; a sweep cell that is a grid cell): count it once
+    expected = len({r.name for r in [*grid.values(), *sweep_runs.values()]})
+    finished = {grid[k].name: v for k, v in done.items()} | {
+        sweep_runs[k].name: v for k, v in sweep_results.items() if v is not None}  # fmt: skip
+    have = len(finished)
     lines = [
         f"# {args.title}", "",
         f"Fashion-MNIST (60k train / 10k test), {EXPERIMENTS[args.experiment]}, {args.rounds} rounds, seeds "
@@ -502,7 +505,7 @@ def write_report(args, store: Store, methods, settings, grid, sweeps, sweep_runs
     if "fedlabel" in methods:
         lines += claims_section(args, settings, cell, label)
 
-    machines = Counter(k for x in [*done.values(), *(v for v in sweep_results.values() if v is not None)] for k in x.machines())
+    machines = Counter(k for x in finished.values() for k in x.machines())
     whole = Counter(next(iter(m)) for x in done.values() if len(m := x.machines()) == 1)  # runs computed on one machine
     timing = whole.most_common(1)[0][0] if whole else None
     lines += ["", "## Wall time and convergence", "",
