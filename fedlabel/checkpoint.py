@@ -25,7 +25,7 @@ FORMAT = 1
 # go on on CPUs. Engines and devices compute the same rounds with other float sums (and the
 # vectorized engine with its own per-client random streams), so a run resumed on another engine
 # is not bitwise the run that would have gone on where it started.
-MAY_DIFFER = {"rounds", "output_dir", "checkpoint_every", "resume", "eval_every", "eval_last", "tensorboard",
+MAY_DIFFER = {"rounds", "output_dir", "checkpoint_every", "resume", "overwrite", "eval_every", "eval_last", "tensorboard",
               "engine", "device"}  # fmt: skip
 
 

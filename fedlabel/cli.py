@@ -44,35 +44,119 @@ def register_configs() -> None:
 
 
 def run_config(values: dict[str, Any], *, progress: bool = True) -> dict[str, Any]:
-    """Validate a nested config dict and run it on its engine; returns summary.json's content."""
-    from fedlabel.config import config_from_dict
+    """Validate a nested config dict and run it on its engine; returns summary.json's content.
+
+    Everything that can be checked before work is: the config, the device, the resume
+    checkpoint, and output_dir (created and locked for this process; refused if it holds another
+    run and neither resume nor overwrite is set). SIGTERM, SIGINT and SIGHUP stop the run
+    (RunStopped): the summary says ``stopped``, the last checkpoint stays."""
+    from fedlabel.checkpoint import check_resumable, load_checkpoint
+    from fedlabel.config import config_from_dict, config_to_dict
+    from fedlabel.lifecycle import claim_output_dir, release_output_dir, stop_on_signals
 
     cfg = config_from_dict(values)
     cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir).expanduser().resolve()))
-    if cfg.engine.name == "flower":
-        from fedlabel.engines.flower import run_flower
+    check_device(cfg)
+    if cfg.resume:
+        check_resumable(load_checkpoint(cfg.output_dir), config_to_dict(cfg))
+    claim_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite)
+    try:
+        with stop_on_signals():
+            if cfg.engine.name == "flower":
+                from fedlabel.engines.flower import run_flower
 
-        return run_flower(cfg, progress=progress)
-    if cfg.engine.name == "vectorized":
-        from fedlabel.engines.vectorized import run_vectorized
+                return run_flower(cfg, progress=progress)
+            if cfg.engine.name == "vectorized":
+                from fedlabel.engines.vectorized import run_vectorized
 
-        return run_vectorized(cfg, progress=progress)
-    from fedlabel.engines.inprocess import run_inprocess
+                return run_vectorized(cfg, progress=progress)
+            from fedlabel.engines.inprocess import run_inprocess
 
-    return run_inprocess(cfg, progress=progress)
+            return run_inprocess(cfg, progress=progress)
+    finally:
+        release_output_dir(cfg.output_dir)
+
+
+def check_device(cfg) -> None:
+    """ConfigError for a CUDA device this machine does not have (unless clients run on a Ray
+    cluster elsewhere: engine.ray_address)."""
+    import torch
+
+    from fedlabel.errors import check
+
+    if not cfg.device.startswith("cuda") or cfg.engine.ray_address:
+        return
+    index = int(cfg.device.split(":", 1)[1]) if ":" in cfg.device else 0
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    check(index < count, "device", f"{cfg.device} but torch {torch.__version__} sees {count} CUDA device(s) here; "
+          "use device=auto or device=cpu")  # fmt: skip
+
+
+def _one_line(err: BaseException) -> str:
+    """A Hydra or OmegaConf error as one line (they span several, with hints that do not apply)."""
+    import re
+
+    text = str(err) + (f"\n{err.__cause__}" if err.__cause__ else "")
+    key = re.search(r"full_key: (\S+)", text)
+    if "is not in struct" in text and key:
+        return f"unknown config key {key.group(1)}"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not re.match(r"(object_type|reference_type)=", ln.strip())]
+    if "Available options" in text:
+        head, _, options = text.partition("Available options")
+        group = re.search(r"Could not find '([^']+)'", head)
+        opts = ", ".join(options.split("Config search path")[0].split(":", 1)[-1].split())
+        return f"unknown option {group.group(1) if group else head.strip()}; choose from {opts}"
+    return "; ".join(lines)
+
+
+def _precheck(argv: list[str]) -> str | None:
+    """Compose the config as Hydra will, before Hydra writes anything: an unknown key or group
+    option, or an output_dir that holds another run or is in use, gives one line (None: fine).
+    Only for plain overrides (no multirun, no Hydra flags)."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from fedlabel.errors import ConfigError
+    from fedlabel.lifecycle import check_claimable
+
+    if any(a.startswith("-") for a in argv):
+        return None
+    try:
+        with initialize_config_module(config_module="configs", version_base="1.3"):
+            cfg = compose(config_name="config", overrides=argv)
+    except (HydraException, OmegaConfBaseException) as err:
+        return _one_line(err)
+    given = [a.split("=", 1)[1] for a in argv if a.startswith(("output_dir=", "hydra.run.dir="))]
+    if not given:
+        return None  # a new timestamped folder
+    try:
+        Path(given[-1]).expanduser().mkdir(parents=True, exist_ok=True)  # Hydra would, with a traceback
+    except OSError as err:
+        return f"output_dir: cannot create {given[-1]} ({err.strerror or err})"
+    try:
+        check_claimable(Path(given[-1]), resume=bool(cfg.get("resume")), overwrite=bool(cfg.get("overwrite")))
+    except ConfigError as err:
+        return str(err)
+    return None
 
 
 def _simulate(argv: list[str]) -> int:
     import hydra
     from omegaconf import DictConfig, OmegaConf
 
-    from fedlabel.config import ConfigError
     from fedlabel.data import DataError
     from fedlabel.engines.flower import FlowerRunError
+    from fedlabel.errors import ConfigError
     from fedlabel.federation import RoundFailed
+    from fedlabel.lifecycle import RunStopped
     from fedlabel.report import format_table
 
     register_configs()
+    problem = _precheck(argv)
+    if problem:
+        print(f"fedlabel: config error: {problem}", file=sys.stderr)
+        return 2
     status = {"code": 0}
 
     @hydra.main(version_base="1.3", config_path="pkg://configs", config_name="config")
@@ -80,13 +164,14 @@ def _simulate(argv: list[str]) -> int:
         values = OmegaConf.to_container(hcfg, resolve=True)
         try:
             summary = run_config(values)
-        except (ConfigError, DataError, FlowerRunError, RoundFailed) as err:
-            kind = {ConfigError: "config", DataError: "data", FlowerRunError: "flower", RoundFailed: "run"}[type(err)]
-            print(f"fedlabel: {kind} error: {err}", file=sys.stderr)
-            if isinstance(err, RoundFailed):
+        except (ConfigError, DataError, FlowerRunError, RoundFailed, RunStopped) as err:
+            kind = next(k for t, k in ((ConfigError, "config"), (DataError, "data"), (FlowerRunError, "flower"),
+                                       (RoundFailed, "run"), (RunStopped, "run")) if isinstance(err, t))  # fmt: skip
+            print(f"fedlabel: {kind} {'stopped' if isinstance(err, RunStopped) else 'error'}: {err}", file=sys.stderr)
+            if isinstance(err, (RoundFailed, RunStopped)):
                 print("fedlabel: the rounds before it are in summary.json; resume=true continues from the last checkpoint",
                       file=sys.stderr)  # fmt: skip
-            status["code"] = 2
+            status["code"] = 128 + err.signum if isinstance(err, RunStopped) else 2
             return
         print(format_table(summary["rounds"]))
         out = Path(summary["config"]["output_dir"])
@@ -97,6 +182,7 @@ def _simulate(argv: list[str]) -> int:
         else:
             print(f"final accuracy: {acc:.4f}  (mean of the last {len(evaluated)} evaluations: "
                   f"{sum(evaluated) / len(evaluated):.4f}; {summary['wall_seconds']:.1f} s)")
+        print(privacy_line(summary) or "", end="")
         print(f"outputs: {out}/summary.json, rounds.csv, accuracy.png, clients.json, model.pt")
 
     multirun = any(a in ("-m", "--multirun") for a in argv)
@@ -106,6 +192,18 @@ def _simulate(argv: list[str]) -> int:
     sys.argv = [sys.argv[0], *argv]
     _main()
     return status["code"]
+
+
+def privacy_line(summary: dict[str, Any]) -> str | None:
+    """'privacy: epsilon 2.91 at delta 1e-05 (dpsgd); bag counts: epsilon 1 (label-DP)\n', or None."""
+    last = summary["rounds"][-1] if summary["rounds"] else {}
+    parts = []
+    if last.get("epsilon") is not None:
+        p = summary["config"]["privacy"]
+        parts.append(f"epsilon {last['epsilon']:.3g} at delta {p['delta']:g} ({p['name']})")
+    if last.get("proportion_epsilon") is not None:
+        parts.append(f"bag counts: epsilon {last['proportion_epsilon']:.3g} (label-DP)")
+    return f"privacy: {'; '.join(parts)}\n" if parts else None
 
 
 def flower_config_toml() -> str:

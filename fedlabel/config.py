@@ -134,6 +134,7 @@ class Config:
     output_dir: str = "outputs/run"
     checkpoint_every: int = 1  # write output_dir/checkpoint.pt every N rounds (and after the last)
     resume: bool = False  # continue the run in output_dir from its checkpoint
+    overwrite: bool = False  # replace the run in output_dir (its files are removed first)
     tensorboard: bool = False  # also log every round to output_dir/tensorboard (pip install 'fedlabel[tensorboard]')
 
 
@@ -304,9 +305,14 @@ def validate(cfg: Config) -> None:
     check(e.num_cpus_per_client >= 1, "engine.num_cpus_per_client", f"must be >= 1, got {e.num_cpus_per_client}")
     check(e.num_gpus_per_client >= 0, "engine.num_gpus_per_client", f"must be >= 0, got {e.num_gpus_per_client}")
     check(0 <= e.superlink_port < 65536, "engine.superlink_port", f"must be a port number, got {e.superlink_port}")
+    check(e.workers == 1 or not (d.bag_size or d.bag_key), "engine.workers",
+          "worker processes need instance labels; with bags (data.bag_size/data.bag_key) use engine.workers=1")  # fmt: skip
     check(_is_ray_address(e.ray_address), "engine.ray_address",
           f'must be "" (local Ray), "auto" or host:port of a Ray head, got {e.ray_address!r}')  # fmt: skip
     check(cfg.rounds >= 1, "rounds", f"must be >= 1, got {cfg.rounds}")
+    check(0 <= cfg.seed < 2**63, "seed", f"must be in [0, 2**63), got {cfg.seed}")
+    check(not (cfg.resume and cfg.overwrite), "overwrite", "resume=true continues the run in output_dir; "
+          "overwrite=true replaces it: set one of them")  # fmt: skip
     check(cfg.clients_per_round >= 1, "clients_per_round", f"must be >= 1, got {cfg.clients_per_round}")
     check(
         cfg.clients_per_round <= d.num_clients,

@@ -21,6 +21,7 @@ from fedlabel.checkpoint import check_resumable, load_checkpoint, save_checkpoin
 from fedlabel.config import Config, config_to_dict
 from fedlabel.data import DataError, FederatedData, ImageDataset, build_federated, load_images
 from fedlabel.faults import TIMEOUT, ClientFailure
+from fedlabel.lifecycle import RunStopped
 from fedlabel.models import build_model
 from fedlabel.privacy.mechanism import ServerPrivacy
 from fedlabel.report import RunRecorder
@@ -123,14 +124,16 @@ def pool_metrics(updates: list[ClientUpdate]) -> dict[str, float | None]:
 def open_recorder(cfg: Config, *, progress: bool, on_round: Callable[[dict], None] | None = None) -> RunRecorder:
     """The run's recorder. With cfg.resume, the checkpoint in cfg.output_dir is checked against
     cfg (ConfigError naming the differing fields) and its rounds are restored; nothing is written
-    before that check passes."""
+    or shown before that check passes."""
     config = config_to_dict(cfg)
-    recorder = RunRecorder(
-        cfg.output_dir, config=config, total_rounds=cfg.rounds, progress=progress, resume=cfg.resume, on_round=on_round
-    )
+    state = None
     if cfg.resume:
         state = load_checkpoint(cfg.output_dir)
         check_resumable(state, config)
+    recorder = RunRecorder(
+        cfg.output_dir, config=config, total_rounds=cfg.rounds, progress=progress, resume=cfg.resume, on_round=on_round
+    )
+    if state is not None:
         recorder.restore(state["rounds"], wall_seconds=state["wall_seconds"])
     return recorder
 
@@ -151,11 +154,15 @@ def run_federation(
     aggregate, evaluate, record, checkpoint. With cfg.resume, continue from the checkpoint in
     the recorder's directory (``recorder`` from :func:`open_recorder`). ``client_sizes``
     (samples per client) bounds each weight r_k. Saves the final parameters as model.pt and
-    returns the summary; on any error the summary is closed as failed (with the rounds recorded
-    so far; the last checkpoint stays) and the error re-raised."""
+    returns the summary; on any error the summary is closed as failed, on RunStopped (a signal)
+    as stopped, with the rounds recorded so far (the last checkpoint stays), and the error
+    re-raised."""
     try:
         params = _rounds(cfg, model=model, params=params, test_images=test_images, test_labels=test_labels,
                          train_cohort=train_cohort, recorder=recorder, device=device, client_sizes=client_sizes)  # fmt: skip
+    except RunStopped as err:
+        recorder.finish(error=str(err), stopped=True)
+        raise
     except BaseException as err:
         recorder.finish(error=f"{type(err).__name__}: {err}")
         raise

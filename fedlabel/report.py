@@ -145,12 +145,9 @@ class RunRecorder:
                 if isinstance(record.get(key), (int, float)):
                     self.tensorboard.add_scalar(key, record[key], global_step=record["round"])
             self.tensorboard.flush()
-        postfix = {}
-        if record.get("accuracy") is not None:
-            postfix["acc"] = f"{record['accuracy']:.4f}"
-        if record.get("pseudo_label_coverage") is not None:
-            postfix["coverage"] = f"{record['pseudo_label_coverage']:.2f}"
-        self.bar.set_postfix(postfix, refresh=False)
+        fields = (("acc", "accuracy", ".4f"), ("coverage", "pseudo_label_coverage", ".2f"), ("eps", "epsilon", ".2f"))
+        self.bar.set_postfix({name: format(record[key], fmt) for name, key, fmt in fields if record.get(key) is not None},
+                             refresh=False)  # fmt: skip
         self.bar.update(1)
         if self.on_round is not None:
             self.on_round(record)
@@ -172,11 +169,12 @@ class RunRecorder:
             summary["error"] = error
         write_json_atomic(self.dir / "summary.json", summary)
 
-    def finish(self, *, error: str | None = None) -> dict[str, Any]:
+    def finish(self, *, error: str | None = None, stopped: bool = False) -> dict[str, Any]:
+        """Close the summary: completed, failed (``error``) or stopped (``error`` says by what)."""
         self.bar.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
-        self._write_summary(status="failed" if error else "completed", error=error)
+        self._write_summary(status="stopped" if stopped else "failed" if error else "completed", error=error)
         if self.rounds:
             plot_accuracy(self.rounds, self.dir / "accuracy.png", title=str(self.config.get("algorithm", {}).get("name", "")))
         return json.loads((self.dir / "summary.json").read_text())
@@ -209,11 +207,28 @@ def plot_accuracy(rounds: list[dict[str, Any]], path: Path, *, title: str = "") 
     plt.close(fig)
 
 
+def round_line(record: dict[str, Any], total: int) -> str:
+    """One line per round for logs: 'round 3/30: accuracy 0.6123, loss 1.0312, coverage 0.41,
+    eps 2.31, clients 10 (failed 0, rejected 0)'; fields without a value are left out."""
+    parts = [f"{name} {format(record[key], fmt)}" for name, key, fmt in
+             (("accuracy", "accuracy", ".4f"), ("loss", "loss", ".4f"), ("coverage", "pseudo_label_coverage", ".3f"),
+              ("eps", "epsilon", ".3g"), ("proportion eps", "proportion_epsilon", ".3g"))
+             if record.get(key) is not None]  # fmt: skip
+    clients = f"clients {record.get('clients', 0)} (failed {record.get('failed_clients', 0)}, " \
+              f"rejected {record.get('rejected_updates', 0)})"
+    return f"round {record['round']}/{total}: " + ", ".join([*parts, clients])
+
+
 def format_table(rounds: list[dict[str, Any]], *, max_rows: int = 12) -> str:
-    """A compact console table of selected rounds (evenly spaced, always the last)."""
+    """A compact console table of selected rounds (evenly spaced, always the last); an ``eps``
+    column when a privacy mechanism reports epsilon (DP-SGD, central DP, label-DP proportions)."""
     cols = [("round", "{:>5}"), ("accuracy", "{:>8.4f}"), ("loss", "{:>7.4f}"), ("pseudo_label_coverage", "{:>8.3f}"),
             ("pseudo_label_accuracy", "{:>8.3f}"), ("global_expert_share", "{:>8.3f}"), ("seconds", "{:>7.2f}")]
     heads = ["round", "accuracy", "loss", "coverage", "pl_acc", "glob_exp", "sec"]
+    for key in ("epsilon", "proportion_epsilon"):
+        if any(r.get(key) is not None for r in rounds):
+            cols.insert(-1, (key, "{:>7.3g}"))
+            heads.insert(-1, "eps" if key == "epsilon" else "prop_eps")
     rows = [r for r in rounds if r.get("accuracy") is not None] or rounds
     if len(rows) > max_rows:
         step = math.ceil(len(rows) / max_rows)

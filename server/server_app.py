@@ -11,9 +11,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import Counter
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
+from flwr.superlink.grid import InMemoryGrid
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedlabel import keys
@@ -22,6 +25,8 @@ from fedlabel.config import config_from_run_config
 from fedlabel.errors import check
 from fedlabel.faults import CRASHED, TIMEOUT, ClientFailure
 from fedlabel.federation import CohortResult, initial_model, load_dataset, open_recorder, run_federation
+from fedlabel.lifecycle import claim_output_dir
+from fedlabel.report import round_line
 from fedlabel.training import Params, resolve_device
 from fedlabel.validation import CLIENT, UNDECODABLE, Rejection
 
@@ -30,6 +35,12 @@ app = ServerApp()
 
 NODE_WAIT_S = 180.0  # nodes start Ray workers, import torch and load data before the first reply
 REPLY_POLL_S = 0.2  # deployment: how often the ServerApp asks the SuperLink for replies
+
+
+def say(text: str) -> None:
+    """A line in Flower's log stream (what `flwr run --stream` and `flwr log` show); the Flower
+    engine shows the lines before round 1 as start-up phases."""
+    flwr_log(logging.INFO, "fedlabel: %s", text)
 
 
 class PollingGrid:
@@ -63,27 +74,33 @@ def discover_clients(grid: Grid, num_clients: int, shape: ConfigRecord) -> tuple
     Simulation: each node reports its partition id, and every id in 0..num_clients-1 must answer.
     Deployment: each node reports its site name; the server waits for num_clients sites and uses
     all that answer, numbered 0..K-1 in name order (see :func:`assign_client_ids`)."""
-    deadline = time.monotonic() + NODE_WAIT_S
     node_ids = list(grid.get_node_ids())
+    if isinstance(grid, InMemoryGrid) and len(node_ids) != num_clients:  # simulation: all nodes exist at start
+        raise RuntimeError(f"the simulation has {len(node_ids)} nodes but data.num_clients={num_clients}: run with "
+                           f'--federation-config "num-supernodes={num_clients}" or set data.num_clients={len(node_ids)}')  # fmt: skip
+    deadline = time.monotonic() + NODE_WAIT_S
     while len(node_ids) < num_clients and time.monotonic() < deadline:
+        say(f"waiting for sites: {len(node_ids)} of data.num_clients={num_clients} connected")
         time.sleep(1.0)
         node_ids = list(grid.get_node_ids())
+    say(f"asking {len(node_ids)} nodes which client they are (each loads its data)")
     msgs = [
         Message(RecordDict({keys.CONFIG: shape}), dst_node_id=n, message_type=MessageType.QUERY) for n in node_ids
     ]
     answers: dict[int, dict] = {}
     sites: dict[int, str] = {}
-    failures: list[str] = []
+    failed: Counter[str] = Counter()  # the same failure on every node is reported once
     for reply in grid.send_and_receive(msgs, timeout=NODE_WAIT_S):
         node = reply.metadata.src_node_id
         if reply.has_error():
-            reason = (str(reply.error.reason).strip().splitlines() or [""])[-1]  # the last line of a traceback
-            log.warning("node %s failed the query: %s", node, reply.error.reason)
-            failures.append(f"node {node}: {reason}")
+            failed[(str(reply.error.reason).strip().splitlines() or [""])[-1]] += 1  # the last line of a traceback
             continue
         answers[node] = dict(reply.content[keys.STATS])
         if keys.SITE in reply.content.config_records:
             sites[node] = str(reply.content[keys.SITE][keys.SITE_ID])
+    failures = [f"{reason} ({n} of {len(node_ids)} nodes)" for reason, n in failed.items()]
+    if failures and not answers:
+        raise RuntimeError(f"every node failed the query: {'; '.join(failures)}")
     if sites:
         return _deployed_sites(answers, sites, num_clients, failures)
     nodes = {int(record["client_id"]): node for node, record in answers.items()}
@@ -181,12 +198,14 @@ def encode_extras(extras: dict) -> dict[str, ArrayRecord]:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = config_from_run_config(context.run_config)
+    claim_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite)  # `flwr run` without fedlabel
     device = resolve_device(cfg.device)
+    say("loading the server's test set")
     dataset = load_dataset(cfg)
     model, params = initial_model(
         cfg, in_channels=dataset.in_channels, num_classes=dataset.num_classes, image_size=dataset.image_size
     )
-    recorder = open_recorder(cfg, progress=False)
+    recorder = open_recorder(cfg, progress=False, on_round=lambda record: say(round_line(record, cfg.rounds)))
     shape = {keys.IN_CHANNELS: dataset.in_channels, keys.NUM_CLASSES: dataset.num_classes, keys.IMAGE_SIZE: dataset.image_size}
     try:
         nodes, stats = discover_clients(grid, cfg.data.num_clients, ConfigRecord(shape))
@@ -199,6 +218,7 @@ def main(grid: Grid, context: Context) -> None:
         recorder.finish(error=f"{type(err).__name__}: {err}")
         raise
     recorder.write_json("clients.json", stats)
+    say(f"{len(nodes)} clients ready; round 1 of {cfg.rounds} starts")
 
     def train_cohort(rnd: int, cohort: list[int], global_params: Params, extras: dict) -> list[CohortResult]:
         arrays = ArrayRecord(torch_state_dict={k: v.cpu() for k, v in global_params.items()})
