@@ -124,6 +124,8 @@ def run_flower(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         check_resumable(load_checkpoint(out), run_config)
     work = out / "flower"
     (work / "home").mkdir(parents=True, exist_ok=True)
+    for name in ("state.db", "state.db-wal", "state.db-shm"):  # scratch of an earlier (e.g. stopped) run
+        (work / name).unlink(missing_ok=True)
     port = cfg.engine.superlink_port or free_port()
     (work / "home" / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
