@@ -3,7 +3,7 @@ keys, the server side behind nginx): an outsider holding only the public ca.crt,
 own `flwr` CLI, cannot list sites, register its key or submit its app; an app that reaches the
 SuperLink by another way (here: from the server machine itself, past nginx) is refused by every
 site unless it is signed by a key the site trusts, and none of its code runs there; the admin,
-with its credential, does each of these steps."""
+with its credential, does each of these steps (and stops its run, which the outsider cannot)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import tomli_w
 from fedlabel import deploy
 from fedlabel.deploy_local import LocalFederation
 from fedlabel.deploy_trust import ADMIN_FILE
-from tests.deploy.federation import RUN_TIMEOUT_S, submit, two_site_federation
+from tests.deploy.federation import submit, two_site_federation
 
 APP = Path(__file__).resolve().parent / "outsider_app"
 REFUSED = "fedlabel: REFUSED app"
@@ -90,12 +90,18 @@ def test_outsider_with_ca_crt_is_refused_and_sites_run_only_admin_signed_apps(fe
         assert "which this site does not trust; none of its code runs at this site" in fed.log(site)
     assert not list(fed.work.glob("stolen-*")), "the outsider's ClientApp ran at a site"
 
-    # 3. the admin, with its client certificate and signing key, at the same public address
+    # 3. the admin, with its client certificate and signing key, at the same public address: the
+    # sites accept its signed app (the run is stopped then: test_deploy.py runs whole ones)
     nodes = deploy.list_sites(env=fed.env)
     assert sorted(int(n["node-id"]) for n in nodes) == sorted(fed.node_ids.values())
     assert deploy.register(fed.certs / "site3.key.pub", env=fed.env) > 0
     run_id = submit(fed, "admin-run", "rounds=1")
-    state = deploy.wait_run(run_id, timeout=RUN_TIMEOUT_S, env=fed.env)
-    assert state["status"] == "finished:completed", fed.log("superlink")[-3000:]
-    assert all("fedlabel: accepted app" in fed.log(site) for site in ("site1", "site2"))
+    deadline = time.monotonic() + 90
+    while not all("fedlabel: accepted app" in fed.log(site) for site in ("site1", "site2")):
+        assert time.monotonic() < deadline, "the sites did not accept the admin's signed app"
+        time.sleep(0.5)
+    accepted, out = _flwr(outsider, "stop", str(run_id))
+    assert not accepted and "403" in out, f"the outsider stopped the admin's run: {out[-1500:]}"
+    deploy.flwr("stop", str(run_id), env=fed.env)
+    assert deploy.wait_run(run_id, timeout=60, env=fed.env)["status"] == "finished:stopped"
     assert _refusals(fed) == [2, 2]
