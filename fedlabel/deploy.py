@@ -66,7 +66,8 @@ def _need(path: str | Path, what: str) -> str:
 
 def server_certs(certs: str | Path) -> dict[str, str]:
     """The public side's files: server.pem + server.key (TLS) and admin-ca.crt (admin clients)."""
-    names = {"server.pem": "server certificate", "server.key": "server private key", "admin-ca.crt": "admin CA certificate"}
+    names = {"server.pem": "server certificate", "server.key": "server private key",
+             "admin-ca.crt": "admin CA certificate"}
     return {name: _need(Path(certs) / name, what) for name, what in names.items()}
 
 
@@ -235,7 +236,8 @@ def submit(*, sites: int, output_dir: str, overrides: list[str] = (), env: dict[
 
     home = flwr_home(env)
     if not admin_files(home).get("sign-key"):
-        raise DeployError("no app-signing key, and sites run only signed apps: `fedlabel deploy connect ... --sign-key FILE`")
+        raise DeployError("no app-signing key, and sites run only signed apps: "
+                          "`fedlabel deploy connect ... --sign-key FILE`")
     home.mkdir(parents=True, exist_ok=True)
     conf = run_config_file(sites=sites, output_dir=output_dir, overrides=list(overrides), path=home / "fedlabel-run.toml")
     answer = flwr("run", str(project_dir()), "--run-config", str(conf), env=env, timeout=300)
@@ -326,7 +328,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--no-wait", action="store_true", help="print the run id and return")
     s.add_argument("--timeout", type=float, default=24 * 3600)
     s.add_argument("overrides", nargs="*", help="run settings as key=value, e.g. rounds=20 clients_per_round=2")
-    s = sub.add_parser("flwr", help="run a flwr command as the admin, e.g. `fedlabel deploy flwr log 12 fedlabel-deploy`")
+    s = sub.add_parser("flwr", help="a flwr command as the admin, e.g. `fedlabel deploy flwr log 12 fedlabel-deploy`")
     s.add_argument("args", nargs=argparse.REMAINDER)
     s = sub.add_parser("demo-sites", help="write Fashion-MNIST site directories for a trial deployment")
     s.add_argument("out")
@@ -351,7 +353,8 @@ def main(argv: list[str]) -> int:
         elif args.cmd == "flwr":
             _exec([*TRUST, "flwr", *args.args])
         elif args.cmd == "connect":
-            path = write_connection(superlink=args.superlink, ca=args.ca, cert=args.cert, key=args.key, sign_key=args.sign_key)
+            path = write_connection(superlink=args.superlink, ca=args.ca, cert=args.cert, key=args.key,
+                                    sign_key=args.sign_key)
             print(f"connection {CONNECTION} written to {path}")
         elif args.cmd == "register":
             print(register(args.public_key))

@@ -92,7 +92,8 @@ class LocalFederation:
                                          "--host", "127.0.0.1", "--port", str(self.port),
                                          "--local-port", self.local_address.rsplit(":", 1)[1]])  # fmt: skip
         deploy.write_connection(superlink=self.address, ca=self.certs / "ca.crt", cert=self.certs / "admin.pem",
-                                key=self.certs / "admin.key", sign_key=self.certs / "admin-sign.key", env=self.env)  # fmt: skip
+                                key=self.certs / "admin.key", sign_key=self.certs / "admin-sign.key",
+                                env=self.env)  # fmt: skip
         context = ssl.create_default_context(cafile=str(self.certs / "ca.crt"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -113,7 +114,8 @@ class LocalFederation:
         """Start site's SuperNode with certs/<key or site>.key and the data directory work/<data or site>."""
         return self._start(site, ["join", "--superlink", self.address, "--ca", str(self.certs / "ca.crt"),
                                   "--key", str(self.certs / f"{key or site}.key"), "--site-dir", str(self.work / (data or site)),
-                                  "--trust", str(self.certs / "admin-sign.key.pub"), "--port", str(free_port())])  # fmt: skip
+                                  "--trust", str(self.certs / "admin-sign.key.pub"),
+                                  "--port", str(free_port())])  # fmt: skip
 
     def wait_online(self, count: int, timeout: float = 120) -> list[dict]:
         deadline = time.monotonic() + timeout

@@ -25,7 +25,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-NGINX_MISSING = "nginx is not installed (Debian: apt-get install nginx); `fedlabel deploy server` runs the SuperLink behind it"
+NGINX_MISSING = ("nginx is not installed (Debian: apt-get install nginx); "
+                 "`fedlabel deploy server` runs the SuperLink behind it")
 
 NGINX_CONF = """\
 daemon off;
@@ -87,7 +88,7 @@ def loopback_certificate(state: Path) -> tuple[Path, Path]:
         return crt, key_path
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -107,7 +108,8 @@ def loopback_certificate(state: Path) -> tuple[Path, Path]:
     return crt, key_path
 
 
-def nginx_config(*, state: Path, certs: dict[str, str], host: str, port: int, local_port: int, loopback_crt: Path) -> Path:
+def nginx_config(*, state: Path, certs: dict[str, str], host: str, port: int, local_port: int,
+                 loopback_crt: Path) -> Path:
     run = state / "nginx"
     run.mkdir(parents=True, exist_ok=True)
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -144,7 +146,8 @@ def serve(superlink: list[str], nginx_conf: Path, *, local_port: int, loopback_c
         while procs[0].poll() is None and not _healthy(local_port, loopback_crt):
             time.sleep(0.3)
         if procs[0].poll() is None:
-            procs.append(subprocess.Popen([nginx, "-p", str(nginx_conf.parent), "-c", str(nginx_conf), "-e", "stderr"], env=env))
+            nginx_cmd = [nginx, "-p", str(nginx_conf.parent), "-c", str(nginx_conf), "-e", "stderr"]
+            procs.append(subprocess.Popen(nginx_cmd, env=env))
         while all(p.poll() is None for p in procs):
             time.sleep(0.2)
         ended = next(p for p in procs if p.poll() is not None)

@@ -52,7 +52,8 @@ def _message(fab: bytes, signed_at: int) -> bytes:
 
 def key_id(public_key: ed25519.Ed25519PublicKey) -> str:
     """The key's OpenSSH fingerprint, SHA256:<base64> (as `ssh-keygen -l` prints it)."""
-    blob = base64.b64decode(public_key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).split()[1])
+    openssh = public_key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    blob = base64.b64decode(openssh.split()[1])
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
@@ -81,8 +82,9 @@ def sign_fab(fab: bytes, key: ed25519.Ed25519PrivateKey) -> bytes:
     if not fab.endswith(b"\x00\x00"):
         raise TrustError("the FAB already has a zip comment: cannot sign it")
     signed_at = int(time.time())
+    signature = base64.urlsafe_b64encode(key.sign(_message(fab, signed_at))).decode()
     comment = json.dumps({"format": SIGNATURE_FORMAT, "key": key_id(key.public_key()), "signed_at": signed_at,
-                          "signature": base64.urlsafe_b64encode(key.sign(_message(fab, signed_at))).decode()})  # fmt: skip
+                          "signature": signature})
     return fab[:-2] + len(comment).to_bytes(2, "little") + comment.encode()
 
 
@@ -99,7 +101,8 @@ def signer(fab: bytes, trusted: dict[str, ed25519.Ed25519PublicKey]) -> tuple[st
         return None, f"the app is signed by key {sig.get('key')}, which this site does not trust"
     unsigned = fab[: len(fab) - len(comment) - 2] + b"\x00\x00"
     try:
-        trusted[sig["key"]].verify(base64.urlsafe_b64decode(sig["signature"]), _message(unsigned, int(sig["signed_at"])))
+        signature = base64.urlsafe_b64decode(sig["signature"])
+        trusted[sig["key"]].verify(signature, _message(unsigned, int(sig["signed_at"])))
     except Exception:  # noqa: BLE001 - any malformed or wrong signature is a refusal
         return None, f"the app's signature by key {sig['key']} is not valid for its content"
     return sig["key"], f"signed by trusted key {sig['key']}"
@@ -138,8 +141,8 @@ def _flwr_as_admin(argv: list[str]) -> int:
 def _supernode_running_signed_apps_only(public_keys: list[str], argv: list[str]) -> int:
     """`flower-supernode ARGS` whose FAB check accepts only apps signed by one of the keys."""
     import yaml
-    from flwr.supercore.fab import Fab
     from flwr.supercore import log
+    from flwr.supercore.fab import Fab
     from flwr.supernode import start_client_internal as sci
     from flwr.supernode.cli import flower_supernode
 

@@ -55,14 +55,15 @@ if [[ ! -f "$out/admin-ca.crt" ]]; then
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
 fi
 if [[ ! -f "$out/admin.pem" ]]; then
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 -keyout "$out/admin.key" -out "$out/admin.csr" \
-    -subj "/O=fedlabel/CN=fedlabel admin" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 \
+    -keyout "$out/admin.key" -out "$out/admin.csr" -subj "/O=fedlabel/CN=fedlabel admin" 2>/dev/null
   printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n' > "$out/admin.ext"
   openssl x509 -req -in "$out/admin.csr" -CA "$out/admin-ca.crt" -CAkey "$out/admin-ca.key" -CAcreateserial \
     -days "$days" -sha256 -extfile "$out/admin.ext" -out "$out/admin.pem" 2>/dev/null
   rm -f "$out/admin.csr" "$out/admin.ext" "$out/admin-ca.srl"
 fi
-[[ -f "$out/admin-sign.key" ]] || ssh-keygen -q -t ed25519 -N "" -C "fedlabel admin app signing" -f "$out/admin-sign.key"
+[[ -f "$out/admin-sign.key" ]] \
+  || ssh-keygen -q -t ed25519 -N "" -C "fedlabel admin app signing" -f "$out/admin-sign.key"
 for i in $(seq 1 "$sites"); do
   [[ -f "$out/site$i.key" ]] || ssh-keygen -q -t ecdsa -b 384 -N "" -C "fedlabel site$i" -f "$out/site$i.key"
 done
