@@ -1,19 +1,24 @@
-"""`fedlabel deploy`: the commands a server operator and each site operator run to train across
-real sites with Flower's deployment runtime (docs/deploy.md walks through them).
+"""`fedlabel deploy`: the commands a server operator, the admin and each site operator run to
+train across real sites with Flower's deployment runtime (docs/deploy.md walks through them).
 
-  fedlabel deploy server  --certs DIR --state DIR [--host H] [--port P]      the SuperLink (server side)
-  fedlabel deploy connect --superlink HOST:PORT --ca FILE                    point this machine's flwr CLI at it
+  fedlabel deploy server  --certs DIR --state DIR [--host H] [--port P] [--local-port P]   the server side
+  fedlabel deploy connect --superlink HOST:PORT --ca FILE --cert FILE --key FILE [--sign-key FILE]
+                                                                           this machine's flwr CLI as the admin
   fedlabel deploy register PUBKEY                                            allow a site's key (prints its node id)
   fedlabel deploy unregister NODE_ID                                         remove a site for good
   fedlabel deploy sites                                                      list registered sites and their status
-  fedlabel deploy join    --superlink HOST:PORT --ca FILE --key FILE --site-dir DIR [--site-id NAME] [--port P]
-  fedlabel deploy submit  --sites N --output-dir DIR [--no-wait] [key=value ...]
+  fedlabel deploy submit  --sites N --output-dir DIR [--no-wait] [key=value ...]   a signed run
+  fedlabel deploy flwr ARGS...                                               any `flwr` command as the admin
+  fedlabel deploy join    --superlink HOST:PORT --ca FILE --key FILE --trust PUBKEY --site-dir DIR [--site-id NAME]
   fedlabel deploy demo-sites OUT --sites N [--per-site N] [--label-ratio R] [--test-samples N]
 
-Every connection uses TLS; the SuperLink admits only registered SuperNode keys and never installs
-packages at run time. The commands only assemble Flower's own command lines (`flower-superlink`,
-`flower-supernode`, `flwr`) and read their results; `server` and `join` replace themselves with
-the Flower process, so their PID is that process's PID.
+Every connection uses TLS. The server runs the SuperLink on 127.0.0.1 behind nginx, which lets
+sites reach the Fleet API and only holders of an admin client certificate the Control API; the
+SuperLink admits only registered SuperNode keys and never installs packages at run time. A site
+runs only apps signed by a key it trusts. The commands assemble Flower's own command lines
+(`flower-superlink`, `flower-supernode`, `flwr`; the last two through fedlabel.deploy_trust, which
+adds the client certificate, the app signature and its check) and read their results; `join`
+replaces itself with the SuperNode, so its PID is the SuperNode's.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import tomli_w
 
 CONNECTION = "fedlabel-deploy"  # the connection name in $FLWR_HOME/config.toml
 DEFAULT_PORT = 9092
+DEFAULT_LOCAL_PORT = 9093  # the SuperLink's own port, on 127.0.0.1 behind nginx
+TRUST = [sys.executable, "-m", "fedlabel.deploy_trust"]
 # Flower's SuperExec (which starts a ServerApp or ClientApp process per run or message) polls
 # for work every second by default; this shortens it on every machine we start.
 POLL_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"}
@@ -57,33 +64,73 @@ def _need(path: str | Path, what: str) -> str:
     return str(path)
 
 
-def superlink_command(*, certs: str | Path, state: str | Path, host: str = "0.0.0.0", port: int = DEFAULT_PORT) -> list[str]:
-    """flower-superlink with TLS (certs/ca.crt, server.pem, server.key), registered SuperNodes only,
-    no run-time package installation, and its state (runs, registered keys) in state/state.db."""
-    certs = Path(certs)
-    Path(state).mkdir(parents=True, exist_ok=True)
+def server_certs(certs: str | Path) -> dict[str, str]:
+    """The public side's files: server.pem + server.key (TLS) and admin-ca.crt (admin clients)."""
+    names = {"server.pem": "server certificate", "server.key": "server private key",
+             "admin-ca.crt": "admin CA certificate"}
+    return {name: _need(Path(certs) / name, what) for name, what in names.items()}
+
+
+def superlink_command(*, state: str | Path, local_port: int = DEFAULT_LOCAL_PORT) -> list[str]:
+    """flower-superlink on 127.0.0.1 only, with TLS (a loopback certificate kept in state/),
+    registered SuperNodes only, no run-time package installation, its state (runs, registered
+    keys) in state/state.db."""
+    from fedlabel.deploy_proxy import loopback_certificate
+
+    state = Path(state).expanduser().resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    crt, key = loopback_certificate(state)
     return [
         "flower-superlink",
-        "--ssl-ca-certfile", _need(certs / "ca.crt", "CA certificate"),
-        "--ssl-certfile", _need(certs / "server.pem", "server certificate"),
-        "--ssl-keyfile", _need(certs / "server.key", "server private key"),
+        "--ssl-ca-certfile", str(crt), "--ssl-certfile", str(crt), "--ssl-keyfile", str(key),
         "--enable-supernode-auth",
         "--disable-runtime-dependency-installation",
-        "--host", host, "--port", str(port),
-        "--database", str(Path(state).resolve() / "state.db"),
+        "--host", "127.0.0.1", "--port", str(local_port),
+        "--database", str(state / "state.db"),
     ]  # fmt: skip
 
 
-def supernode_command(*, superlink: str, ca: str | Path, key: str | Path, site_dir: str | Path, site_id: str = "", port: int = 9094) -> list[str]:
+def serve(*, certs: str | Path, state: str | Path, host: str, port: int, local_port: int = DEFAULT_LOCAL_PORT) -> int:
+    """The server side: the SuperLink on 127.0.0.1:local_port and nginx on host:port in front."""
+    from fedlabel import deploy_proxy
+
+    try:
+        deploy_proxy.nginx_binary()
+    except FileNotFoundError as err:
+        raise DeployError(str(err)) from None
+    if port == local_port:
+        raise DeployError(f"--port and --local-port must differ, both are {port}")
+    files = server_certs(certs)
+    superlink = superlink_command(state=state, local_port=local_port)
+    state = Path(state).expanduser().resolve()
+    loopback_crt = deploy_proxy.loopback_certificate(state)[0]
+    conf = deploy_proxy.nginx_config(state=state, certs=files, host=host, port=port, local_port=local_port,
+                                     loopback_crt=loopback_crt)  # fmt: skip
+    return deploy_proxy.serve(superlink, conf, local_port=local_port, loopback_crt=loopback_crt, env=flower_env())
+
+
+def supernode_command(*, superlink: str, ca: str | Path, key: str | Path, trust: list[str | Path], site_dir: str | Path,
+                      site_id: str = "", port: int = 9094) -> list[str]:
     """flower-supernode for one site: TLS verified against the CA, authenticated with the site's
-    private key, node config naming its data directory (and name). ``port`` is the SuperNode's
+    private key, node config naming its data directory (and name), running only apps signed by
+    one of the ``trust`` keys (Ed25519 public keys, OpenSSH format). ``port`` is the SuperNode's
     local API for its ClientApp processes (127.0.0.1; one per SuperNode on a machine)."""
+    from fedlabel.deploy_trust import TrustError, load_public_key
+
+    if not trust:
+        raise DeployError("name at least one app-signing key this site trusts (--trust admin-sign.key.pub)")
+    trusted = [_need(t, "trusted app-signing key") for t in trust]
+    try:
+        for path in trusted:
+            load_public_key(path)
+    except TrustError as err:
+        raise DeployError(str(err)) from None
     site = Path(site_dir).expanduser().resolve()
     if not site.is_dir():
         raise DeployError(f"site directory {site} is missing")
     node_config = f"site-dir={json.dumps(str(site))}" + (f" site-id={json.dumps(site_id)}" if site_id else "")
     return [
-        "flower-supernode",
+        *TRUST, "supernode", *trusted, "--",
         "--root-certificates", _need(ca, "CA certificate"),
         "--superlink", superlink,
         "--auth-supernode-private-key", _need(key, "site private key"),
@@ -97,9 +144,24 @@ def flwr_home(env: dict[str, str] | None = None) -> Path:
     return Path(env.get("FLWR_HOME", "~/.flwr")).expanduser()
 
 
-def write_connection(*, superlink: str, ca: str | Path, env: dict[str, str] | None = None) -> Path:
+def write_connection(*, superlink: str, ca: str | Path, cert: str | Path = "", key: str | Path = "",
+                     sign_key: str | Path = "", env: dict[str, str] | None = None) -> Path:
     """Add (or replace) the `fedlabel-deploy` connection in $FLWR_HOME/config.toml and make it the
-    default; other connections there are kept."""
+    default (other connections there are kept); name the admin's client certificate and key and
+    app-signing key in $FLWR_HOME/fedlabel-admin.toml (without them: an outsider's view)."""
+    from fedlabel.deploy_trust import ADMIN_FILE, TrustError, load_private_key
+
+    admin = {}
+    if cert or key:
+        admin.update(cert=_need(cert, "admin client certificate"), key=_need(key, "admin client key"))
+    if sign_key:
+        admin["sign-key"] = _need(sign_key, "app-signing key")
+        try:
+            load_private_key(sign_key)
+        except TrustError as err:
+            raise DeployError(str(err)) from None
+    flwr_home(env).mkdir(parents=True, exist_ok=True)
+    (flwr_home(env) / ADMIN_FILE).write_text(tomli_w.dumps(admin))
     path = flwr_home(env) / "config.toml"
     config = tomllib.loads(path.read_text()) if path.is_file() else {}
     links = config.setdefault("superlink", {})
@@ -112,14 +174,14 @@ def write_connection(*, superlink: str, ca: str | Path, env: dict[str, str] | No
 
 def flwr(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> dict[str, Any]:
     """Run `flwr <args> fedlabel-deploy --format json` and return its JSON answer."""
-    cmd = ["flwr", *args, CONNECTION, "--format", "json"]
+    cmd = [*TRUST, "flwr", *args, CONNECTION, "--format", "json"]
     out = subprocess.run(cmd, env=flower_env(env), capture_output=True, text=True, timeout=timeout)
     try:
         answer = json.loads(out.stdout)
     except json.JSONDecodeError:
         answer = {"success": False, "error-message": (out.stdout + out.stderr).strip()[-1000:]}
     if not answer.get("success", False):
-        raise DeployError(f"`{' '.join(cmd)}` failed: {answer.get('error-message', answer)}")
+        raise DeployError(f"`flwr {' '.join(cmd[len(TRUST) + 1:])}` failed: {answer.get('error-message', answer)}")
     return answer
 
 
@@ -169,9 +231,13 @@ def run_config_file(*, sites: int, output_dir: str, overrides: list[str], path: 
 
 def submit(*, sites: int, output_dir: str, overrides: list[str] = (), env: dict[str, str] | None = None) -> int:
     """Submit a FedLabel run with `flwr run` to the connected SuperLink; returns its run id."""
+    from fedlabel.deploy_trust import admin_files
     from fedlabel.engines.flower import project_dir
 
     home = flwr_home(env)
+    if not admin_files(home).get("sign-key"):
+        raise DeployError("no app-signing key, and sites run only signed apps: "
+                          "`fedlabel deploy connect ... --sign-key FILE`")
     home.mkdir(parents=True, exist_ok=True)
     conf = run_config_file(sites=sites, output_dir=output_dir, overrides=list(overrides), path=home / "fedlabel-run.toml")
     answer = flwr("run", str(project_dir()), "--run-config", str(conf), env=env, timeout=300)
@@ -230,14 +296,18 @@ def _exec(cmd: list[str]) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedlabel deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("server", help="start the SuperLink (TLS, registered SuperNodes only)")
-    s.add_argument("--certs", required=True, help="directory with ca.crt, server.pem, server.key")
-    s.add_argument("--state", required=True, help="directory for the SuperLink's database")
-    s.add_argument("--host", default="0.0.0.0")
+    s = sub.add_parser("server", help="start the SuperLink behind nginx (TLS; admin-only Control API)")
+    s.add_argument("--certs", required=True, help="directory with server.pem, server.key, admin-ca.crt")
+    s.add_argument("--state", required=True, help="directory for the SuperLink's database and nginx's files")
+    s.add_argument("--host", required=True, help="address to serve sites and the admin on, e.g. 0.0.0.0")
     s.add_argument("--port", type=int, default=DEFAULT_PORT)
-    s = sub.add_parser("connect", help="point this machine's flwr CLI at the SuperLink")
+    s.add_argument("--local-port", type=int, default=DEFAULT_LOCAL_PORT, help="the SuperLink's own port on 127.0.0.1")
+    s = sub.add_parser("connect", help="point this machine's flwr CLI at the server, as the admin")
     s.add_argument("--superlink", required=True, help="HOST:PORT as named in the server certificate")
     s.add_argument("--ca", required=True, help="the CA certificate (ca.crt)")
+    s.add_argument("--cert", required=True, help="the admin client certificate (admin.pem)")
+    s.add_argument("--key", required=True, help="its private key (admin.key)")
+    s.add_argument("--sign-key", default="", help="the app-signing key for submit (admin-sign.key)")
     s = sub.add_parser("register", help="allow a site's public key; prints the node id")
     s.add_argument("public_key")
     s = sub.add_parser("unregister", help="remove a site's key for good")
@@ -247,6 +317,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--superlink", required=True)
     s.add_argument("--ca", required=True)
     s.add_argument("--key", required=True, help="this site's private key")
+    s.add_argument("--trust", action="append", default=[], required=True,
+                   help="public key whose signed apps this site runs (admin-sign.key.pub); repeatable")
     s.add_argument("--site-dir", required=True, help="directory with labeled.npz (and unlabeled.npz)")
     s.add_argument("--site-id", default="", help="site name (default: the directory's name)")
     s.add_argument("--port", type=int, default=9094, help="local port for this SuperNode's ClientApp API")
@@ -256,6 +328,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--no-wait", action="store_true", help="print the run id and return")
     s.add_argument("--timeout", type=float, default=24 * 3600)
     s.add_argument("overrides", nargs="*", help="run settings as key=value, e.g. rounds=20 clients_per_round=2")
+    s = sub.add_parser("flwr", help="a flwr command as the admin, e.g. `fedlabel deploy flwr log 12 fedlabel-deploy`")
+    s.add_argument("args", nargs=argparse.REMAINDER)
     s = sub.add_parser("demo-sites", help="write Fashion-MNIST site directories for a trial deployment")
     s.add_argument("out")
     s.add_argument("--sites", type=int, default=2)
@@ -272,12 +346,16 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.cmd == "server":
-            _exec(superlink_command(certs=args.certs, state=args.state, host=args.host, port=args.port))
+            return serve(certs=args.certs, state=args.state, host=args.host, port=args.port, local_port=args.local_port)
         elif args.cmd == "join":
-            _exec(supernode_command(superlink=args.superlink, ca=args.ca, key=args.key, site_dir=args.site_dir,
-                                    site_id=args.site_id, port=args.port))  # fmt: skip
+            _exec(supernode_command(superlink=args.superlink, ca=args.ca, key=args.key, trust=args.trust,
+                                    site_dir=args.site_dir, site_id=args.site_id, port=args.port))  # fmt: skip
+        elif args.cmd == "flwr":
+            _exec([*TRUST, "flwr", *args.args])
         elif args.cmd == "connect":
-            print(f"connection {CONNECTION} written to {write_connection(superlink=args.superlink, ca=args.ca)}")
+            path = write_connection(superlink=args.superlink, ca=args.ca, cert=args.cert, key=args.key,
+                                    sign_key=args.sign_key)
+            print(f"connection {CONNECTION} written to {path}")
         elif args.cmd == "register":
             print(register(args.public_key))
         elif args.cmd == "unregister":

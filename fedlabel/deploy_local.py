@@ -1,6 +1,7 @@
-"""A whole deployment on 127.0.0.1 for tests and measurements: a SuperLink and one SuperNode per
-site, each a separate process started with the same `fedlabel deploy` commands an operator runs
-(TLS on every connection, only registered keys admitted). Every process started here is ended by
+"""A whole deployment on 127.0.0.1 for tests and measurements: the server side (SuperLink behind
+nginx) and one SuperNode per site, each started with the same `fedlabel deploy` commands an
+operator runs (TLS on every connection, only registered keys admitted, the admin's credential
+and app signature, sites that trust the admin's signing key). Every process started here is ended by
 PID, with its descendants (Flower starts some in sessions of their own), by :meth:`stop`."""
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class LocalFederation:
         self.env = deploy.flower_env({**os.environ, "FLWR_HOME": str(self.work / "admin")})
         self.procs: dict[str, subprocess.Popen] = {}
         self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.address = f"127.0.0.1:{self.port}"  # nginx: what sites, the admin and outsiders reach
+        self.local_address = f"127.0.0.1:{free_port()}"  # the SuperLink itself: only the server machine
         self.certs = self.work / "certs"
         self.node_ids: dict[str, int] = {}
 
@@ -87,8 +89,11 @@ class LocalFederation:
     def start_server(self, timeout: float = 120) -> None:
         """Start the SuperLink, wait until it answers over TLS, point the admin flwr CLI at it."""
         proc = self._start("superlink", ["server", "--certs", str(self.certs), "--state", str(self.work / "state"),
-                                         "--host", "127.0.0.1", "--port", str(self.port)])  # fmt: skip
-        deploy.write_connection(superlink=self.address, ca=self.certs / "ca.crt", env=self.env)
+                                         "--host", "127.0.0.1", "--port", str(self.port),
+                                         "--local-port", self.local_address.rsplit(":", 1)[1]])  # fmt: skip
+        deploy.write_connection(superlink=self.address, ca=self.certs / "ca.crt", cert=self.certs / "admin.pem",
+                                key=self.certs / "admin.key", sign_key=self.certs / "admin-sign.key",
+                                env=self.env)  # fmt: skip
         context = ssl.create_default_context(cafile=str(self.certs / "ca.crt"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -109,6 +114,7 @@ class LocalFederation:
         """Start site's SuperNode with certs/<key or site>.key and the data directory work/<data or site>."""
         return self._start(site, ["join", "--superlink", self.address, "--ca", str(self.certs / "ca.crt"),
                                   "--key", str(self.certs / f"{key or site}.key"), "--site-dir", str(self.work / (data or site)),
+                                  "--trust", str(self.certs / "admin-sign.key.pub"),
                                   "--port", str(free_port())])  # fmt: skip
 
     def wait_online(self, count: int, timeout: float = 120) -> list[dict]:

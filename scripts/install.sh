@@ -27,6 +27,13 @@ if [ ! -f "$stamp" ]; then
   fi
   touch "$stamp"
 fi
+# nginx from Debian: `fedlabel deploy server` runs the SuperLink behind it (not needed for
+# simulation or at sites; FEDLABEL_SKIP_APT=1 skips both packages).
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ] && command -v apt-get >/dev/null \
+   && [ "$(id -u)" = 0 ] && [ -z "${FEDLABEL_SKIP_APT:-}" ]; then
+  apt-get update -qq >/dev/null && apt-get install -y -qq nginx-light >/dev/null \
+    || echo "note: could not install nginx; \`fedlabel deploy server\` needs it (apt-get install nginx)" >&2
+fi
 # Fashion-MNIST from Debian (the loader also downloads to a cache or reads user files).
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null \
    && [ "$(id -u)" = 0 ] && [ -z "${FEDLABEL_SKIP_APT:-}" ]; then

@@ -1,8 +1,8 @@
-"""A real deployment on 127.0.0.1: one SuperLink and SuperNodes as separate processes, TLS on
-every connection, only registered SuperNode keys admitted, started with the `fedlabel deploy`
-commands an operator runs. Success is read from the run's final state in `flwr ls`, never from an
-exit code. Every process started here is ended by PID (with its descendants) in a finally
-(fedlabel.deploy_local)."""
+"""A real deployment on 127.0.0.1: the server side (SuperLink behind nginx) and SuperNodes as
+separate processes, TLS on every connection, only registered SuperNode keys admitted, runs
+signed by the admin, started with the `fedlabel deploy` commands an operator runs. Success is
+read from the run's final state in `flwr ls`, never from an exit code. Every process started
+here is ended by PID (with its descendants) in a finally (fedlabel.deploy_local)."""
 
 from __future__ import annotations
 
@@ -14,42 +14,19 @@ import numpy as np
 import pytest
 
 from fedlabel import deploy
-from fedlabel.data import DataError, load_fashion_mnist, save_site
-from fedlabel.deploy_local import LocalFederation, kill
-
-RUN_TIMEOUT_S = 150
-# Tiny but real: 200 Fashion-MNIST images per site (20 labeled), 300 test images on the server.
-RUN_SETTINGS = ["clients_per_round=2", "algorithm.local_steps=2", "algorithm.unlabeled_steps=2",
-                "algorithm.batch_size=16", "device='cpu'", "data.name='npz'"]  # fmt: skip
-
-
-def _submit(fed: LocalFederation, name: str, *overrides: str, sites: int = 2) -> int:
-    return deploy.submit(sites=sites, output_dir=str(fed.work / name), env=fed.env,
-                         overrides=[*RUN_SETTINGS, f"data.root='{fed.work / 'test.npz'}'", *overrides])  # fmt: skip
+from fedlabel.data import save_site
+from fedlabel.deploy_local import kill
+from tests.deploy.federation import RUN_TIMEOUT_S, submit, two_site_federation
 
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    try:
-        load_fashion_mnist(download=False)
-    except DataError as err:
-        pytest.skip(f"Fashion-MNIST not installed: {err}")
-    fed = LocalFederation(tmp_path_factory.mktemp("deploy"))
-    fed.make_certs(4)
-    deploy.demo_sites(fed.work, sites=2, per_site=200, label_ratio=0.1, test_samples=300)
-    try:
-        fed.start_server()
-        for site in ("site1", "site2"):
-            fed.register(site)
-            fed.join(site)
-        fed.wait_online(2)
+    with two_site_federation(tmp_path_factory.mktemp("deploy")) as fed:
         yield fed
-    finally:
-        fed.stop()
 
 
 def test_two_sites_complete_a_tls_authenticated_run(federation):
-    run_id = _submit(federation, "run", "rounds=2")
+    run_id = submit(federation, "run", "rounds=2")
     state = deploy.wait_run(run_id, timeout=RUN_TIMEOUT_S, env=federation.env)
     assert state["status"] == "finished:completed", federation.log("superlink")[-3000:]
     summary = json.loads((federation.work / "run" / "summary.json").read_text())
@@ -59,8 +36,8 @@ def test_two_sites_complete_a_tls_authenticated_run(federation):
     clients = json.loads((federation.work / "run" / "clients.json").read_text())
     assert [(c["client_id"], c["site"], c["num_labeled"], c["num_unlabeled"]) for c in clients] == [
         (0, "site1", 20, 180), (1, "site2", 20, 180)]  # fmt: skip
-    # TLS: the SuperLink served HTTPS only; the certificate is the one make-certs.sh signed
-    assert f"Uvicorn running on https://{federation.address}" in federation.log("superlink")
+    # TLS: the SuperLink served HTTPS only, on 127.0.0.1 behind nginx
+    assert f"Uvicorn running on https://{federation.local_address}" in federation.log("superlink")
 
 
 def test_unregistered_key_is_refused(federation):
@@ -84,7 +61,7 @@ def test_bad_site_data_fails_the_run_naming_the_file(federation):
     proc = federation.join("site4")
     try:
         federation.wait_online(3)
-        run_id = _submit(federation, "bad", "rounds=1", sites=3)
+        run_id = submit(federation, "bad", "rounds=1", sites=3)
         state = deploy.wait_run(run_id, timeout=RUN_TIMEOUT_S, env=federation.env)
     finally:
         kill(proc)  # SIGTERM: the SuperNode signs off
@@ -99,7 +76,7 @@ def test_site_killed_in_round_one_does_not_stop_the_run(federation):
     unavailable after its heartbeats stop) with site1 alone, and so does round 2. The deadline
     leaves room for a slow healthy site on a loaded machine."""
     offset = len(federation.log("site2"))
-    run_id = _submit(federation, "killed", "rounds=2", "faults.round_deadline_s=30", "faults.min_clients=1")
+    run_id = submit(federation, "killed", "rounds=2", "faults.round_deadline_s=30", "faults.min_clients=1")
     deadline = time.monotonic() + 60
     while "Receiving: train message" not in federation.log("site2")[offset:]:
         assert time.monotonic() < deadline, "site2 never received its round-1 train message"
