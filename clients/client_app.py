@@ -27,6 +27,7 @@ from fedlabel.faults import CRASH, DROPOUT, LATE_BY_S, STRAGGLER, InjectedCrash,
 from fedlabel.federation import client_generator, load_federated
 from fedlabel.models import build_model
 from fedlabel.privacy.mechanism import private_client_update
+from fedlabel.privacy.noise import deployed
 from fedlabel.training import resolve_device
 
 app = ClientApp()
@@ -52,6 +53,7 @@ def _setup(msg: Message, context: Context) -> tuple[Config, ClientData, tuple[in
     """(config, this client's data, (in_channels, num_classes, image_size))."""
     cfg = config_from_run_config(context.run_config)
     if keys.SITE_DIR in context.node_config:
+        cfg = deployed(cfg)  # DP noise from the site's OS entropy, whatever the server's run config says
         config = msg.content[keys.CONFIG]
         shape = (int(config[keys.IN_CHANNELS]), int(config[keys.NUM_CLASSES]), int(config[keys.IMAGE_SIZE]))
         cid = int(config.get(keys.CLIENT_ID, 0))  # assigned by the server after the query

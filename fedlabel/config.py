@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,9 +99,41 @@ class FaultsConfig:
     # Updates whose L2 norm (over all their deltas) exceeds this are rejected; 0 = no bound. The
     # default only catches absurd updates (a normal round's delta has norm of order 1).
     max_update_norm: float = 1.0e4
+    # A dishonest site, simulated by the in-process engines (fedlabel/faults.py, tamper): client
+    # attack_client sends, every round it is sampled, its honest update changed by `attack`:
+    # scale (deltas x attack_scale), norm (deltas rescaled to attack_scale x max_update_norm),
+    # weight (r_k and its size at discovery claimed as attack_scale), counters (absurd counters).
+    attack: str = "none"
+    attack_client: int = 0
+    attack_scale: float = 100.0
+
+
+ROBUST_RULES = ("none", "trimmed_mean", "median", "krum")
+
+
+@dataclass(frozen=True)
+class AggregationConfig:
+    """How the server bounds each accepted update's influence and combines them (fedlabel/robust.py).
+
+    Every round, before aggregation: an update whose L2 norm exceeds clip_to_median x the lower
+    median norm of the round's accepted updates is scaled down to that norm, and a weight r_k
+    above weight_to_median x the lower median weight is lowered to it (0 disables either); then
+    ``robust`` combines the deltas: none (weighted mean, FedAvg), trimmed_mean (coordinate-wise,
+    trim_fraction cut at each end), median (coordinate-wise) or krum (Blanchard et al. 2017:
+    the krum_select updates with the lowest Krum scores for krum_malicious dishonest sites,
+    averaged by r_k). Robust rules ignore r_k except Krum's mean. Under privacy=central_dp the
+    mechanism's own fixed clipping and equal weights bound each update instead."""
+
+    clip_to_median: float = 3.0
+    weight_to_median: float = 10.0
+    robust: str = "none"
+    trim_fraction: float = 0.2
+    krum_malicious: int = 1
+    krum_select: int = 1
 
 
 PRIVACY_MECHANISMS = ("none", "dpsgd", "central_dp")
+ATTACKS = ("none", "scale", "norm", "weight", "counters")
 
 
 @dataclass(frozen=True)
@@ -115,6 +148,10 @@ class PrivacyConfig:
     delta: float = 1e-5  # epsilon is reported at this delta
     clipping: str = "server"  # central_dp: server | client (who clips each update)
     accountant: str = "rdp"  # rdp | prv (Opacus accountants)
+    # Draw every DP noise value (DP-SGD noise and Poisson batches, central-DP noise, bag-count noise)
+    # from generators seeded by the OS's entropy instead of the run's seed, so nobody who knows the
+    # config can regenerate the noise (fedlabel/privacy/noise.py). Always on at deployed sites.
+    secure_noise: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,6 +162,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     rounds: int = 30
     clients_per_round: int = 10
     seed: int = 0
@@ -329,6 +367,8 @@ def validate(cfg: Config) -> None:
     check(bool(cfg.output_dir), "output_dir", "must not be empty")
     check(cfg.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {cfg.checkpoint_every}")
     _validate_faults(cfg.faults, cfg.clients_per_round)
+    _validate_attack(cfg)
+    _validate_aggregation(cfg)
     check(not cfg.tensorboard or importlib.util.find_spec("tensorboard") is not None, "tensorboard",
           "needs the optional package tensorboard: pip install 'fedlabel[tensorboard]' (or tensorboard=false)")  # fmt: skip
     validate_privacy(cfg)
@@ -368,6 +408,58 @@ def validate_privacy(cfg: Config) -> None:
             "algorithm.aggregation",
             "privacy=central_dp clips and averages one update per client; 'split' uploads two",
         )
+        conflict = ALGORITHMS[cfg.algorithm.name].central_dp_conflict
+        check(not conflict, "privacy.name", f"central_dp cannot run algorithm.name={cfg.algorithm.name}: its private "
+              f"aggregation replaces the algorithm's own, which {conflict}")  # fmt: skip
+        check(cfg.aggregation.robust == "none", "aggregation.robust",
+              f"{cfg.aggregation.robust} with privacy.name=central_dp: the noise is calibrated to the mean of "
+              "clipped updates, which a robust rule would replace")  # fmt: skip
+    check(
+        not (p.secure_noise and cfg.data.proportion_epsilon > 0 and cfg.engine.name == "flower"),
+        "privacy.secure_noise",
+        "true with data.proportion_epsilon > 0 needs engine=inprocess or vectorized: engine=flower rebuilds "
+        "every client's bags in each worker, so each would release fresh noisy counts (epsilon spent again)",
+    )
+
+
+def _validate_attack(cfg: Config) -> None:
+    f = cfg.faults
+    check(f.attack in ATTACKS, "faults.attack", f"unknown attack {f.attack!r}; choose from {list(ATTACKS)}")
+    if f.attack == "none":
+        return
+    check(cfg.engine.name != "flower", "faults.attack",
+          f"{f.attack}: a dishonest site is simulated by engine=inprocess or vectorized only")  # fmt: skip
+    check(0 <= f.attack_client < cfg.data.num_clients, "faults.attack_client",
+          f"must be a client id in [0, data.num_clients={cfg.data.num_clients}), got {f.attack_client}")  # fmt: skip
+    check(math.isfinite(f.attack_scale) and f.attack_scale > 0, "faults.attack_scale",
+          f"must be a finite number > 0, got {f.attack_scale}")  # fmt: skip
+    check(f.attack != "norm" or f.max_update_norm > 0, "faults.attack",
+          "norm scales the update to faults.attack_scale x faults.max_update_norm, which is 0 (no bound)")  # fmt: skip
+
+
+def _validate_aggregation(cfg: Config) -> None:
+    a, n = cfg.aggregation, cfg.clients_per_round
+    check(a.clip_to_median >= 0, "aggregation.clip_to_median", f"must be >= 0 (0 = off), got {a.clip_to_median}")
+    check(a.weight_to_median >= 0, "aggregation.weight_to_median", f"must be >= 0 (0 = off), got {a.weight_to_median}")
+    check(a.robust in ROBUST_RULES, "aggregation.robust",
+          f"unknown rule {a.robust!r}; choose from {list(ROBUST_RULES)}")  # fmt: skip
+    check(
+        a.robust == "none" or getattr(cfg.algorithm, "aggregation", "weighted") != "split",
+        "aggregation.robust",
+        f"aggregation.robust={a.robust} combines one update per client; algorithm.aggregation=split uploads two",
+    )
+    if a.robust == "trimmed_mean":
+        check(0 <= a.trim_fraction < 0.5, "aggregation.trim_fraction", f"must be in [0, 0.5), got {a.trim_fraction}")
+        check(int(a.trim_fraction * n) >= 1, "aggregation.trim_fraction",
+              f"{a.trim_fraction} trims no update of a cohort of clients_per_round={n} (needs >= {1 / n:.3g})")
+    if a.robust == "krum":
+        check(a.krum_malicious >= 0, "aggregation.krum_malicious", f"must be >= 0, got {a.krum_malicious}")
+        check(n > 2 * a.krum_malicious + 2, "aggregation.krum_malicious",
+              f"Krum needs clients_per_round > 2 x krum_malicious + 2; got {n} clients for {a.krum_malicious}")
+        check(1 <= a.krum_select <= n - a.krum_malicious, "aggregation.krum_select",
+              f"must be in [1, clients_per_round - krum_malicious = {n - a.krum_malicious}], got {a.krum_select}")
+
+
 def _validate_faults(f: FaultsConfig, clients_per_round: int) -> None:
     for name in ("crash_prob", "dropout_prob", "straggler_prob"):
         value = getattr(f, name)

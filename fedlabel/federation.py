@@ -25,6 +25,7 @@ from fedlabel.lifecycle import RunStopped
 from fedlabel.models import build_model
 from fedlabel.privacy.mechanism import ServerPrivacy
 from fedlabel.report import RunRecorder
+from fedlabel.robust import Limit, bound_influence, combiner
 from fedlabel.training import Params, evaluate, get_params
 from fedlabel.validation import Rejection, screen_updates
 from fedlabel.llp.setup import bag_spec, proportion_epsilon
@@ -173,6 +174,9 @@ def run_federation(
 def _rounds(cfg: Config, *, model, params, test_images, test_labels, train_cohort, recorder, device, client_sizes) -> Params:
     algorithm = build_algorithm(cfg.algorithm)
     privacy = ServerPrivacy(cfg)
+    a = cfg.aggregation
+    combine = combiner(a.robust, trim_fraction=a.trim_fraction, krum_malicious=a.krum_malicious,
+                       krum_select=a.krum_select)  # fmt: skip
     setup = ServerSetup(model=model, seed=cfg.seed, input_shape=tuple(test_images.shape[1:]))
     params = algorithm.init_global({k: v.to(device) for k, v in params.items()}, setup=setup)
     first = 1
@@ -189,7 +193,8 @@ def _rounds(cfg: Config, *, model, params, test_images, test_labels, train_cohor
         )
         results = train_cohort(rnd, cohort, params, algorithm.client_payload(rnd, cohort, params))
         accepted, failed, rejected = screen_round(cfg, algorithm, rnd, cohort, results, params, client_sizes=client_sizes)
-        params = privacy.aggregate(algorithm, params, accepted, round=rnd)
+        bounded, limits = bound_round(cfg, rnd, accepted)
+        params = privacy.aggregate(algorithm, params, bounded, round=rnd, combine=combine)
         record = {"round": rnd, **pool_metrics(accepted), "failed_clients": len(failed), "rejected_updates": len(rejected),
                   "epsilon": privacy.account(accepted)}
         if rnd % cfg.eval_every == 0 or rnd > cfg.rounds - max(cfg.eval_last, 1):
@@ -201,6 +206,7 @@ def _rounds(cfg: Config, *, model, params, test_images, test_labels, train_cohor
         record["participants"] = sorted(u.client_id for u in accepted)
         record["failed"] = [f.record() for f in failed]
         record["rejected"] = [r.record() for r in rejected]
+        record["bounded"] = [b.record() for b in limits]
         recorder.extra["privacy"] = privacy.summary()
         recorder.log_round(record)
         if rnd % cfg.checkpoint_every == 0 or rnd == cfg.rounds:
@@ -208,6 +214,19 @@ def _rounds(cfg: Config, *, model, params, test_images, test_labels, train_cohor
                             rounds=recorder.rounds, config=recorder.config, wall_seconds=recorder.wall_seconds(),
                             privacy_state=privacy.state_dict())  # fmt: skip
     return algorithm.eval_params(params)
+
+
+def bound_round(cfg: Config, rnd: int, accepted: list[ClientUpdate]) -> tuple[list[ClientUpdate], list[Limit]]:
+    """The accepted updates with each one's influence bounded relative to the cohort (cfg.aggregation;
+    fedlabel.robust), logging every bound applied. Not under privacy=central_dp, whose fixed clipping
+    and equal weights bound each update (a cohort-relative bound would raise its sensitivity)."""
+    if cfg.privacy.name == "central_dp":
+        return accepted, []
+    a = cfg.aggregation
+    bounded, limits = bound_influence(accepted, clip_to_median=a.clip_to_median, weight_to_median=a.weight_to_median)
+    for b in limits:
+        log.warning("round %d: update of client %d bounded (%s): %s", rnd, b.client_id, b.kind, b.detail)
+    return bounded, limits
 
 
 def screen_round(
@@ -228,6 +247,7 @@ def screen_round(
     accepted, bad = screen_updates(
         updates, global_params, cohort=cohort, delta_names=algorithm.delta_names(),
         max_update_norm=cfg.faults.max_update_norm, client_sizes=client_sizes,
+        unlabeled_passes=cfg.algorithm.local_steps if algorithm.counts_unlabeled_per_step else 1,
     )  # fmt: skip
     rejected += bad
     heard = {r.client_id for r in results}

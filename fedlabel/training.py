@@ -58,12 +58,14 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 def batch_indices(n: int, *, batch_size: int, steps: int, generator: torch.Generator) -> list[torch.Tensor]:
     """`steps` minibatches of min(batch_size, n) indices, drawn epoch by epoch without
     replacement from a fresh permutation (the last partial batch of an epoch is dropped).
-    Under DP-SGD: `steps` Poisson batches of expected size batch_size instead."""
+    Under DP-SGD: `steps` Poisson batches of expected size batch_size instead, drawn from the
+    session's sampler when it has one (privacy.secure_noise)."""
     if n == 0 or steps == 0:
         return []
     session = dpsgd.active_session()
     if session is not None:
-        out = dpsgd.poisson_batches(n, batch_size=batch_size, steps=steps, generator=generator)
+        sampler = generator if session.sampler is None else session.sampler
+        out = dpsgd.poisson_batches(n, batch_size=batch_size, steps=steps, generator=sampler)
         session.last_draw = (min(1.0, batch_size / n), n, len(out))
         return out
     b = min(batch_size, n)

@@ -26,6 +26,7 @@ from fedlabel.errors import check
 from fedlabel.faults import CRASHED, TIMEOUT, ClientFailure
 from fedlabel.federation import CohortResult, initial_model, load_dataset, open_recorder, run_federation
 from fedlabel.lifecycle import claim_output_dir
+from fedlabel.privacy.noise import deployed
 from fedlabel.report import round_line
 from fedlabel.training import Params, resolve_device
 from fedlabel.validation import CLIENT, UNDECODABLE, Rejection
@@ -212,6 +213,7 @@ def main(grid: Grid, context: Context) -> None:
         if "site" in stats[0]:  # deployment: the federation is the sites that answered
             grid = PollingGrid(grid)
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_clients=len(nodes)))
+            cfg = deployed(cfg)  # central-DP noise from the OS's entropy; summary.json's privacy.noise_source says so
             check(cfg.clients_per_round <= len(nodes), "clients_per_round",
                   f"{cfg.clients_per_round} is more than the {len(nodes)} site(s) that answered")  # fmt: skip
     except Exception as err:

@@ -42,11 +42,33 @@ ROOT = Path(__file__).resolve().parents[1]
         ({"data": {"colour": "red"}}, "data.colour"),
         ({"algorithm": {"name": "fedavg", "beta": 0.5}}, "algorithm.beta"),
         ({"device": "tpu"}, "device"),
+        ({"aggregation": {"robust": "bulyan"}}, "aggregation.robust"),
+        ({"aggregation": {"clip_to_median": -1.0}}, "aggregation.clip_to_median"),
+        ({"aggregation": {"weight_to_median": -1.0}}, "aggregation.weight_to_median"),
+        ({"aggregation": {"robust": "trimmed_mean", "trim_fraction": 0.5}}, "aggregation.trim_fraction"),
+        ({"aggregation": {"robust": "trimmed_mean", "trim_fraction": 0.05}}, "aggregation.trim_fraction"),  # trims none of 10
+        ({"aggregation": {"robust": "krum", "krum_malicious": 4}}, "aggregation.krum_malicious"),  # 10 <= 2 x 4 + 2
+        ({"aggregation": {"robust": "krum", "krum_select": 0}}, "aggregation.krum_select"),
+        ({"aggregation": {"robust": "median"}, "algorithm": {"name": "fedlabel", "aggregation": "split"}}, "aggregation.robust"),
+        ({"faults": {"attack": "sybil"}}, "faults.attack"),
+        ({"faults": {"attack": "scale"}, "engine": {"name": "flower"}}, "faults.attack"),
+        ({"faults": {"attack": "scale", "attack_client": 100}, "engine": {"name": "inprocess"}}, "faults.attack_client"),
+        ({"faults": {"attack": "scale", "attack_scale": 0.0}, "engine": {"name": "inprocess"}}, "faults.attack_scale"),
+        ({"faults": {"attack": "norm", "max_update_norm": 0.0}, "engine": {"name": "inprocess"}}, "faults.attack"),
     ],
 )
 def test_impossible_values_name_the_field(values, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         config_from_dict(values)
+
+
+def test_hydra_composes_the_aggregation_settings():
+    register_configs()
+    with initialize_config_module(config_module="configs", version_base="1.3"):
+        hcfg = compose(config_name="config", overrides=["aggregation.robust=median", "aggregation.clip_to_median=2.5", "output_dir=x"])
+    cfg = config_from_dict(OmegaConf.to_container(hcfg, resolve=True))
+    assert cfg.aggregation.robust == "median" and cfg.aggregation.clip_to_median == 2.5
+    assert Config().aggregation.clip_to_median == 3.0 and Config().aggregation.robust == "none"
 
 
 def test_label_ratio_one_is_allowed():

@@ -11,6 +11,7 @@ from fedlabel.faults import CRASHED, TIMEOUT, ClientFailure
 from fedlabel.federation import RoundFailed, screen_round
 from fedlabel.validation import (
     CLIENT,
+    COUNTERS,
     DTYPE,
     KEYS,
     NON_FINITE,
@@ -119,3 +120,55 @@ def test_too_few_accepted_updates_fail_the_round():
     results = [_update(0), _update(1, weight=-3.0), ClientFailure(2, TIMEOUT)]
     with pytest.raises(RoundFailed, match=r"round 4: 1 of 3 .*faults\.min_clients=2.*\(1, 'weight'\)"):
         screen_round(cfg, build_algorithm(cfg.algorithm), 4, [0, 1, 2], results, GLOBAL)
+
+
+SEMI = {"num_labeled": 5, "num_unlabeled": 20, "num_kept": 10, "num_kept_correct": 8, "num_kept_global": 4,
+        "num_kept_global_correct": 3, "loss_labeled": 0.7, "loss_unlabeled": 1.2}  # fmt: skip
+
+
+def _counters(**changes) -> ClientUpdate:
+    return _update(metrics={**SEMI, **changes})
+
+
+def test_consistent_counters_pass():
+    assert check_update(_counters(), GLOBAL, delta_names=MODEL, max_weight=25.0, max_unlabeled=25.0) is None
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        _counters(num_kept=1e9, loss_labeled=-1e30),  # the review's update: coverage 2,770,083 published
+        _counters(num_kept=1e9, num_unlabeled=1e9),  # consistent with each other, not with the client's size
+        _counters(num_kept=21),  # more kept than unlabeled
+        _counters(num_kept_correct=11),  # more correct than kept
+        _counters(num_kept_global=11),
+        _counters(num_kept_global_correct=5),  # more than num_kept_global
+        _counters(num_kept_global_correct=4, num_kept_correct=3),  # more than num_kept_correct
+        _counters(num_labeled=26),  # more labeled samples than the client has
+        _counters(num_labeled=-1),
+        _counters(num_unlabeled=20.5),
+        _counters(loss_labeled=-1e30),
+        _counters(loss_unlabeled=1e7),
+        _update(metrics={"num_kept_correct": 1}),  # correct pseudo-labels without kept ones
+    ],
+)
+def test_absurd_counters_are_rejected_by_reason(update):
+    problem = check_update(update, GLOBAL, delta_names=MODEL, max_weight=25.0, max_unlabeled=25.0)
+    assert isinstance(problem, Rejection) and problem.reason == COUNTERS and problem.detail
+
+
+def test_counters_bounded_by_the_size_times_the_passes_for_per_step_counters():
+    """FixMatch and FedMatch count unlabeled samples over their local steps: up to steps x size."""
+    update = _update(0, weight=5.0, metrics={**SEMI, "num_unlabeled": 60})
+    accepted, rejected = screen_updates([update], GLOBAL, cohort=[0], delta_names=MODEL, client_sizes={0: 25})
+    assert accepted == [] and rejected[0].reason == COUNTERS and "num_unlabeled=60" in rejected[0].detail
+    accepted, _ = screen_updates([update], GLOBAL, cohort=[0], delta_names=MODEL, client_sizes={0: 25}, unlabeled_passes=3)
+    assert accepted == [update]
+
+
+def test_screen_round_applies_the_algorithms_counter_bound():
+    cfg = config_from_dict({"algorithm": {"name": "fedavg_fixmatch", "local_steps": 4}, "data": {"num_clients": 4},
+                            "clients_per_round": 1})  # fmt: skip
+    update = _update(0, weight=5.0, metrics={"num_labeled": 5, "num_unlabeled": 90, "num_kept": 3})
+    accepted, _, _ = screen_round(cfg, build_algorithm(cfg.algorithm), 1, [0], [update], GLOBAL, client_sizes={0: 25})
+    assert accepted == [update]  # 90 <= 4 steps x 25 samples

@@ -19,7 +19,8 @@ from torch import nn
 
 from fedlabel.data import ClientData
 from fedlabel.errors import check
-from fedlabel.training import Params, SgdConfig, add_scaled, zeros_like
+from fedlabel.robust import Combine, weighted_mean
+from fedlabel.training import Params, SgdConfig
 
 StateDict = dict[str, torch.Tensor]
 
@@ -80,6 +81,12 @@ class Algorithm:
     # batch_indices/sgd_train (fedlabel.privacy.dpsgd's contract); joint labeled+unlabeled steps
     # and hand-written SGD loops are not covered.
     dpsgd_supported: ClassVar[bool] = False
+    # privacy=central_dp replaces ``aggregate`` by the private mean; non-empty: what the
+    # algorithm's own aggregation does that would then silently not happen (config refuses it).
+    central_dp_conflict: ClassVar[str] = ""
+    # True when the "num_unlabeled" counter counts samples processed over the local steps (at most
+    # local_steps x the set size) rather than the client's unlabeled set (at most its size).
+    counts_unlabeled_per_step: ClassVar[bool] = False
 
     def __init__(self, params: AlgorithmParams) -> None:
         self.params = params
@@ -121,14 +128,13 @@ class Algorithm:
     def load_state_dict(self, state: dict) -> None:
         """Restore what ``state_dict`` returned."""
 
-    def aggregate(self, global_params: Params, updates: list[ClientUpdate]) -> Params:
-        """FedAvg over deltas with server learning rate 1: w + sum_k (r_k / sum_j r_j) Delta_k.
-        Updates are summed in client-id order so both engines do identical arithmetic."""
+    def aggregate(self, global_params: Params, updates: list[ClientUpdate], *,
+                  combine: Combine = weighted_mean) -> Params:  # fmt: skip
+        """w + combine(Delta_k, r_k) over the updates with r_k > 0, in client-id order so every
+        engine does identical arithmetic; the default is FedAvg with server learning rate 1,
+        w + sum_k (r_k / sum_j r_j) Delta_k (fedlabel.robust for the robust rules)."""
         updates = sorted((u for u in updates if u.weight > 0), key=lambda u: u.client_id)
-        total = sum(u.weight for u in updates)
-        if total <= 0:
+        if not updates:
             return {k: v.clone() for k, v in global_params.items()}
-        step = zeros_like(global_params)
-        for u in updates:
-            add_scaled(step, u.deltas["model"], u.weight / total)
+        step = combine(global_params, [u.deltas["model"] for u in updates], [u.weight for u in updates])
         return {k: global_params[k] + step[k] for k in global_params}

@@ -47,6 +47,7 @@ from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate
 from fedlabel.algorithms.fedavg import train_labeled
 from fedlabel.augment import strong_augment
 from fedlabel.errors import check
+from fedlabel.robust import Combine, weighted_mean
 from fedlabel.training import Params, add_scaled, batch_indices, predict_logits, sgd_train, subtract, to_float, zeros_like
 
 CONFIDENCES = ("variance", "entropy", "maxprob")
@@ -245,9 +246,12 @@ class FedLabel(Algorithm):
     def delta_names(self) -> frozenset[str]:
         return frozenset({"labeled", "unlabeled"}) if self.params.aggregation == "split" else frozenset({"model"})
 
-    def aggregate(self, global_params: Params, updates: list[ClientUpdate]) -> Params:
+    def aggregate(self, global_params: Params, updates: list[ClientUpdate], *,
+                  combine: Combine = weighted_mean) -> Params:  # fmt: skip
+        """"weighted": the base class's. "split": the fixed mix of the two deltas below (config
+        validation refuses a robust ``combine`` with it)."""
         if self.params.aggregation != "split":
-            return super().aggregate(global_params, updates)
+            return super().aggregate(global_params, updates, combine=combine)
         updates = sorted(updates, key=lambda u: u.client_id)
         step = zeros_like(global_params)
         labeled = [u for u in updates if u.metrics["num_labeled"] > 0]

@@ -61,6 +61,7 @@ from torch import nn
 from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate, ServerSetup, StateDict
 from fedlabel.augment import strong_augment, weak_augment
 from fedlabel.errors import check
+from fedlabel.robust import Combine, weighted_mean
 from fedlabel.training import Params, SgdConfig, batch_indices, forward, subtract, to_float
 
 SIGMA, PSI = "sigma.", "psi."
@@ -214,6 +215,8 @@ class _Sgd:
 class FedMatch(Algorithm):
     name = "fedmatch"
     Params = FedMatchParams
+    central_dp_conflict = "stores each client's returned model for the helpers (no helper would ever be sent)"
+    counts_unlabeled_per_step = True
 
     def __init__(self, params: FedMatchParams) -> None:
         super().__init__(params)
@@ -232,7 +235,8 @@ class FedMatch(Algorithm):
     def eval_params(self, global_params: Params) -> Params:
         return compose(*split(global_params), l1_thres=self.params.l1_thres)
 
-    def aggregate(self, global_params: Params, updates: list[ClientUpdate]) -> Params:
+    def aggregate(self, global_params: Params, updates: list[ClientUpdate], *,
+                  combine: Combine = weighted_mean) -> Params:  # fmt: skip
         """Embed and keep every returned client model, then FedAvg over (sigma, psi)."""
         for u in sorted(updates, key=lambda u: u.client_id):
             sigma, psi = split({k: v + u.deltas["model"][k].to(v.device) for k, v in global_params.items()})
@@ -242,7 +246,7 @@ class FedMatch(Algorithm):
                 self.embeddings[u.client_id] = forward(self._model, theta, probe).softmax(1).flatten().cpu()
             kept = psi if self.params.helper_payload == "psi" else theta
             self.helper_models[u.client_id] = {k: v.detach().cpu() for k, v in kept.items()}
-        return super().aggregate(global_params, updates)
+        return super().aggregate(global_params, updates, combine=combine)
 
     def client_payload(self, rnd: int, cohort: list[int], global_params: Params) -> dict[int, dict[str, StateDict]]:
         if rnd % self.params.helper_interval:

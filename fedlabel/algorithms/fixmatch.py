@@ -100,6 +100,7 @@ class FedAvgFixMatch(Algorithm):
     name = "fedavg_fixmatch"
     Params = FixMatchParams
     trains_on_bags = True
+    counts_unlabeled_per_step = True
 
     def proximal_mu(self) -> float:
         return 0.0

@@ -151,3 +151,4 @@ class BagSpec:
     epsilon: float = 0.0
     delta: float = 1e-5
     bp: BpParams = field(default_factory=BpParams)
+    secure_noise: bool = False  # count noise from the OS's entropy (privacy.secure_noise), not the seed

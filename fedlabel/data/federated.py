@@ -14,6 +14,7 @@ from fedlabel.data.errors import DataError
 from fedlabel.data.fashion_mnist import load_fashion_mnist
 from fedlabel.data.npz import load_npz
 from fedlabel.data.partition import partition_dirichlet, partition_iid, split_labeled
+from fedlabel.privacy.noise import os_entropy_rng
 
 
 @dataclass(frozen=True, init=False, eq=False)
@@ -151,12 +152,14 @@ def build_federated(
     Deterministic in seed; the labeled split uses its own generator, so the partition depends on
     seed and the partition knobs only. ``train_samples`` > 0 first keeps a seeded random subset of
     that many training samples (for quick runs and tests). ``bags`` turns every client's labeled
-    part into bags that keep only (possibly noisy) class counts, drawn from a third generator.
+    part into bags that keep only (possibly noisy) class counts, drawn from a third generator
+    (the count noise from the OS's entropy instead with ``bags.secure_noise``).
     """
     seed_seq = np.random.SeedSequence([seed, 17])
     partition_rng = np.random.default_rng(seed_seq)
     label_rng = np.random.default_rng(seed_seq.spawn(1)[0])
     bag_rng = np.random.default_rng(np.random.SeedSequence([seed, 19]))
+    noise_rng = os_entropy_rng() if bags is not None and bags.secure_noise else bag_rng
     if bags is not None and bags.size == 0 and dataset.train_bags is None:
         raise DataError(f"dataset {dataset.name!r} has no per-sample bag ids (data.bag_key); set data.bag_size > 0 for random bags")
     labels = dataset.train_labels.numpy()
@@ -192,7 +195,7 @@ def build_federated(
         else:
             bag_index = given_bag_index(dataset.train_bags[labeled_t].numpy())
         client_bags = make_bags(labeled_images, labeled_labels, bag_index, num_classes=dataset.num_classes,
-                                mechanism=bags.mechanism, epsilon=bags.epsilon, delta=bags.delta, rng=bag_rng,
+                                mechanism=bags.mechanism, epsilon=bags.epsilon, delta=bags.delta, rng=noise_rng,
                                 method=bags.method, bp=bags.bp)  # fmt: skip
         clients.append(ClientData.bagged(client_id, client_bags, *unlabeled))
     return FederatedData(

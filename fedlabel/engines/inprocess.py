@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedlabel.algorithms import Algorithm, build_algorithm
+from fedlabel.algorithms import Algorithm, ClientUpdate, build_algorithm
 from fedlabel.config import Config
 from fedlabel.data import FederatedData
-from fedlabel.faults import draw_fault, seen_by_server
+from fedlabel.faults import claimed_size, draw_fault, seen_by_server, tamper
 from fedlabel.federation import TrainCohort, client_generator, initial_model, load_federated, open_recorder, run_federation
 from fedlabel.privacy.mechanism import private_client_update
 from fedlabel.training import Params, resolve_device
@@ -36,12 +36,14 @@ def sequential_trainer(cfg: Config, model: nn.Module, algorithm: Algorithm, fed:
 
 def with_faults(cfg: Config, train_cohort: TrainCohort) -> TrainCohort:
     """Injected faults (cfg.faults) for any cohort trainer: a faulty client is not trained and
-    the server sees what it would see of it (an error, or nothing before the deadline)."""
+    the server sees what it would see of it (an error, or nothing before the deadline); the
+    dishonest site's update is tampered with."""
 
     def faulty_cohort(rnd: int, cohort: list[int], global_params: Params, extras: dict):
         faults = {cid: draw_fault(cfg.faults, seed=cfg.seed, round=rnd, client_id=cid) for cid in cohort}
         healthy = [cid for cid in cohort if faults[cid] is None]
         results = train_cohort(rnd, healthy, global_params, extras) if healthy else []
+        results = [tamper(cfg.faults, r) if isinstance(r, ClientUpdate) else r for r in results]
         return results + [seen_by_server(kind, cid) for cid, kind in faults.items() if kind is not None]
 
     return faulty_cohort
@@ -77,7 +79,8 @@ def run_inprocess(
             train_cohort=with_faults(cfg, train_cohort),
             recorder=recorder,
             device=device,
-            client_sizes={c.client_id: c.num_labeled + c.num_unlabeled for c in fed.clients},
+            client_sizes={c.client_id: claimed_size(cfg.faults, c.client_id, c.num_labeled + c.num_unlabeled)
+                          for c in fed.clients},  # fmt: skip
         )
     finally:
         getattr(train_cohort, "close", lambda: None)()  # worker processes end with the run

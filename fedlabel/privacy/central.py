@@ -9,7 +9,8 @@ Equal weights (not r_k) because a client's weighted share could reach 1 and its 
 not C / n. The divisor is the number of *sampled* clients, as in Flower, so a client that fails
 lowers the mean without changing the noise. The noise is drawn from a torch generator seeded by
 (seed, round): Flower's ``add_gaussian_noise_inplace`` draws from numpy's unseeded global
-generator, which would break run-to-run reproducibility.
+generator, which would break run-to-run reproducibility; with privacy.secure_noise (and always in
+a deployment) from one seeded by the OS's entropy instead (fedlabel.privacy.noise).
 """
 
 from __future__ import annotations

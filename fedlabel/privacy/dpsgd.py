@@ -54,11 +54,13 @@ class DpSgdSettings:
 
 @dataclass
 class DpSgdSession:
-    """The DP state of one client update: settings, the noise generator, and the ledger of
-    (noise_multiplier, sample_rate, steps) of every private training loop run so far."""
+    """The DP state of one client update: settings, the noise generator, the generator of the
+    Poisson batches (None: the training loop's own), and the ledger of (noise_multiplier,
+    sample_rate, steps) of every private training loop run so far."""
 
     settings: DpSgdSettings
     generator: torch.Generator
+    sampler: torch.Generator | None = None
     ledger: list[tuple[float, float, int]] = field(default_factory=list)
     last_draw: tuple[float, int, int] | None = None  # latest Poisson draw: (q, records, batches)
 
@@ -67,12 +69,13 @@ _session: DpSgdSession | None = None
 
 
 @contextlib.contextmanager
-def dpsgd_session(settings: DpSgdSettings, *, generator: torch.Generator) -> Iterator[DpSgdSession]:
+def dpsgd_session(settings: DpSgdSettings, *, generator: torch.Generator,
+                  sampler: torch.Generator | None = None) -> Iterator[DpSgdSession]:  # fmt: skip
     """Run the enclosed client update with DP-SGD; yields the session (its ledger)."""
     global _session
     if _session is not None:
         raise RuntimeError("a DP-SGD session is already open")
-    _session = DpSgdSession(settings, generator)
+    _session = DpSgdSession(settings, generator, sampler)
     try:
         yield _session
     finally:

@@ -13,8 +13,10 @@ from fedlabel.algorithms import Algorithm, ClientUpdate
 from fedlabel.config import Config, PrivacyConfig
 from fedlabel.data import ClientData
 from fedlabel.privacy import central
+from fedlabel.privacy import noise as noise_source
 from fedlabel.privacy.accountant import PrivacyLedger
 from fedlabel.privacy.dpsgd import DpSgdSettings, dpsgd_session
+from fedlabel.robust import Combine, weighted_mean
 
 Params = dict[str, torch.Tensor]
 
@@ -28,9 +30,13 @@ def private_client_update(algorithm: Algorithm, privacy: PrivacyConfig, model: n
     ``extras``: the algorithm's per-client payload, passed through."""
     kwargs = {"extras": extras} if extras else {}
     if privacy.name == "dpsgd":
-        noise = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        if privacy.secure_noise:  # noise and Poisson batches the server cannot regenerate
+            noise = sampler = noise_source.os_entropy_generator()
+        else:  # both from the client's seeded generator (simulation: reproducible)
+            noise = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+            sampler = None
         settings = DpSgdSettings(noise_multiplier=privacy.noise_multiplier, max_grad_norm=privacy.max_grad_norm)
-        with dpsgd_session(settings, generator=noise) as session:
+        with dpsgd_session(settings, generator=noise, sampler=sampler) as session:
             update = algorithm.client_update(model, global_params, data, generator=generator, device=device, **kwargs)
         if session.ledger:
             update.metrics[keys.DP_NOISE_MULTIPLIERS] = [z for z, _, _ in session.ledger]
@@ -60,10 +66,13 @@ class ServerPrivacy:
         p = cfg.privacy
         self.ledger = PrivacyLedger(delta=p.delta, accountant=p.accountant) if p.name != "none" else None
 
-    def aggregate(self, algorithm: Algorithm, global_params: Params, updates: list[ClientUpdate], *, round: int) -> Params:
+    def aggregate(self, algorithm: Algorithm, global_params: Params, updates: list[ClientUpdate], *, round: int,
+                  combine: Combine = weighted_mean) -> Params:  # fmt: skip
+        """The algorithm's aggregation with ``combine`` (fedlabel.robust), or the private mean of
+        central DP (config validation refuses a robust rule there)."""
         p = self.cfg.privacy
         if p.name != "central_dp":
-            return algorithm.aggregate(global_params, updates)
+            return algorithm.aggregate(global_params, updates, combine=combine)
         return central.private_aggregate(
             global_params,
             [(u.client_id, _single_delta(u)) for u in updates],
@@ -71,7 +80,8 @@ class ServerPrivacy:
             noise_multiplier=p.noise_multiplier,
             num_sampled_clients=self.cfg.clients_per_round,
             clip=p.clipping == "server",
-            generator=central.noise_generator(seed=self.cfg.seed, round=round),
+            generator=noise_source.os_entropy_generator() if p.secure_noise
+            else central.noise_generator(seed=self.cfg.seed, round=round),
         )
 
     def account(self, updates: list[ClientUpdate]) -> float | None:
@@ -92,12 +102,14 @@ class ServerPrivacy:
         return self.ledger.max_epsilon() or 0.0  # 0 while no client has trained yet
 
     def summary(self) -> dict | None:
-        if self.ledger is None:
-            return None
+        """What summary.json records under "privacy" (None: no DP noise anywhere in the run)."""
         p = self.cfg.privacy
+        if self.ledger is None:
+            bag_noise = self.cfg.data.proportion_epsilon > 0
+            return {"mechanism": p.name, "noise_source": noise_source.noise_source(p)} if bag_noise else None
         out = {"mechanism": p.name, "delta": p.delta, "accountant": p.accountant,
                "noise_multiplier": p.noise_multiplier, "max_grad_norm": p.max_grad_norm,
-               "epsilon": self.ledger.max_epsilon()}  # fmt: skip
+               "epsilon": self.ledger.max_epsilon(), "noise_source": noise_source.noise_source(p)}  # fmt: skip
         if p.name == "dpsgd":
             out["client_epsilon"] = dict(sorted(self.ledger.epsilons().items(), key=lambda kv: int(kv[0])))
         else:

@@ -85,7 +85,7 @@ def test_no_privacy_reports_null_epsilon_and_uses_the_algorithms_aggregation():
     update = ClientUpdate(client_id=0, deltas={"model": {"w": torch.ones(2)}}, weight=3.0)
 
     class Algo:
-        def aggregate(self, global_params, updates):
+        def aggregate(self, global_params, updates, *, combine):
             return {"w": global_params["w"] + 1}
 
     assert server.account([update]) is None and server.summary() is None

@@ -4,6 +4,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+from fedlabel.algorithms import ALGORITHMS
 from fedlabel.cli import register_configs
 from fedlabel.config import ConfigError, config_from_dict, config_from_run_config, config_to_dict, flatten
 
@@ -24,6 +25,8 @@ from fedlabel.config import ConfigError, config_from_dict, config_from_run_confi
         ({"privacy": {"name": "dpsgd"}, "algorithm": {"name": "fedavg_fixmatch"}}, "privacy.name"),
         ({"privacy": {"name": "dpsgd"}, "algorithm": {"name": "fedmatch"}}, "privacy.name"),
         ({"privacy": {"name": "dpsgd"}, "algorithm": {"name": "fedavg"}, "data": {"bag_size": 8}}, "privacy.name"),
+        ({"privacy": {"name": "central_dp"}, "aggregation": {"robust": "median"}}, "aggregation.robust"),
+        ({"privacy": {"secure_noise": "yes"}}, "privacy.secure_noise"),
     ],
 )
 def test_impossible_privacy_values_name_the_field(values, field):
@@ -39,3 +42,17 @@ def test_hydra_privacy_group(name):
     cfg = config_from_dict(OmegaConf.to_container(hcfg, resolve=True))
     assert cfg.privacy.name == name and cfg.privacy.noise_multiplier == 0.7
     assert config_from_run_config(flatten(config_to_dict(cfg))) == cfg
+
+
+def test_fedmatch_with_central_dp_is_refused_naming_both_settings():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"algorithm": {"name": "fedmatch"}, "privacy": {"name": "central_dp"}})
+    message = str(err.value)
+    assert "privacy.name" in message and "central_dp" in message and "algorithm.name=fedmatch" in message
+    assert "helper" in message and "\n" not in message
+
+
+def test_only_fedmatch_conflicts_with_central_dp():
+    accepted = [n for n in ALGORITHMS if n != "fedmatch" and config_from_dict(
+        {"algorithm": {"name": n}, "privacy": {"name": "central_dp"}}).privacy.name == "central_dp"]  # fmt: skip
+    assert sorted(accepted) == sorted(set(ALGORITHMS) - {"fedmatch"})
