@@ -191,7 +191,7 @@ class Store:
             print(f"not started: {run.name} ({self.out / 'STOP'} exists)", flush=True)
             return None
         (self.out / run.name).mkdir(parents=True, exist_ok=True)
-        with open(self.out / run.name / ".lock", "w") as lock:  # released when this process ends, however it ends
+        with open(self.out / run.name / ".benchmark.lock", "w") as lock:  # beside the run's own .lock; freed on exit
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -28,8 +28,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +262,27 @@ def wait_run(run_id: int, *, timeout: float = 3600, poll: float = 1.0, env: dict
         time.sleep(poll)
 
 
+def follow_run(run_id: int, *, timeout: float = 3600, env: dict[str, str] | None = None,
+               echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Echo the run's ``fedlabel:`` log lines (start-up phases, one line per round) as the
+    ServerApp logs them, from `flwr log --stream`, which ends when the run has finished;
+    returns the run's last `flwr ls` entry."""
+    deadline = time.monotonic() + timeout
+    cmd = [*TRUST, "flwr", "log", str(run_id), CONNECTION, "--stream"]
+    with subprocess.Popen(cmd, env=flower_env(env), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            for line in proc.stdout:
+                _, found, text = line.partition("fedlabel: ")
+                if found:
+                    echo(text.rstrip())
+        finally:
+            timer.cancel()
+            proc.kill()
+    return wait_run(run_id, timeout=max(0.0, deadline - time.monotonic()), env=env)
+
+
 def demo_sites(out: str | Path, *, sites: int, per_site: int, label_ratio: float, test_samples: int, seed: int = 0) -> list[Path]:
     """Carve real Fashion-MNIST into `sites` IID site directories (per_site images each, a share
     label_ratio labeled) and, with test_samples > 0, a small server test set out/test.npz (MedMNIST
@@ -322,7 +345,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--site-dir", required=True, help="directory with labeled.npz (and unlabeled.npz)")
     s.add_argument("--site-id", default="", help="site name (default: the directory's name)")
     s.add_argument("--port", type=int, default=9094, help="local port for this SuperNode's ClientApp API")
-    s = sub.add_parser("submit", help="submit a FedLabel run and wait for its final state")
+    s = sub.add_parser("submit", help="submit a FedLabel run, print its round lines as they come, wait for its end")
     s.add_argument("--sites", type=int, required=True, help="number of sites the run waits for (data.num_clients)")
     s.add_argument("--output-dir", required=True, help="absolute path on the server machine for the results")
     s.add_argument("--no-wait", action="store_true", help="print the run id and return")
@@ -372,7 +395,7 @@ def main(argv: list[str]) -> int:
             print(f"run {run_id} submitted; results in {args.output_dir} on the server machine")
             if args.no_wait:
                 return 0
-            state = wait_run(run_id, timeout=args.timeout)
+            state = follow_run(run_id, timeout=args.timeout)
             print(f"run {run_id}: {state['status']}")
             return 0 if state["status"] == "finished:completed" else 1
     except (DeployError, ConfigError, DataError) as err:

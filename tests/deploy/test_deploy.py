@@ -27,8 +27,12 @@ def federation(tmp_path_factory):
 
 def test_two_sites_complete_a_tls_authenticated_run(federation):
     run_id = submit(federation, "run", "rounds=2")
-    state = deploy.wait_run(run_id, timeout=RUN_TIMEOUT_S, env=federation.env)
+    echoed = []  # what `fedlabel deploy submit` prints while it waits
+    state = deploy.follow_run(run_id, timeout=RUN_TIMEOUT_S, env=federation.env, echo=echoed.append)
     assert state["status"] == "finished:completed", federation.log("superlink")[-3000:]
+    rounds = [line for line in echoed if line.startswith("round ")]
+    assert [line.split(":")[0] for line in rounds] == ["round 1/2", "round 2/2"], echoed
+    assert all("accuracy " in line and "clients 2 (failed 0, rejected 0)" in line for line in rounds)
     summary = json.loads((federation.work / "run" / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert [(r["round"], r["clients"]) for r in summary["rounds"]] == [(1, 2), (2, 2)]
