@@ -28,7 +28,10 @@ from fedlabel.algorithms import build_algorithm  # noqa: E402
 from fedlabel.augment import weak_augment  # noqa: E402
 from fedlabel.config import config_from_dict  # noqa: E402
 from fedlabel.federation import client_generator, initial_model, load_federated  # noqa: E402
-from fedlabel.training import to_float  # noqa: E402
+from fedlabel.training import (
+    ClientContext,
+    to_float,  # noqa: E402
+)
 
 
 def compare(workload: str, *, clients: int, repeats: int, data_root: str) -> tuple[float, float]:
@@ -42,7 +45,7 @@ def compare(workload: str, *, clients: int, repeats: int, data_root: str) -> tup
 
     def engine() -> None:
         for c in ids:
-            algorithm.client_update(model, params, fed.clients[c], generator=client_generator(seed=0, round=1, client_id=c), device=cpu)
+            algorithm.client_update(model, params, fed.clients[c], ClientContext(cpu, client_generator(seed=0, round=1, client_id=c)))
 
     def floor() -> None:
         gen = torch.Generator().manual_seed(0)

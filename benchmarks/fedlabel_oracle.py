@@ -29,9 +29,9 @@ def oracle_select(global_logits, local_logits, **kwargs) -> fl.ExpertChoice:
     return fl.ExpertChoice(truth, torch.ones_like(c.keep), c.agree & right, c.consistency_weight * right, c.minus_probs, c.global_is_expert)
 
 
-def oracle_client_update(self, model, global_params, data, **kwargs):
+def oracle_client_update(self, model, global_params, data, ctx, **kwargs):
     _truth["labels"] = data.unlabeled_true_labels
-    return _client_update(self, model, global_params, data, **kwargs)
+    return _client_update(self, model, global_params, data, ctx, **kwargs)
 
 
 def main(argv: list[str]) -> None:

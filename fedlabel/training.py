@@ -2,22 +2,22 @@
 
 Client training is a pure function of (parameters, batches, generator) so that the same code
 can later run for many clients at once; models hold no buffers, so parameters are the state.
-Inside :func:`fedlabel.privacy.dpsgd.dpsgd_session` (privacy=dpsgd) ``batch_indices`` draws
-Poisson batches and ``sgd_train`` takes DP-SGD steps, so every algorithm inherits DP-SGD.
+An algorithm's client update is handed a :class:`ClientContext`: its device, its generator and
+its trainer, which draws the minibatches and runs the SGD loop. Plain SGD is :class:`Sgd`;
+privacy=dpsgd hands :class:`fedlabel.privacy.dpsgd.DpSgd` instead (Poisson batches, clipped and
+noised steps), so every algorithm that trains through its context inherits DP-SGD.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
-
-from fedlabel.privacy import dpsgd
 
 Params = dict[str, torch.Tensor]
 
@@ -57,17 +57,9 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 def batch_indices(n: int, *, batch_size: int, steps: int, generator: torch.Generator) -> list[torch.Tensor]:
     """`steps` minibatches of min(batch_size, n) indices, drawn epoch by epoch without
-    replacement from a fresh permutation (the last partial batch of an epoch is dropped).
-    Under DP-SGD: `steps` Poisson batches of expected size batch_size instead, drawn from the
-    session's sampler when it has one (privacy.secure_noise)."""
+    replacement from a fresh permutation (the last partial batch of an epoch is dropped)."""
     if n == 0 or steps == 0:
         return []
-    session = dpsgd.active_session()
-    if session is not None:
-        sampler = generator if session.sampler is None else session.sampler
-        out = dpsgd.poisson_batches(n, batch_size=batch_size, steps=steps, generator=sampler)
-        session.last_draw = (min(1.0, batch_size / n), n, len(out))
-        return out
     b = min(batch_size, n)
     out: list[torch.Tensor] = []
     while len(out) < steps:
@@ -81,12 +73,15 @@ def proximal_term(params: Params, center: Params, *, mu: float) -> torch.Tensor:
     return 0.5 * mu * sum(((params[k] - center[k]) ** 2).sum() for k in params)
 
 
+LossFn = Callable[[Callable[[torch.Tensor], torch.Tensor], Any], torch.Tensor]
+
+
 def sgd_train(
     model: nn.Module,
     params: Params,
     *,
     batches: list,
-    loss_fn: Callable[[Callable[[torch.Tensor], torch.Tensor], object], torch.Tensor],
+    loss_fn: LossFn,
     sgd: SgdConfig,
     prox_mu: float = 0.0,
 ) -> tuple[Params, float]:
@@ -96,22 +91,21 @@ def sgd_train(
     ``prox_mu`` > 0 every step also descends FedProx's mu/2 ||w - params||^2 (the starting point,
     i.e. the global model); the returned mean loss is loss_fn's alone."""
     center = {k: v.detach().clone() for k, v in params.items()} if prox_mu else None
-    if dpsgd.active_session() is not None and batches:
-        return _dp_sgd_train(model, params, batches=batches, loss_fn=loss_fn, sgd=sgd, center=center, prox_mu=prox_mu)
     params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-    velocity = {k: torch.zeros_like(v) for k, v in params.items()} if sgd.momentum else None
+    velocity = zeros_like(params) if sgd.momentum else None
     total = 0.0
     for batch in batches:
         loss = loss_fn(lambda x: forward(model, params, x), batch)
         objective = loss + proximal_term(params, center, mu=prox_mu) if center is not None else loss
         grads = torch.autograd.grad(objective, list(params.values()))
-        _sgd_step(params, grads, velocity, sgd)
+        sgd_step(params, grads, velocity, sgd)
         total += float(loss.detach())
     return {k: v.detach() for k, v in params.items()}, total / max(len(batches), 1)
 
 
 @torch.no_grad()
-def _sgd_step(params: Params, grads, velocity: Params | None, sgd: SgdConfig) -> None:
+def sgd_step(params: Params, grads, velocity: Params | None, sgd: SgdConfig) -> None:
+    """The SGD step, in place: g += wd * w; v = m * v + g (momentum); w -= lr * g."""
     for (k, p), g in zip(params.items(), grads):
         if sgd.weight_decay:
             g = g.add(p, alpha=sgd.weight_decay)
@@ -120,49 +114,35 @@ def _sgd_step(params: Params, grads, velocity: Params | None, sgd: SgdConfig) ->
         p.sub_(g, alpha=sgd.lr)
 
 
-def _dp_sgd_train(model: nn.Module, params: Params, *, batches: list, loss_fn, sgd: SgdConfig,
-                  center: Params | None, prox_mu: float) -> tuple[Params, float]:  # fmt: skip
-    """sgd_train's DP-SGD path (fedlabel.privacy.dpsgd): Opacus per-sample gradients on Poisson
-    batches, clipped and noised; empty batches take a noise-only step. FedProx's proximal
-    gradient mu (w - center) depends on no data and is added after the noise. Appends
-    (z, q, steps) to the session's ledger."""
-    session = dpsgd.active_session()
-    if not all(isinstance(b, torch.Tensor) and b.dim() == 1 for b in batches):
-        raise RuntimeError("DP-SGD: each batch must be one tensor of record indices (one record set per step)")
-    if session.last_draw is None or session.last_draw[2] != len(batches):
-        raise RuntimeError("DP-SGD: sgd_train's batches must be the Poisson batches of the latest batch_indices call")
-    (q, num_records, _), settings = session.last_draw, session.settings
-    session.last_draw = None
-    device = next(iter(params.values())).device
-    gsm = dpsgd.grad_sample_module(model, device)
-    gsm.load_state_dict(dpsgd.to_wrapped(params))  # Opacus's keys carry the "_module." prefix
-    weights = dict(gsm.named_parameters())
-    velocity = {k: torch.zeros_like(v) for k, v in weights.items()} if sgd.momentum else None
-    expected_batch_size = q * num_records
-    total, nonempty = 0.0, 0
-    for batch in batches:
-        n = len(batch)
-        if n == 0:  # nothing to differentiate: the noise-only step of an empty Poisson batch
-            clipped = [torch.zeros_like(w) for w in weights.values()]
-        else:
-            loss = loss_fn(lambda x: gsm(x), batch)
-            with warnings.catch_warnings():  # Opacus's hooks on an input that needs no grad: harmless
-                warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                loss.backward()
-            per_record = [dpsgd.per_record_gradients(w.grad_sample, n) if w.grad_sample is not None
-                          else w.new_zeros(n, *w.shape) for w in weights.values()]  # fmt: skip
-            clipped = dpsgd.clip_and_sum(per_record, settings.max_grad_norm)
-            for w in weights.values():
-                w.grad, w.grad_sample = None, None
-            total, nonempty = total + float(loss.detach()), nonempty + 1
-        grads = dpsgd.noisy_mean(clipped, settings=settings, expected_batch_size=expected_batch_size,
-                                 generator=session.generator)  # fmt: skip
-        if center is not None:
-            grads = [g + prox_mu * (w.detach() - center[k[len(dpsgd.WRAPPED_PREFIX) :]]) for g, (k, w) in zip(grads, weights.items())]
-        _sgd_step(weights, grads, velocity, sgd)
-    session.ledger.append((settings.noise_multiplier, q, len(batches)))
-    out = {k: v.detach().clone() for k, v in dpsgd.from_wrapped(gsm.state_dict()).items()}
-    return out, total / max(nonempty, 1)
+class Sgd:
+    """How a client trains without DP: shuffled minibatches (:func:`batch_indices`) and plain
+    SGD steps (:func:`sgd_train`)."""
+
+    def batches(self, n: int, *, batch_size: int, steps: int, generator: torch.Generator) -> list[torch.Tensor]:
+        return batch_indices(n, batch_size=batch_size, steps=steps, generator=generator)
+
+    def train(self, model: nn.Module, params: Params, *, batches: list, loss_fn: LossFn, sgd: SgdConfig,
+              prox_mu: float = 0.0) -> tuple[Params, float]:  # fmt: skip
+        return sgd_train(model, params, batches=batches, loss_fn=loss_fn, sgd=sgd, prox_mu=prox_mu)
+
+
+@dataclass(frozen=True)
+class ClientContext:
+    """What one client update is handed: where it runs, its one source of randomness (batches,
+    augmentation) and its trainer (plain :class:`Sgd`, or DP-SGD under privacy=dpsgd)."""
+
+    device: torch.device
+    generator: torch.Generator
+    trainer: Sgd = field(default_factory=Sgd)
+
+    def batches(self, n: int, *, batch_size: int, steps: int) -> list[torch.Tensor]:
+        """``steps`` batches of record indices out of n (shuffled; Poisson under DP-SGD)."""
+        return self.trainer.batches(n, batch_size=batch_size, steps=steps, generator=self.generator)
+
+    def train(self, model: nn.Module, params: Params, *, batches: list, loss_fn: LossFn, sgd: SgdConfig,
+              prox_mu: float = 0.0) -> tuple[Params, float]:  # fmt: skip
+        """One step per batch of ``batches`` (from :meth:`batches`) from ``params``."""
+        return self.trainer.train(model, params, batches=batches, loss_fn=loss_fn, sgd=sgd, prox_mu=prox_mu)
 
 
 @torch.no_grad()

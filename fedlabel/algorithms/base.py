@@ -20,7 +20,7 @@ from torch import nn
 from fedlabel.data import ClientData
 from fedlabel.errors import check
 from fedlabel.robust import Combine, weighted_mean
-from fedlabel.training import Params, SgdConfig
+from fedlabel.training import ClientContext, Params, SgdConfig
 
 StateDict = dict[str, torch.Tensor]
 
@@ -77,8 +77,8 @@ class Algorithm:
     trains_on_bags: ClassVar[bool] = False
     name: ClassVar[str]
     Params: ClassVar[type[AlgorithmParams]] = AlgorithmParams
-    # privacy=dpsgd: every SGD step trains on one Poisson batch of one record set through
-    # batch_indices/sgd_train (fedlabel.privacy.dpsgd's contract); joint labeled+unlabeled steps
+    # privacy=dpsgd: every SGD step trains on one Poisson batch of one record set through the
+    # context's batches/train (fedlabel.privacy.dpsgd's contract); joint labeled+unlabeled steps
     # and hand-written SGD loops are not covered.
     dpsgd_supported: ClassVar[bool] = False
     # privacy=central_dp replaces ``aggregate`` by the private mean; non-empty: what the
@@ -96,13 +96,13 @@ class Algorithm:
         model: nn.Module,
         global_params: Params,
         data: ClientData,
+        ctx: ClientContext,
         *,
-        generator: torch.Generator,
-        device: torch.device,
         extras: dict[str, StateDict] | None = None,
     ) -> ClientUpdate:
-        """One client's round. ``extras``: what ``client_payload`` gave this client (the
-        engines pass it only when that is not empty)."""
+        """One client's round. ``ctx``: its device, generator and trainer (draw batches and
+        train only through it, so DP-SGD applies). ``extras``: what ``client_payload`` gave this
+        client (the engines pass it only when that is not empty)."""
         raise NotImplementedError
 
     def delta_names(self) -> frozenset[str]:

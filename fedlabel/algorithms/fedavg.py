@@ -5,9 +5,7 @@ The client weight r_k is the number of labeled samples."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +15,7 @@ from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate
 from fedlabel.augment import weak_augment
 from fedlabel.data import ClientData
 from fedlabel.llp.train import bag_objective
-from fedlabel.training import Params, batch_indices, sgd_train, subtract, to_float
-
-LossFn = Callable[[Callable[[torch.Tensor], torch.Tensor], Any], torch.Tensor]  # (f = x -> logits, batch) -> loss
+from fedlabel.training import ClientContext, LossFn, Params, subtract, to_float
 
 
 def train_labeled(
@@ -27,9 +23,8 @@ def train_labeled(
     global_params: Params,
     data: ClientData,
     p: AlgorithmParams,
+    ctx: ClientContext,
     *,
-    generator: torch.Generator,
-    device: torch.device,
     mu: float = 0.0,
     extra: tuple[list, LossFn] | None = None,
 ) -> tuple[Params, float]:
@@ -43,23 +38,24 @@ def train_labeled(
     loss_fn(f, batches[i]); either part is absent when its list is shorter, and the mean loss
     returned is that of the sum."""
     if data.bags is not None:
-        batches, loss_fn = bag_objective(model, global_params, data.bags, p, generator=generator, device=device)
+        batches, loss_fn = bag_objective(model, global_params, data.bags, p, ctx)
     else:
-        batches, loss_fn = _instance_objective(data, p, generator=generator, device=device)
+        batches, loss_fn = _instance_objective(data, p, ctx)
     if extra is not None:
         batches, loss_fn = _joint(batches, loss_fn, *extra)
-    return sgd_train(model, global_params, batches=batches, loss_fn=loss_fn, sgd=p.sgd(), prox_mu=mu)
+    return ctx.train(model, global_params, batches=batches, loss_fn=loss_fn, sgd=p.sgd(), prox_mu=mu)
 
 
-def _instance_objective(data: ClientData, p: AlgorithmParams, *, generator: torch.Generator, device: torch.device):
+def _instance_objective(data: ClientData, p: AlgorithmParams, ctx: ClientContext):
     """(batches, loss_fn) of cross-entropy on weakly augmented labeled batches."""
+    device = ctx.device
     x, y = data.labeled_images.to(device), data.labeled_labels.to(device)
-    batches = batch_indices(data.num_labeled, batch_size=p.batch_size, steps=p.local_steps, generator=generator)
+    batches = ctx.batches(data.num_labeled, batch_size=p.batch_size, steps=p.local_steps)
 
     def loss_fn(f, idx: torch.Tensor) -> torch.Tensor:
         xb = to_float(x[idx.to(device)])
         if p.weak_shift:
-            xb = weak_augment(xb, generator=generator, max_shift=p.weak_shift)
+            xb = weak_augment(xb, generator=ctx.generator, max_shift=p.weak_shift)
         return F.cross_entropy(f(xb), y[idx.to(device)])
 
     return batches, loss_fn
@@ -91,10 +87,8 @@ class FedAvg(Algorithm):
         """FedProx's mu for the supervised branch (0 = plain FedAvg)."""
         return 0.0
 
-    def client_update(self, model, global_params, data, *, generator, device, extras=None) -> ClientUpdate:
-        local, loss = train_labeled(
-            model, global_params, data, self.params, generator=generator, device=device, mu=self.proximal_mu()
-        )
+    def client_update(self, model, global_params, data, ctx, *, extras=None) -> ClientUpdate:
+        local, loss = train_labeled(model, global_params, data, self.params, ctx, mu=self.proximal_mu())
         return ClientUpdate(
             client_id=data.client_id,
             deltas={"model": subtract(local, global_params)},

@@ -48,7 +48,7 @@ from fedlabel.algorithms.fedavg import train_labeled
 from fedlabel.augment import strong_augment
 from fedlabel.errors import check
 from fedlabel.robust import Combine, weighted_mean
-from fedlabel.training import Params, add_scaled, batch_indices, predict_logits, sgd_train, subtract, to_float, zeros_like
+from fedlabel.training import Params, add_scaled, predict_logits, subtract, to_float, zeros_like
 
 CONFIDENCES = ("variance", "entropy", "maxprob")
 
@@ -182,9 +182,10 @@ class FedLabel(Algorithm):
     Params = FedLabelParams
     trains_on_bags = True
 
-    def client_update(self, model, global_params, data, *, generator, device, extras=None) -> ClientUpdate:
+    def client_update(self, model, global_params, data, ctx, *, extras=None) -> ClientUpdate:
         p: FedLabelParams = self.params
-        local, loss_l = train_labeled(model, global_params, data, p, generator=generator, device=device)
+        device, generator = ctx.device, ctx.generator
+        local, loss_l = train_labeled(model, global_params, data, p, ctx)
         delta_l = subtract(local, global_params)
 
         x_u = data.unlabeled_images.to(device)
@@ -200,7 +201,7 @@ class FedLabel(Algorithm):
         pool = torch.arange(n_u) if p.unlabeled_sampling == "all" else choice.keep.nonzero().flatten().cpu()
         n_kept = int(choice.keep.sum())
         steps = p.unlabeled_steps if n_kept > 0 else 0
-        batches = [pool[i] for i in batch_indices(len(pool), batch_size=p.batch_size, steps=steps, generator=generator)]
+        batches = [pool[i] for i in ctx.batches(len(pool), batch_size=p.batch_size, steps=steps)]
 
         def loss_fn(f, idx: torch.Tensor) -> torch.Tensor:
             idx = idx.to(device)
@@ -215,7 +216,7 @@ class FedLabel(Algorithm):
                 student, student_kl = both[: len(idx)], both[len(idx) :]
             return unlabeled_loss(student, student_kl, _rows(choice, idx), kl_direction=p.kl_direction)
 
-        unl, loss_u = sgd_train(model, global_params, batches=batches, loss_fn=loss_fn, sgd=p.sgd())
+        unl, loss_u = ctx.train(model, global_params, batches=batches, loss_fn=loss_fn, sgd=p.sgd())
         delta_u = subtract(unl, global_params)
 
         kept = choice.keep

@@ -62,7 +62,7 @@ from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate, S
 from fedlabel.augment import strong_augment, weak_augment
 from fedlabel.errors import check
 from fedlabel.robust import Combine, weighted_mean
-from fedlabel.training import Params, SgdConfig, batch_indices, forward, subtract, to_float
+from fedlabel.training import Params, SgdConfig, forward, sgd_step, subtract, to_float, zeros_like
 
 SIGMA, PSI = "sigma.", "psi."
 HELPER = "helper"  # extras are named helper0, helper1, ... (nearest first)
@@ -191,22 +191,18 @@ def random_probe(shape: tuple[int, ...], *, seed: int) -> torch.Tensor:
 
 
 class _Sgd:
-    """SGD with momentum and weight decay on a dict of leaf tensors, updated in place."""
+    """training.sgd_step on a dict of leaf tensors from ``loss``'s gradients (unused: zero)."""
 
     def __init__(self, cfg: SgdConfig) -> None:
         self.cfg = cfg
-        self.velocity: dict[str, torch.Tensor] = {}
+        self.velocity: dict[str, torch.Tensor] | None = None
 
-    @torch.no_grad()
     def step(self, params: Params, loss: torch.Tensor) -> None:
         grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-        for (k, p), g in zip(params.items(), grads):
-            g = torch.zeros_like(p) if g is None else g
-            if self.cfg.weight_decay:
-                g = g.add(p, alpha=self.cfg.weight_decay)
-            if self.cfg.momentum:
-                g = self.velocity.setdefault(k, torch.zeros_like(p)).mul_(self.cfg.momentum).add_(g)
-            p.sub_(g, alpha=self.cfg.lr)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads)]
+        if self.cfg.momentum and self.velocity is None:
+            self.velocity = zeros_like(params)
+        sgd_step(params, grads, self.velocity, self.cfg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,8 +269,9 @@ class FedMatch(Algorithm):
         sent = [{k: v.to(sigma[k].device) for k, v in extras[n].items()} for n in names]
         return [compose(sigma, h) for h in sent] if self.params.helper_payload == "psi" else sent
 
-    def client_update(self, model, global_params, data, *, generator, device, extras=None) -> ClientUpdate:
+    def client_update(self, model, global_params, data, ctx, *, extras=None) -> ClientUpdate:
         p: FedMatchParams = self.params
+        device, generator = ctx.device, ctx.generator
         sigma0, psi0 = split(global_params)
         helpers = self._helpers(extras, sigma0)
         sigma = {k: v.detach().clone().requires_grad_(True) for k, v in sigma0.items()}
@@ -283,8 +280,8 @@ class FedMatch(Algorithm):
         x_l, y_l = data.labeled_images.to(device), data.labeled_labels.to(device)
         x_u = data.unlabeled_images.to(device)
         truth = data.unlabeled_true_labels.to(device) if data.unlabeled_true_labels is not None else None
-        lab = batch_indices(data.num_labeled, batch_size=p.batch_size, steps=p.local_steps, generator=generator)
-        unl = batch_indices(data.num_unlabeled, batch_size=p.unlabeled_batch_size, steps=p.local_steps, generator=generator)
+        lab = ctx.batches(data.num_labeled, batch_size=p.batch_size, steps=p.local_steps)
+        unl = ctx.batches(data.num_unlabeled, batch_size=p.unlabeled_batch_size, steps=p.local_steps)
         losses_l, losses_u = [], []
         seen = kept = correct = 0
         for step in range(p.local_steps):

@@ -46,7 +46,7 @@ from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate, S
 from fedlabel.algorithms.fedmatch import masked_cross_entropy
 from fedlabel.augment import strong_augment, weak_augment
 from fedlabel.errors import check
-from fedlabel.training import Params, batch_indices, forward, sgd_train, subtract, to_float
+from fedlabel.training import Params, forward, subtract, to_float
 
 HEADS = ("head1", "head2")  # extra heads; head 0 is the model's classifier
 CONTROL = "control"  # extras name: {"pseudo_labeling": 0/1, "budget": share of the unlabeled set}
@@ -174,8 +174,9 @@ class FedTriNet(Algorithm):
         control = {"pseudo_labeling": torch.tensor([float(budget > 0)]), "budget": torch.tensor([budget])}
         return {cid: {CONTROL: control} for cid in cohort}
 
-    def client_update(self, model, global_params, data, *, generator, device, extras=None) -> ClientUpdate:
+    def client_update(self, model, global_params, data, ctx, *, extras=None) -> ClientUpdate:
         p: FedTriNetParams = self.params
+        device, generator = ctx.device, ctx.generator
         control = (extras or {}).get(CONTROL)
         budget_share = float(control["budget"]) if control is not None and float(control["pseudo_labeling"]) else 0.0
         net = TriNet(model)
@@ -189,8 +190,8 @@ class FedTriNet(Algorithm):
             labels = TriLabels(torch.zeros(3, n_u, dtype=torch.long, device=device), torch.zeros(3, n_u, dtype=torch.bool, device=device))
         kept = labels.mask.any(0)
         n_kept = int(kept.sum())
-        lab = batch_indices(data.num_labeled, batch_size=p.batch_size, steps=p.local_steps, generator=generator)
-        unl = batch_indices(n_u, batch_size=p.unlabeled_batch_size, steps=p.local_steps if n_kept else 0, generator=generator)
+        lab = ctx.batches(data.num_labeled, batch_size=p.batch_size, steps=p.local_steps)
+        unl = ctx.batches(n_u, batch_size=p.unlabeled_batch_size, steps=p.local_steps if n_kept else 0)
         empty = torch.zeros(0, dtype=torch.long)
         batches = [(lab[s] if s < len(lab) else empty, unl[s] if s < len(unl) else empty) for s in range(max(len(lab), len(unl)))]
         parts: dict[str, list[float]] = {"labeled": [], "unlabeled": []}
@@ -212,7 +213,7 @@ class FedTriNet(Algorithm):
             parts["unlabeled"].append(float(uns.detach()))
             return sup + p.unlabeled_weight * uns
 
-        new, _ = sgd_train(net, global_params, batches=batches, loss_fn=loss_fn, sgd=p.sgd())
+        new, _ = ctx.train(net, global_params, batches=batches, loss_fn=loss_fn, sgd=p.sgd())
         first = labels.mask.float().argmax(0)  # the first head that took each kept sample
         label = labels.pseudo_label.gather(0, first[None]).squeeze(0)
         metrics = {

@@ -43,7 +43,7 @@ from fedlabel.algorithms.fedavg import train_labeled
 from fedlabel.algorithms.fedprox import MU_DEFAULT, check_mu
 from fedlabel.augment import strong_augment, weak_augment
 from fedlabel.errors import check
-from fedlabel.training import batch_indices, subtract, to_float
+from fedlabel.training import subtract, to_float
 
 
 @dataclass(frozen=True)
@@ -109,12 +109,12 @@ class FedAvgFixMatch(Algorithm):
         """(loss, keep mask, pseudo-labels) of one unlabeled batch; UDA overrides this."""
         return fixmatch_loss(weak_logits, strong_logits, threshold=self.params.threshold)
 
-    def client_update(self, model, global_params, data, *, generator, device, extras=None) -> ClientUpdate:
+    def client_update(self, model, global_params, data, ctx, *, extras=None) -> ClientUpdate:
         p: SemiSupervisedParams = self.params
+        device, generator = ctx.device, ctx.generator
         x_u = data.unlabeled_images.to(device)
         truth = data.unlabeled_true_labels.to(device) if data.unlabeled_true_labels is not None else None
-        batches = batch_indices(data.num_unlabeled, batch_size=p.unlabeled_ratio * p.batch_size, steps=p.local_steps,
-                                generator=generator)  # fmt: skip
+        batches = ctx.batches(data.num_unlabeled, batch_size=p.unlabeled_ratio * p.batch_size, steps=p.local_steps)
         kept_once = torch.zeros(data.num_unlabeled, dtype=torch.bool, device=device)
         counts = {"num_unlabeled": 0, "num_kept": 0, "num_kept_correct": 0}
         loss_u = []
@@ -136,7 +136,7 @@ class FedAvgFixMatch(Algorithm):
             loss_u.append(float(loss.detach()))
             return p.lambda_u * loss
 
-        local, loss = train_labeled(model, global_params, data, p, generator=generator, device=device,
+        local, loss = train_labeled(model, global_params, data, p, ctx,
                                     mu=self.proximal_mu(), extra=(batches, unlabeled_term))  # fmt: skip
         steps = p.local_steps if (data.num_labeled or batches) else 0
         metrics = {"num_labeled": data.num_labeled, **counts}

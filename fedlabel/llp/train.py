@@ -13,7 +13,6 @@ prediction is over all its members; bags are drawn epoch by epoch without replac
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -25,7 +24,7 @@ from fedlabel.augment import weak_augment
 from fedlabel.data.bags import Bags
 from fedlabel.llp.bp import llp_mrf, loopy_bp
 from fedlabel.llp.losses import proportion_loss
-from fedlabel.training import Params, batch_indices, to_float
+from fedlabel.training import ClientContext, LossFn, Params, to_float
 
 if TYPE_CHECKING:
     from fedlabel.algorithms.base import AlgorithmParams
@@ -49,14 +48,15 @@ def embed(model: nn.Module, params: Params, images: torch.Tensor, *, device: tor
     return torch.cat(outs) if outs else torch.zeros(0, 0, device=device)
 
 
-def bag_batches(bags: Bags, *, batch_size: int, steps: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """``steps`` batches of instance indices, each the union of whole bags."""
+def bag_batches(bags: Bags, ctx: ClientContext, *, batch_size: int, steps: int) -> list[torch.Tensor]:
+    """``steps`` batches of instance indices, each the union of whole bags (the bags are the
+    records the context's trainer draws)."""
     sizes = bags.sizes
     per_batch = max(1, round(batch_size * bags.num_bags / max(int(sizes.sum()), 1)))
     order = torch.argsort(bags.bag_index, stable=True)
     starts = torch.cumsum(sizes, 0) - sizes
     members = [order[s : s + n] for s, n in zip(starts.tolist(), sizes.tolist())]
-    chosen = batch_indices(bags.num_bags, batch_size=per_batch, steps=steps, generator=generator)
+    chosen = ctx.batches(bags.num_bags, batch_size=per_batch, steps=steps)
     return [torch.cat([members[b] for b in batch.tolist()]) for batch in chosen]
 
 
@@ -73,16 +73,15 @@ def bag_objective(
     global_params: Params,
     bags: Bags,
     p: AlgorithmParams,
-    *,
-    generator: torch.Generator,
-    device: torch.device,
-) -> tuple[list[torch.Tensor], Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor]]:
-    """The supervised branch's (batches, loss_fn) for a bagged client, for training.sgd_train:
+    ctx: ClientContext,
+) -> tuple[list[torch.Tensor], LossFn]:
+    """The supervised branch's (batches, loss_fn) for a bagged client, for ``ctx.train``:
     p.local_steps batches of whole bags and the DLLP or BP loss of a batch."""
+    device = ctx.device
     x = bags.images.to(device)
     bag_of = bags.bag_index.to(device)
     proportions = bags.proportions().to(device)
-    batches = bag_batches(bags, batch_size=p.batch_size, steps=p.local_steps, generator=generator)
+    batches = bag_batches(bags, ctx, batch_size=p.batch_size, steps=p.local_steps)
     pseudo = None
     if bags.method == "bp" and batches:
         pseudo = bp_pseudo_labels(model, global_params, bags, device=device).to(device)
@@ -91,7 +90,7 @@ def bag_objective(
         idx = idx.to(device)
         xb = to_float(x[idx])
         if p.weak_shift:
-            xb = weak_augment(xb, generator=generator, max_shift=p.weak_shift)
+            xb = weak_augment(xb, generator=ctx.generator, max_shift=p.weak_shift)
         logits = f(xb)
         if pseudo is None:
             return proportion_loss(logits, bag_of[idx], proportions)

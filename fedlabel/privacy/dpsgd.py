@@ -10,10 +10,11 @@ An empty Poisson batch is skipped for the forward/backward pass (there is nothin
 differentiate) but its noise step is still taken and counted: skipping the release altogether
 would reveal that the batch was empty, which the subsampled-Gaussian analysis does not cover.
 
-The DP settings reach training through a context (:func:`dpsgd_session`) opened around one
-client's update, so every algorithm that trains through ``batch_indices``/``sgd_train`` is
-private without code of its own. Each ``sgd_train`` call appends (z, q, steps) to the session's
-ledger; the client reports the ledger and the server composes it (:mod:`fedlabel.privacy.accountant`).
+The DP settings reach training as the trainer of the client's
+:class:`~fedlabel.training.ClientContext` (:class:`DpSgd`), so every algorithm that trains through
+its context's ``batches``/``train`` is private without code of its own. Each ``train`` call
+appends (z, q, steps) to the trainer's ledger; the client reports the ledger and the server
+composes it (:mod:`fedlabel.privacy.accountant`).
 
 What the guarantee covers: record-level (epsilon, delta)-DP of the parameters a client uploads,
 over all its rounds, with the global model public. FedLabel's pseudo-labels come from the public
@@ -21,8 +22,9 @@ global model and the client's local model, itself a DP release of the labeled br
 unlabeled record's pseudo-label depends only on that record and DP/public outputs; the
 accountant composes both branches. Not covered: the counts and losses clients report as metrics
 and aggregation weights (e.g. FedLabel's r_k = |D_L| + #kept), and FedLabel's choice to take no
-unlabeled steps when no sample passes beta. The noise comes from a seeded torch generator
-(reproducible runs), not a cryptographically secure one.
+unlabeled steps when no sample passes beta. In simulation the noise comes from a seeded torch
+generator (reproducible runs); privacy.secure_noise (always on at deployed sites) draws noise and
+batches from the OS's entropy (:mod:`fedlabel.privacy.noise`).
 
 Contract for a loss under DP-SGD: ``loss_fn(f, batch)`` gets a 1-D tensor of the n sampled record
 indices; it returns the mean over these records of per-record terms, and every call ``f(x)``
@@ -34,14 +36,15 @@ Parameter-only terms (weight decay, proximal terms) belong in the SGD update, no
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import warnings
 import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from fedlabel.training import LossFn, Params, Sgd, SgdConfig, sgd_step
 
 WRAPPED_PREFIX = "_module."  # Opacus's GradSampleModule prefixes state_dict keys with this
 
@@ -53,10 +56,11 @@ class DpSgdSettings:
 
 
 @dataclass
-class DpSgdSession:
-    """The DP state of one client update: settings, the noise generator, the generator of the
-    Poisson batches (None: the training loop's own), and the ledger of (noise_multiplier,
-    sample_rate, steps) of every private training loop run so far."""
+class DpSgd(Sgd):
+    """The trainer of one client update under DP-SGD: Poisson batches (from ``sampler``, or the
+    context's generator when None), clipped per-record gradients and Gaussian noise from
+    ``generator``, and the ledger of (noise_multiplier, sample_rate, steps) of every training
+    loop run so far."""
 
     settings: DpSgdSettings
     generator: torch.Generator
@@ -64,26 +68,57 @@ class DpSgdSession:
     ledger: list[tuple[float, float, int]] = field(default_factory=list)
     last_draw: tuple[float, int, int] | None = None  # latest Poisson draw: (q, records, batches)
 
+    def batches(self, n: int, *, batch_size: int, steps: int, generator: torch.Generator) -> list[torch.Tensor]:
+        """``steps`` Poisson batches of expected size batch_size (see :func:`poisson_batches`)."""
+        if n == 0 or steps == 0:
+            return []
+        out = poisson_batches(n, batch_size=batch_size, steps=steps, generator=generator if self.sampler is None else self.sampler)
+        self.last_draw = (min(1.0, batch_size / n), n, len(out))
+        return out
 
-_session: DpSgdSession | None = None
-
-
-@contextlib.contextmanager
-def dpsgd_session(settings: DpSgdSettings, *, generator: torch.Generator,
-                  sampler: torch.Generator | None = None) -> Iterator[DpSgdSession]:  # fmt: skip
-    """Run the enclosed client update with DP-SGD; yields the session (its ledger)."""
-    global _session
-    if _session is not None:
-        raise RuntimeError("a DP-SGD session is already open")
-    _session = DpSgdSession(settings, generator, sampler)
-    try:
-        yield _session
-    finally:
-        _session = None
-
-
-def active_session() -> DpSgdSession | None:
-    return _session
+    def train(self, model: nn.Module, params: Params, *, batches: list, loss_fn: LossFn, sgd: SgdConfig,
+              prox_mu: float = 0.0) -> tuple[Params, float]:  # fmt: skip
+        """DP-SGD steps: Opacus per-sample gradients on the Poisson batches of the latest
+        :meth:`batches` call, clipped and noised; empty batches take a noise-only step. FedProx's
+        proximal gradient mu (w - center) depends on no data and is added after the noise."""
+        if not batches:
+            return super().train(model, params, batches=batches, loss_fn=loss_fn, sgd=sgd, prox_mu=prox_mu)
+        if not all(isinstance(b, torch.Tensor) and b.dim() == 1 for b in batches):
+            raise RuntimeError("DP-SGD: each batch must be one tensor of record indices (one record set per step)")
+        if self.last_draw is None or self.last_draw[2] != len(batches):
+            raise RuntimeError("DP-SGD: the batches trained on must be the Poisson batches of the latest draw")
+        (q, num_records, _), settings = self.last_draw, self.settings
+        self.last_draw = None
+        center = {k: v.detach().clone() for k, v in params.items()} if prox_mu else None
+        device = next(iter(params.values())).device
+        gsm = grad_sample_module(model, device)
+        gsm.load_state_dict(to_wrapped(params))  # Opacus's keys carry the "_module." prefix
+        weights = dict(gsm.named_parameters())
+        velocity = {k: torch.zeros_like(v) for k, v in weights.items()} if sgd.momentum else None
+        total, nonempty = 0.0, 0
+        for batch in batches:
+            n = len(batch)
+            if n == 0:  # nothing to differentiate: the noise-only step of an empty Poisson batch
+                clipped = [torch.zeros_like(w) for w in weights.values()]
+            else:
+                loss = loss_fn(lambda x: gsm(x), batch)
+                with warnings.catch_warnings():  # Opacus's hooks on an input needing no grad: harmless
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    loss.backward()
+                per_record = [per_record_gradients(w.grad_sample, n) if w.grad_sample is not None
+                              else w.new_zeros(n, *w.shape) for w in weights.values()]  # fmt: skip
+                clipped = clip_and_sum(per_record, settings.max_grad_norm)
+                for w in weights.values():
+                    w.grad, w.grad_sample = None, None
+                total, nonempty = total + float(loss.detach()), nonempty + 1
+            grads = noisy_mean(clipped, settings=settings, expected_batch_size=q * num_records, generator=self.generator)
+            if center is not None:
+                grads = [g + prox_mu * (w.detach() - center[k[len(WRAPPED_PREFIX) :]])
+                         for g, (k, w) in zip(grads, weights.items())]  # fmt: skip
+            sgd_step(weights, grads, velocity, sgd)
+        self.ledger.append((settings.noise_multiplier, q, len(batches)))
+        out = {k: v.detach().clone() for k, v in from_wrapped(gsm.state_dict()).items()}
+        return out, total / max(nonempty, 1)
 
 
 def poisson_batches(n: int, *, batch_size: int, steps: int, generator: torch.Generator) -> list[torch.Tensor]:

@@ -15,8 +15,9 @@ from fedlabel.data import ClientData
 from fedlabel.privacy import central
 from fedlabel.privacy import noise as noise_source
 from fedlabel.privacy.accountant import PrivacyLedger
-from fedlabel.privacy.dpsgd import DpSgdSettings, dpsgd_session
+from fedlabel.privacy.dpsgd import DpSgd, DpSgdSettings
 from fedlabel.robust import Combine, weighted_mean
+from fedlabel.training import ClientContext
 
 Params = dict[str, torch.Tensor]
 
@@ -24,8 +25,8 @@ Params = dict[str, torch.Tensor]
 def private_client_update(algorithm: Algorithm, privacy: PrivacyConfig, model: nn.Module, global_params: Params,
                           data: ClientData, *, generator: torch.Generator, device: torch.device,
                           clip: bool = True, extras: dict | None = None) -> ClientUpdate:  # fmt: skip
-    """``algorithm.client_update`` under ``privacy``: DP-SGD in every training loop (and the
-    ledger of what ran, in the metrics), or client-side clipping for central DP (``clip=False``
+    """``algorithm.client_update`` under ``privacy``: its context's trainer is DP-SGD (and the
+    ledger of what ran goes into the metrics), or client-side clipping for central DP (``clip=False``
     where the transport clips instead: Flower's fixedclipping_mod on the Flower engine).
     ``extras``: the algorithm's per-client payload, passed through."""
     kwargs = {"extras": extras} if extras else {}
@@ -36,14 +37,14 @@ def private_client_update(algorithm: Algorithm, privacy: PrivacyConfig, model: n
             noise = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
             sampler = None
         settings = DpSgdSettings(noise_multiplier=privacy.noise_multiplier, max_grad_norm=privacy.max_grad_norm)
-        with dpsgd_session(settings, generator=noise, sampler=sampler) as session:
-            update = algorithm.client_update(model, global_params, data, generator=generator, device=device, **kwargs)
-        if session.ledger:
-            update.metrics[keys.DP_NOISE_MULTIPLIERS] = [z for z, _, _ in session.ledger]
-            update.metrics[keys.DP_SAMPLE_RATES] = [q for _, q, _ in session.ledger]
-            update.metrics[keys.DP_STEPS] = [s for _, _, s in session.ledger]
+        trainer = DpSgd(settings, noise, sampler)
+        update = algorithm.client_update(model, global_params, data, ClientContext(device, generator, trainer), **kwargs)
+        if trainer.ledger:
+            update.metrics[keys.DP_NOISE_MULTIPLIERS] = [z for z, _, _ in trainer.ledger]
+            update.metrics[keys.DP_SAMPLE_RATES] = [q for _, q, _ in trainer.ledger]
+            update.metrics[keys.DP_STEPS] = [s for _, _, s in trainer.ledger]
         return update
-    update = algorithm.client_update(model, global_params, data, generator=generator, device=device, **kwargs)
+    update = algorithm.client_update(model, global_params, data, ClientContext(device, generator), **kwargs)
     if privacy.name == "central_dp" and privacy.clipping == "client":
         delta = _single_delta(update)
         update.deltas = {"model": central.clip_update(delta, privacy.max_grad_norm) if clip else delta}

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from fedlabel.algorithms.fedlabel import FedLabel, FedLabelParams, confidence, select_experts, unlabeled_loss
 from fedlabel.config import ConfigError
+from fedlabel.training import ClientContext
 from tests.helpers import tiny_client, tiny_model
 
 
@@ -84,7 +85,7 @@ def _update(client, **overrides):
     params = FedLabelParams(local_steps=2, unlabeled_steps=2, batch_size=4, **overrides)
     model, global_params = tiny_model()
     algo = FedLabel(params)
-    update = algo.client_update(model, global_params, client, generator=torch.Generator().manual_seed(1), device=torch.device("cpu"))
+    update = algo.client_update(model, global_params, client, ClientContext(torch.device("cpu"), torch.Generator().manual_seed(1)))
     return algo, global_params, update
 
 

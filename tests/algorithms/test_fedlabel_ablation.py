@@ -7,12 +7,13 @@ from fedlabel.algorithms import ALGORITHMS
 from fedlabel.algorithms.fedlabel import FedLabel, FedLabelParams
 from fedlabel.algorithms.fedlabel_ablation import FedLabelGlobalOnlyParams, FedLabelLocalOnlyParams
 from fedlabel.config import ConfigError, config_from_dict
+from fedlabel.training import ClientContext
 from tests.helpers import tiny_client, tiny_model
 
 
 def _update(algo, client):
     model, w = tiny_model()
-    return algo.client_update(model, w, client, generator=torch.Generator().manual_seed(1), device=torch.device("cpu"))
+    return algo.client_update(model, w, client, ClientContext(torch.device("cpu"), torch.Generator().manual_seed(1)))
 
 
 @pytest.mark.parametrize("name,expert", [("fedlabel_local_only", "local"), ("fedlabel_global_only", "global")])

@@ -19,7 +19,7 @@ from fedlabel.algorithms.fedmatch import (
     split,
 )
 from fedlabel.config import ConfigError
-from fedlabel.training import forward
+from fedlabel.training import ClientContext, forward
 from tests.helpers import tiny_client, tiny_model
 
 
@@ -126,7 +126,7 @@ def test_client_update_is_disjoint_sigma_labeled_psi_unlabeled():
     algo, model, params, state = _server(lambda_i=0.0, lambda_a=0.0, lambda_l1=0.0, lambda_l2=0.0, local_steps=3)
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     # unlabeled terms switched off: psi does not move, sigma does
-    u = algo.client_update(model, state, tiny_client(num_labeled=8, num_unlabeled=12), generator=gen(), device=torch.device("cpu"))
+    u = algo.client_update(model, state, tiny_client(num_labeled=8, num_unlabeled=12), ClientContext(torch.device("cpu"), gen()))
     sigma_d, psi_d = split(u.deltas["model"])
     assert all(v.abs().max() == 0 for v in psi_d.values()) and any(v.abs().max() > 0 for v in sigma_d.values())
     assert u.weight == 20 and u.metrics["num_unlabeled"] == 3 * 12 and u.metrics["num_helper_models"] == 0
@@ -134,7 +134,7 @@ def test_client_update_is_disjoint_sigma_labeled_psi_unlabeled():
     algo, model, params, state = _server(confidence_threshold=0.0, local_steps=3)
     sigma, _ = split(state)
     helpers = {"helper0": split(state)[1], "helper1": split(state)[1]}
-    u = algo.client_update(model, state, tiny_client(num_labeled=0, num_unlabeled=12), generator=gen(), device=torch.device("cpu"), extras=helpers)
+    u = algo.client_update(model, state, tiny_client(num_labeled=0, num_unlabeled=12), ClientContext(torch.device("cpu"), gen()), extras=helpers)
     sigma_d, psi_d = split(u.deltas["model"])
     assert all(v.abs().max() == 0 for v in sigma_d.values()) and any(v.abs().max() > 0 for v in psi_d.values())
     assert u.metrics["num_helper_models"] == 2 and u.metrics["num_kept"] == 3 * 12  # threshold 0 keeps all

@@ -7,7 +7,7 @@ from torch import nn
 from fedlabel.algorithms.fedavg import FedAvg, FedAvgParams
 from fedlabel.algorithms.fedprox import FedProx, FedProxParams
 from fedlabel.config import ConfigError
-from fedlabel.training import SgdConfig, proximal_term, sgd_train
+from fedlabel.training import ClientContext, SgdConfig, proximal_term, sgd_train
 from tests.helpers import tiny_client, tiny_model
 
 
@@ -33,7 +33,7 @@ def test_sgd_train_adds_the_proximal_gradient_every_step():
 
 def _delta(algo, client):
     model, w = tiny_model()
-    u = algo.client_update(model, w, client, generator=torch.Generator().manual_seed(3), device=torch.device("cpu"))
+    u = algo.client_update(model, w, client, ClientContext(torch.device("cpu"), torch.Generator().manual_seed(3)))
     return u, torch.cat([v.flatten() for v in u.deltas["model"].values()])
 
 

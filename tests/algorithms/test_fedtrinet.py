@@ -15,7 +15,7 @@ from fedlabel.algorithms.fedtrinet import (
     tri_labels,
 )
 from fedlabel.config import ConfigError
-from fedlabel.training import forward, to_float
+from fedlabel.training import ClientContext, forward, to_float
 from tests.helpers import tiny_client, tiny_model
 
 
@@ -82,13 +82,13 @@ def test_warmup_round_uses_labeled_data_only_then_pseudo_labels():
     algo, model, params, state = _setup()
     client = tiny_client(num_labeled=8, num_unlabeled=12)
     cpu = torch.device("cpu")
-    warm = algo.client_update(model, state, client, generator=torch.Generator().manual_seed(0), device=cpu,
+    warm = algo.client_update(model, state, client, ClientContext(cpu, torch.Generator().manual_seed(0)),
                               extras=algo.client_payload(1, [0], state)[0])  # fmt: skip
     assert warm.metrics["num_kept"] == 0 and warm.weight == 8
     assert {k for k, v in warm.deltas["model"].items() if v.abs().max() > 0} == set(state)  # extractor and all heads learn
     control = algo.client_payload(2, [0], state)[0][CONTROL]
     assert float(control["budget"]) == 0.5
-    semi = algo.client_update(model, state, client, generator=torch.Generator().manual_seed(0), device=cpu,
+    semi = algo.client_update(model, state, client, ClientContext(cpu, torch.Generator().manual_seed(0)),
                               extras={CONTROL: control})  # fmt: skip
     # threshold 0: each head may take ceil(0.5 * 12) = 6 samples where the other two agree
     assert 0 < semi.metrics["num_kept"] <= 12 and semi.weight == 8 + semi.metrics["num_kept"]

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from fedlabel.algorithms.fedavg import FedAvg, FedAvgParams
 from fedlabel.algorithms.fixmatch import FedAvgFixMatch, FedProxFixMatch, FedProxFixMatchParams, FixMatchParams, fixmatch_loss
 from fedlabel.config import ConfigError
+from fedlabel.training import ClientContext
 from tests.helpers import tiny_client, tiny_model
 
 
@@ -36,7 +37,7 @@ def test_fixmatch_threshold_is_strict_and_nothing_kept_gives_zero():
 
 def _update(algo, client, seed=1):
     model, w = tiny_model()
-    return algo.client_update(model, w, client, generator=torch.Generator().manual_seed(seed), device=torch.device("cpu"))
+    return algo.client_update(model, w, client, ClientContext(torch.device("cpu"), torch.Generator().manual_seed(seed)))
 
 
 def test_client_update_counters_and_weight():

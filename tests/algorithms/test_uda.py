@@ -8,6 +8,7 @@ import torch
 from fedlabel.algorithms.fixmatch import FedAvgFixMatch, FixMatchParams
 from fedlabel.algorithms.uda import FedAvgUda, FedProxUda, FedProxUdaParams, UdaParams, uda_loss
 from fedlabel.config import ConfigError
+from fedlabel.training import ClientContext
 from tests.helpers import tiny_client, tiny_model
 
 
@@ -41,7 +42,7 @@ def test_uda_loss_matches_slow_reference():
 
 def _update(algo, client):
     model, w = tiny_model()
-    return algo.client_update(model, w, client, generator=torch.Generator().manual_seed(1), device=torch.device("cpu"))
+    return algo.client_update(model, w, client, ClientContext(torch.device("cpu"), torch.Generator().manual_seed(1)))
 
 
 def test_uda_update_differs_from_fixmatch_only_in_the_unlabeled_loss():

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fedlabel.cli import run_config
+from fedlabel.training import ClientContext
 from tests.engines.conftest import tiny_config
 
 COUNTS = ["round", "clients", "pseudo_label_coverage", "pseudo_label_accuracy", "global_expert_share",
@@ -81,7 +82,7 @@ def test_first_step_losses_and_counts_match_each_client(tmp_path, algorithm, dev
     algo = build_algorithm(cfg.algorithm)
     ids = list(range(cfg.data.num_clients))
     gens = lambda: [client_generator(seed=0, round=1, client_id=c) for c in ids]  # noqa: E731
-    seq = [algo.client_update(model, params, fed.clients[c], generator=g, device=dev) for c, g in zip(ids, gens())]
+    seq = [algo.client_update(model, params, fed.clients[c], ClientContext(dev, g)) for c, g in zip(ids, gens())]
     vec = CohortTrainer(model, algo, fed, device=dev, chunk_clients=0).train([fed.clients[c] for c in ids], params, gens())
     for a, b in zip(seq, vec):
         assert (a.client_id, a.weight) == (b.client_id, b.weight)

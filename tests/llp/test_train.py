@@ -12,7 +12,7 @@ from fedlabel.data.bags import make_bags, random_bag_index
 from fedlabel.llp.bp import BpParams, llp_mrf, loopy_bp
 from fedlabel.llp.losses import proportion_loss
 from fedlabel.llp.train import bag_batches, bp_pseudo_labels
-from fedlabel.training import predict_logits
+from fedlabel.training import ClientContext, predict_logits
 from tests.helpers import tiny_client, tiny_model
 
 
@@ -26,7 +26,7 @@ def bagged(client: ClientData, *, bag_size: int, method: str = "dllp", seed: int
 def test_batches_hold_whole_bags():
     client = bagged(tiny_client(num_labeled=40, num_unlabeled=0), bag_size=8)
     bags = client.bags
-    batches = bag_batches(bags, batch_size=16, steps=7, generator=torch.Generator().manual_seed(0))
+    batches = bag_batches(bags, ClientContext(torch.device("cpu"), torch.Generator().manual_seed(0)), batch_size=16, steps=7)
     assert len(batches) == 7
     for batch in batches:
         members = bags.bag_index[batch]
@@ -39,7 +39,7 @@ def test_dllp_steps_lower_the_proportion_loss():
     client = bagged(tiny_client(num_labeled=48, num_unlabeled=0), bag_size=8)
     model, params = tiny_model()
     p = FedAvgParams(lr=0.1, local_steps=30, batch_size=16, weak_shift=0)
-    local, _ = train_labeled(model, params, client, p, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    local, _ = train_labeled(model, params, client, p, ClientContext(torch.device("cpu"), torch.Generator().manual_seed(0)))
     bags = client.bags
 
     def loss(w):
@@ -81,7 +81,7 @@ def test_bp_branch_trains_and_is_deterministic():
     p = FedAvgParams(local_steps=3, batch_size=16)
 
     def run():
-        return train_labeled(model, params, client, p, generator=torch.Generator().manual_seed(1), device=torch.device("cpu"))
+        return train_labeled(model, params, client, p, ClientContext(torch.device("cpu"), torch.Generator().manual_seed(1)))
 
     (a, loss_a), (b, loss_b) = run(), run()
     assert loss_a == loss_b and all(torch.equal(a[k], b[k]) for k in a)
@@ -91,7 +91,7 @@ def test_bp_branch_trains_and_is_deterministic():
 def test_client_without_labeled_images_takes_no_step():
     client = bagged(tiny_client(num_labeled=0, num_unlabeled=4), bag_size=8, method="bp")
     model, params = tiny_model()
-    local, loss = train_labeled(model, params, client, FedAvgParams(), generator=torch.Generator(), device=torch.device("cpu"))
+    local, loss = train_labeled(model, params, client, FedAvgParams(), ClientContext(torch.device("cpu"), torch.Generator()))
     assert loss == 0.0 and all(torch.equal(local[k], params[k]) for k in params)
 
 
@@ -101,8 +101,8 @@ def test_bag_loss_weight_adds_the_proportion_loss():
     weighted = ClientData.bagged(0, dataclasses.replace(bags, bp=BpParams(bag_loss_weight=0.5)), base.unlabeled_images, None)
     model, params = tiny_model()
     p = FedAvgParams(local_steps=1, batch_size=16, weak_shift=0)
-    _, plain_loss = train_labeled(model, params, base, p, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
-    _, with_bag = train_labeled(model, params, weighted, p, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    _, plain_loss = train_labeled(model, params, base, p, ClientContext(torch.device("cpu"), torch.Generator().manual_seed(0)))
+    _, with_bag = train_labeled(model, params, weighted, p, ClientContext(torch.device("cpu"), torch.Generator().manual_seed(0)))
     logits = predict_logits(model, params, bags.images, device=torch.device("cpu"))
     assert with_bag == pytest.approx(plain_loss + 0.5 * float(proportion_loss(logits, bags.bag_index, bags.proportions())), rel=1e-5)
 
@@ -114,7 +114,7 @@ def test_every_algorithm_with_a_train_labeled_branch_trains_on_bags(name):
     client = bagged(tiny_client(num_labeled=16, num_unlabeled=32), bag_size=8)
     model, params = tiny_model()
     algorithm = ALGORITHMS[name](ALGORITHMS[name].Params(local_steps=2, batch_size=8))
-    update = algorithm.client_update(model, params, client, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    update = algorithm.client_update(model, params, client, ClientContext(torch.device("cpu"), torch.Generator().manual_seed(0)))
     assert update.metrics["num_labeled"] == 16
     assert name == "fedprox" or update.metrics["num_unlabeled"] > 0  # the unlabeled branch ran too
     assert all(torch.isfinite(d).all() for d in update.deltas["model"].values())

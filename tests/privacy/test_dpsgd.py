@@ -11,9 +11,9 @@ from opacus.accountants import RDPAccountant
 from fedlabel.algorithms import ALGORITHMS, build_algorithm
 from fedlabel.config import Config, PrivacyConfig
 from fedlabel.privacy import dpsgd
-from fedlabel.privacy.dpsgd import DpSgdSettings, dpsgd_session
+from fedlabel.privacy.dpsgd import DpSgd, DpSgdSettings
 from fedlabel.privacy.mechanism import ServerPrivacy, private_client_update
-from fedlabel.training import SgdConfig, batch_indices, forward, sgd_train
+from fedlabel.training import ClientContext, SgdConfig, forward
 from tests.helpers import tiny_client, tiny_model
 
 
@@ -31,9 +31,10 @@ def _one_dp_step(model, params, x, y, *, clip: float, batch_size: int, two_views
                     + F.cross_entropy(logits[len(idx):], y[idx], reduction="none")).mean()  # fmt: skip
         return F.cross_entropy(f(x[idx]), y[idx])
 
-    with dpsgd_session(DpSgdSettings(noise_multiplier=0.0, max_grad_norm=clip), generator=torch.Generator().manual_seed(0)):
-        batches = batch_indices(len(x), batch_size=batch_size, steps=1, generator=torch.Generator().manual_seed(1))
-        new, _ = sgd_train(model, params, batches=batches, loss_fn=loss_fn, sgd=SgdConfig(lr=1.0))
+    trainer = DpSgd(DpSgdSettings(noise_multiplier=0.0, max_grad_norm=clip), torch.Generator().manual_seed(0))
+    ctx = ClientContext(torch.device("cpu"), torch.Generator().manual_seed(1), trainer)
+    batches = ctx.batches(len(x), batch_size=batch_size, steps=1)
+    new, _ = ctx.train(model, params, batches=batches, loss_fn=loss_fn, sgd=SgdConfig(lr=1.0))
     return {k: params[k] - new[k] for k in params}, batches[0]  # the applied gradient
 
 
@@ -91,16 +92,18 @@ def test_empty_poisson_batch_takes_noise_only_step_without_calling_the_loss():
         calls.append(len(idx))
         return F.cross_entropy(f(x[idx]), y[idx])
 
-    with dpsgd_session(DpSgdSettings(noise_multiplier=0.0, max_grad_norm=1.0), generator=torch.Generator().manual_seed(0)) as s:
-        batches = batch_indices(5, batch_size=1, steps=20, generator=torch.Generator().manual_seed(3))
-        sgd_train(model, params, batches=batches, loss_fn=loss_fn, sgd=SgdConfig(lr=0.1))
+    s = DpSgd(DpSgdSettings(noise_multiplier=0.0, max_grad_norm=1.0), torch.Generator().manual_seed(0))
+    ctx = ClientContext(torch.device("cpu"), torch.Generator().manual_seed(3), s)
+    batches = ctx.batches(5, batch_size=1, steps=20)
+    ctx.train(model, params, batches=batches, loss_fn=loss_fn, sgd=SgdConfig(lr=0.1))
     empty = sum(len(b) == 0 for b in batches)
     assert empty > 0 and len(calls) == 20 - empty
     assert s.ledger == [(0.0, 0.2, 20)]  # every step, empty or not, is counted at q = 1/5
     # with zero noise, a run of only empty batches leaves the parameters unchanged
-    with dpsgd_session(DpSgdSettings(noise_multiplier=0.0, max_grad_norm=1.0), generator=torch.Generator()) as s:
-        s.last_draw = (0.5, 4, 2)
-        new, _ = sgd_train(model, params, batches=[torch.tensor([], dtype=torch.long)] * 2, loss_fn=loss_fn, sgd=SgdConfig(lr=0.1))
+    s = DpSgd(DpSgdSettings(noise_multiplier=0.0, max_grad_norm=1.0), torch.Generator())
+    s.last_draw = (0.5, 4, 2)
+    empty2 = [torch.tensor([], dtype=torch.long)] * 2
+    new, _ = s.train(model, params, batches=empty2, loss_fn=loss_fn, sgd=SgdConfig(lr=0.1))
     assert all(torch.equal(new[k], params[k]) for k in params)
 
 

@@ -14,7 +14,7 @@ from fedlabel.data.bags import BagSpec
 from fedlabel.federation import client_generator
 from fedlabel.privacy import dpsgd, noise
 from fedlabel.privacy.mechanism import ServerPrivacy, private_client_update
-from fedlabel.training import batch_indices
+from fedlabel.training import ClientContext
 from tests.helpers import tiny_client, tiny_model
 
 
@@ -39,8 +39,9 @@ def test_secure_poisson_batches_do_not_come_from_the_clients_generator():
     settings = dpsgd.DpSgdSettings(noise_multiplier=1.0, max_grad_norm=1.0)
     draws = []
     for sampler in (None, None, noise.os_entropy_generator(), noise.os_entropy_generator()):
-        with dpsgd.dpsgd_session(settings, generator=torch.Generator(), sampler=sampler):
-            batches = batch_indices(200, batch_size=20, steps=5, generator=torch.Generator().manual_seed(7))
+        trainer = dpsgd.DpSgd(settings, torch.Generator(), sampler)
+        ctx = ClientContext(torch.device("cpu"), torch.Generator().manual_seed(7), trainer)
+        batches = ctx.batches(200, batch_size=20, steps=5)
         draws.append([b.tolist() for b in batches])
     assert draws[0] == draws[1] and draws[2] != draws[0] and draws[3] != draws[2]
 
