@@ -9,13 +9,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, vmap
 
 from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate
-from fedlabel.augment import weak_augment
+from fedlabel.algorithms.batching import BatchedUpdate, ClientImages, Stacked, batches, minus, padded, row, sgd_step, stack
+from fedlabel.augment import WeakDraws, apply_weak, draw_weak, weak_augment
 from fedlabel.data import ClientData
 from fedlabel.llp.train import bag_objective
-from fedlabel.training import ClientContext, LossFn, Params, subtract, to_float
+from fedlabel.training import ClientContext, LossFn, Params, proximal_term, subtract, to_float
 
 
 def train_labeled(
@@ -89,9 +91,81 @@ class FedAvg(Algorithm):
 
     def client_update(self, model, global_params, data, ctx, *, extras=None) -> ClientUpdate:
         local, loss = train_labeled(model, global_params, data, self.params, ctx, mu=self.proximal_mu())
-        return ClientUpdate(
-            client_id=data.client_id,
-            deltas={"model": subtract(local, global_params)},
-            weight=float(data.num_labeled),
-            metrics={"num_labeled": data.num_labeled, "loss_labeled": loss},
-        )
+        return labeled_update(data, subtract(local, global_params), loss)
+
+
+def labeled_update(data: ClientData, delta: Params, loss: float) -> ClientUpdate:
+    """FedAvg's upload: the delta, weighted by the number of labeled samples."""
+    return ClientUpdate(
+        client_id=data.client_id,
+        deltas={"model": delta},
+        weight=float(data.num_labeled),
+        metrics={"num_labeled": data.num_labeled, "loss_labeled": loss},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Batched (engine=vectorized): see fedlabel.algorithms.batching
+
+
+class BatchedLabeled:
+    """:func:`train_labeled` of instance-labeled clients (no bags, no extra loss), a chunk at once."""
+
+    def __init__(self, model: nn.Module, p: AlgorithmParams, clients: list[ClientData], device: torch.device,
+                 *, mu: float) -> None:  # fmt: skip
+        self.p, self.device, self.sgd = p, device, p.sgd()
+        self.images = ClientImages([c.labeled_images for c in clients], [c.labeled_labels for c in clients], device)
+        self.sample_shape = tuple(clients[0].labeled_images.shape[1:])
+
+        def loss_fn(params: Params, x: Tensor, y: Tensor, mask: Tensor, count: Tensor, center: Params):
+            ce = F.cross_entropy(functional_call(model, params, (x,)), y, reduction="none")
+            loss = (ce * mask).sum() / count.clamp_min(1)
+            objective = loss + proximal_term(params, center, mu=mu) if mu else loss  # FedProx, as sgd_step
+            return objective, loss
+
+        self._step = vmap(grad_and_value(loss_fn, has_aux=True), in_dims=(0, 0, 0, 0, 0, None))
+
+    def __call__(self, clients: list[ClientData], global_params: Params,
+                 gens: list[torch.Generator]) -> tuple[Stacked, list[float]]:  # fmt: skip
+        """(stacked local params w_L, each client's mean loss)."""
+        p, c = self.p, len(clients)
+        batch_lists, draws = [], []
+        for d, g in zip(clients, gens):
+            ctx = ClientContext(self.device, g)
+            bs = ctx.batches(d.num_labeled, batch_size=p.batch_size, steps=p.local_steps)
+            batch_lists.append(bs)
+            draws.append([draw_weak(len(b), generator=g, max_shift=p.weak_shift) for b in bs] if p.weak_shift else [])
+        steps = torch.tensor([len(bs) for bs in batch_lists])
+        index, mask, width = padded(batch_lists, int(steps.max()))
+        # every step's shifts in one tensor, moved to the device once (padding rows: no shift)
+        shifts = torch.full((*index.shape, 2), p.weak_shift, dtype=torch.long)
+        for i, ds in enumerate(draws):
+            for t, dr in enumerate(ds):
+                shifts[i, t, : len(dr.offsets)] = dr.offsets
+        flat = (index + self.images.starts(clients)[:, None, None]).to(self.device)
+        mask, shifts, steps_on = mask.to(self.device), shifts.to(self.device), steps.to(self.device)
+        params, velocity = stack(global_params, c, self.sgd)
+        total = torch.zeros(c, device=self.device)
+        for t in range(index.shape[1]):
+            x = to_float(self.images.images[flat[:, t].flatten()])
+            if p.weak_shift:
+                x = apply_weak(x, WeakDraws(p.weak_shift, shifts[:, t].flatten(0, 1), None))
+            x = x.view(c, width, *self.sample_shape)
+            m = mask[:, t]
+            grads, (_, loss) = self._step(params, x, self.images.labels[flat[:, t]], m, m.sum(1), global_params)
+            active = steps_on > t
+            sgd_step(params, velocity, grads, active, self.sgd)
+            total += loss.detach() * active
+        return params, (total.cpu() / steps.clamp_min(1)).tolist()
+
+
+@batches(FedAvg)
+class FedAvgBatched(BatchedUpdate):
+    def __init__(self, model, algorithm, clients, device) -> None:
+        super().__init__(model, algorithm, clients, device)
+        self.labeled = BatchedLabeled(model, self.p, clients, device, mu=algorithm.proximal_mu())
+
+    def train(self, clients, global_params, gens) -> list[ClientUpdate]:
+        local, loss = self.labeled(clients, global_params, gens)
+        delta = minus(local, global_params)
+        return [labeled_update(d, row(delta, c), loss[c]) for c, d in enumerate(clients)]

@@ -42,13 +42,17 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call, grad_and_value, vmap
 
 from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate
-from fedlabel.algorithms.fedavg import train_labeled
-from fedlabel.augment import strong_augment
+from fedlabel.algorithms.batching import BatchedUpdate, ClientImages, batches, minus, padded, row, sgd_step, stack
+from fedlabel.algorithms.fedavg import BatchedLabeled, train_labeled
+from fedlabel.augment import StrongDraws, apply_strong, draw_strong, strong_augment
+from fedlabel.data import ClientData
 from fedlabel.errors import check
 from fedlabel.robust import Combine, weighted_mean
-from fedlabel.training import Params, add_scaled, predict_logits, subtract, to_float, zeros_like
+from fedlabel.training import ClientContext, Params, add_scaled, predict_logits, subtract, to_float, zeros_like
 
 CONFIDENCES = ("variance", "entropy", "maxprob")
 
@@ -173,6 +177,37 @@ def _rows(choice: ExpertChoice, idx: torch.Tensor) -> ExpertChoice:
     return ExpertChoice(*(getattr(choice, f)[idx] for f in choice.__dataclass_fields__))
 
 
+def pseudo_label_counts(choice: ExpertChoice, truth: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Counts over the last dimension (the unlabeled samples): kept, kept with the global model as
+    expert and, where the true labels are known (simulation only), how many of those are right."""
+    kept = choice.keep
+    counts = {"num_kept": kept.sum(-1), "num_kept_global": (choice.global_is_expert & kept).sum(-1)}
+    if truth is not None:
+        correct = (choice.pseudo_label == truth) & kept
+        counts["num_kept_correct"] = correct.sum(-1)
+        counts["num_kept_global_correct"] = (correct & choice.global_is_expert).sum(-1)
+    return counts
+
+
+def fedlabel_update(data: ClientData, p: FedLabelParams, delta_l: Params, delta_u: Params, counts: dict[str, int],
+                    loss_l: float, loss_u: float) -> ClientUpdate:  # fmt: skip
+    """Step 5: the upload (Delta_L + Delta_U, or both apart for aggregation=split), r_k and the
+    client's metrics."""
+    if p.aggregation == "split":
+        deltas = {"labeled": delta_l, "unlabeled": delta_u}
+    else:
+        scale = 0.5 if p.delta_combination == "mean" else 1.0
+        combined = zeros_like(delta_l)
+        add_scaled(combined, delta_l, scale)
+        add_scaled(combined, delta_u, scale)
+        deltas = {"model": combined}
+    metrics = {"num_labeled": data.num_labeled, "num_unlabeled": data.num_unlabeled, "num_kept": counts["num_kept"],
+               "num_kept_global": counts["num_kept_global"], "loss_labeled": loss_l, "loss_unlabeled": loss_u}  # fmt: skip
+    metrics.update({k: v for k, v in counts.items() if k not in metrics})
+    weight = float(data.num_labeled + counts["num_kept"])
+    return ClientUpdate(client_id=data.client_id, deltas=deltas, weight=weight, metrics=metrics)
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -186,7 +221,6 @@ class FedLabel(Algorithm):
         p: FedLabelParams = self.params
         device, generator = ctx.device, ctx.generator
         local, loss_l = train_labeled(model, global_params, data, p, ctx)
-        delta_l = subtract(local, global_params)
 
         x_u = data.unlabeled_images.to(device)
         n_u = data.num_unlabeled
@@ -217,32 +251,10 @@ class FedLabel(Algorithm):
             return unlabeled_loss(student, student_kl, _rows(choice, idx), kl_direction=p.kl_direction)
 
         unl, loss_u = ctx.train(model, global_params, batches=batches, loss_fn=loss_fn, sgd=p.sgd())
-        delta_u = subtract(unl, global_params)
-
-        kept = choice.keep
-        metrics = {
-            "num_labeled": data.num_labeled,
-            "num_unlabeled": n_u,
-            "num_kept": n_kept,
-            "num_kept_global": int((choice.global_is_expert & kept).sum()),
-            "loss_labeled": loss_l,
-            "loss_unlabeled": loss_u,
-        }
-        if data.unlabeled_true_labels is not None:
-            truth = data.unlabeled_true_labels.to(device)
-            correct = (choice.pseudo_label == truth) & kept
-            metrics["num_kept_correct"] = int(correct.sum())
-            metrics["num_kept_global_correct"] = int((correct & choice.global_is_expert).sum())
-        weight = float(data.num_labeled + n_kept)
-        if p.aggregation == "split":
-            deltas = {"labeled": delta_l, "unlabeled": delta_u}
-        else:
-            scale = 0.5 if p.delta_combination == "mean" else 1.0
-            combined = zeros_like(delta_l)
-            add_scaled(combined, delta_l, scale)
-            add_scaled(combined, delta_u, scale)
-            deltas = {"model": combined}
-        return ClientUpdate(client_id=data.client_id, deltas=deltas, weight=weight, metrics=metrics)
+        truth = None if data.unlabeled_true_labels is None else data.unlabeled_true_labels.to(device)
+        counts = {k: int(v) for k, v in pseudo_label_counts(choice, truth).items()}
+        return fedlabel_update(data, p, subtract(local, global_params), subtract(unl, global_params), counts,
+                               loss_l, loss_u)  # fmt: skip
 
     def delta_names(self) -> frozenset[str]:
         return frozenset({"labeled", "unlabeled"}) if self.params.aggregation == "split" else frozenset({"model"})
@@ -263,3 +275,116 @@ class FedLabel(Algorithm):
         for u in unlabeled:
             add_scaled(step, u.deltas["unlabeled"], 0.5 * u.metrics["num_kept"] / kept_total)
         return {k: global_params[k] + step[k] for k in global_params}
+
+
+# --------------------------------------------------------------------------------------------
+# Batched (engine=vectorized): see fedlabel.algorithms.batching. The thresholds are masks: the
+# keep mask and the consistency weights of each row.
+
+_LOGIT_CHUNK = 256  # unlabeled samples per client per forward when choosing experts
+
+
+@batches(FedLabel)
+class FedLabelBatched(BatchedUpdate):
+    def __init__(self, model, algorithm, clients, device) -> None:
+        super().__init__(model, algorithm, clients, device)
+        p: FedLabelParams = self.p
+        self.labeled = BatchedLabeled(model, p, clients, device, mu=0.0)
+        unlabeled = [c.unlabeled_true_labels for c in clients]
+        self.unlabeled = ClientImages([c.unlabeled_images for c in clients], unlabeled, device)
+        self._logits = vmap(lambda params, x: functional_call(model, params, (x,)))
+
+        def loss_fn(params: Params, strong: Tensor, clean: Tensor, pseudo: Tensor, keep: Tensor, weight: Tensor,
+                    target: Tensor, count: Tensor) -> Tensor:  # fmt: skip
+            if p.kl_input == "strong":
+                student = student_kl = functional_call(model, params, (strong,))
+            else:
+                both = functional_call(model, params, (torch.cat([strong, clean]),))
+                student, student_kl = both[: len(strong)], both[len(strong) :]
+            choice = ExpertChoice(pseudo, keep, keep, weight, target, keep)  # the fields unlabeled_loss reads
+            # unlabeled_loss is the mean over all (padded) rows; rescale to this client's rows
+            loss = unlabeled_loss(student, student_kl, choice, kl_direction=p.kl_direction)
+            return loss * len(strong) / count.clamp_min(1)
+
+        self._step = vmap(grad_and_value(loss_fn))
+
+    @torch.no_grad()
+    def _experts(self, clients: list[ClientData], global_params: Params, local) -> tuple[ExpertChoice, Tensor, Tensor]:
+        """select_experts on every client's unlabeled samples, padded to C x N_max rows.
+        Returns (choice with C x N_max fields, flat image indices, validity mask)."""
+        p: FedLabelParams = self.p
+        c = len(clients)
+        sizes = torch.tensor([d.num_unlabeled for d in clients])
+        n_max = max(int(sizes.max()), 1)
+        valid = torch.arange(n_max)[None, :] < sizes[:, None]
+        flat = ((torch.arange(n_max)[None, :] + self.unlabeled.starts(clients)[:, None]) * valid).to(self.device)
+        global_logits, local_logits = [], []
+        for i in range(0, n_max, _LOGIT_CHUNK):
+            x = to_float(self.unlabeled.images[flat[:, i : i + _LOGIT_CHUNK]])
+            global_logits.append(functional_call(self.model, global_params, (x.flatten(0, 1),)).view(c, x.shape[1], -1))
+            local_logits.append(self._logits(local, x))
+        g, loc = torch.cat(global_logits, 1), torch.cat(local_logits, 1)
+        choice = select_experts(g.flatten(0, 1), loc.flatten(0, 1), confidence_kind=p.confidence, beta=p.beta,
+                                lambda0=p.lambda0, expert=p.expert)  # fmt: skip
+        valid = valid.to(self.device)
+        shaped = {f: getattr(choice, f).view(c, n_max, *getattr(choice, f).shape[1:]) for f in choice.__dataclass_fields__}
+        shaped["keep"] = shaped["keep"] & valid
+        return ExpertChoice(**shaped), flat, valid
+
+    def train(self, clients, global_params, gens) -> list[ClientUpdate]:
+        p: FedLabelParams = self.p
+        c = len(clients)
+        local, loss_l = self.labeled(clients, global_params, gens)
+        choice, flat_u, valid = self._experts(clients, global_params, local)
+        keep_cpu = choice.keep.cpu()
+        n_kept = keep_cpu.sum(1)
+
+        batch_lists, draws = [], []
+        h, w = self.sample_shape[1:]
+        for i, (d, g) in enumerate(zip(clients, gens)):
+            pool = torch.arange(d.num_unlabeled) if p.unlabeled_sampling == "all" else keep_cpu[i].nonzero().flatten()
+            steps = p.unlabeled_steps if n_kept[i] > 0 else 0
+            bs = [pool[j] for j in ClientContext(self.device, g).batches(len(pool), batch_size=p.batch_size, steps=steps)]
+            batch_lists.append(bs)
+            draws.append([draw_strong(len(b), h, w, generator=g, num_ops=p.strong_num_ops, magnitude=p.strong_magnitude,
+                                      cutout=p.strong_cutout) for b in bs])  # fmt: skip
+        steps = torch.tensor([len(bs) for bs in batch_lists])
+        index, mask, width = padded(batch_lists, int(steps.max()))
+        index, mask = index.to(self.device), mask.to(self.device)
+        rows = torch.arange(c, device=self.device)[:, None]
+        sgd = p.sgd()
+        params, velocity = stack(global_params, c, sgd)
+        total = torch.zeros(c, device=self.device)
+        for t in range(index.shape[1]):
+            idx, m = index[:, t], mask[:, t]
+            clean = to_float(self.unlabeled.images[flat_u[rows, idx].flatten()])
+            filler = [_step_strong(ds, t, width, p, h, w) for ds in draws]
+            strong = apply_strong(clean, StrongDraws.cat(filler)).view(c, width, *self.sample_shape)
+            clean = clean.view(c, width, *self.sample_shape)
+            keep = choice.keep[rows, idx] & m
+            weight = choice.consistency_weight[rows, idx] * m
+            target = choice.minus_probs[rows, idx]
+            grads, loss = self._step(params, strong, clean, choice.pseudo_label[rows, idx], keep, weight, target, m.sum(1))
+            active = (steps > t).to(self.device)
+            sgd_step(params, velocity, grads, active, sgd)
+            total += loss.detach() * active
+        loss_u = (total.cpu() / steps.clamp_min(1)).tolist()
+
+        truth = None
+        if self.unlabeled.labels is not None:
+            starts = self.unlabeled.starts(clients).to(self.device)
+            truth = self.unlabeled.labels[(torch.arange(valid.shape[1], device=self.device)[None, :] + starts[:, None]) * valid]
+        counts = {k: v.cpu() for k, v in pseudo_label_counts(choice, truth).items()}
+        delta_l, delta_u = minus(local, global_params), minus(params, global_params)
+        return [fedlabel_update(d, p, row(delta_l, i), row(delta_u, i), {k: int(v[i]) for k, v in counts.items()},
+                                loss_l[i], loss_u[i]) for i, d in enumerate(clients)]  # fmt: skip
+
+
+def _step_strong(draws: list[StrongDraws], t: int, width: int, p: FedLabelParams, h: int, w: int) -> StrongDraws:
+    """A client's draws at step t padded to ``width`` rows (padding rows: identity, no cutout)."""
+    got = draws[t] if t < len(draws) else None
+    n = 0 if got is None else len(got.ops)
+    cutout = torch.zeros(width - n, 1, h, w, dtype=torch.bool) if p.strong_cutout else None
+    pad = StrongDraws(p.strong_magnitude, torch.zeros(width - n, p.strong_num_ops, dtype=torch.long),
+                      torch.ones(width - n, p.strong_num_ops), cutout)  # fmt: skip
+    return pad if got is None else StrongDraws.cat([got, pad])

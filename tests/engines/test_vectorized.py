@@ -70,7 +70,7 @@ def test_first_step_losses_and_counts_match_each_client(tmp_path, algorithm, dev
     """One step per branch: each client's loss depends only on its batches and augmentations."""
     from fedlabel.algorithms import build_algorithm
     from fedlabel.config import config_from_dict
-    from fedlabel.engines.vectorized import CohortTrainer
+    from fedlabel.engines.vectorized import batched_trainer
     from fedlabel.federation import client_generator, initial_model, load_federated
 
     steps = ["algorithm.local_steps=1"] + (["algorithm.unlabeled_steps=1"] if algorithm == "fedlabel" else [])
@@ -83,7 +83,7 @@ def test_first_step_losses_and_counts_match_each_client(tmp_path, algorithm, dev
     ids = list(range(cfg.data.num_clients))
     gens = lambda: [client_generator(seed=0, round=1, client_id=c) for c in ids]  # noqa: E731
     seq = [algo.client_update(model, params, fed.clients[c], ClientContext(dev, g)) for c, g in zip(ids, gens())]
-    vec = CohortTrainer(model, algo, fed, device=dev, chunk_clients=0).train([fed.clients[c] for c in ids], params, gens())
+    vec = batched_trainer(model, algo, fed, dev).train([fed.clients[c] for c in ids], params, gens())
     for a, b in zip(seq, vec):
         assert (a.client_id, a.weight) == (b.client_id, b.weight)
         for k, v in a.metrics.items():
@@ -117,9 +117,9 @@ def test_negative_chunk_is_a_config_error(tmp_path):
 
 def test_batched_algorithms_and_fallback():
     from fedlabel.algorithms import ALGORITHMS
-    from fedlabel.engines.vectorized import batched
+    from fedlabel.algorithms.batching import batched_version
 
-    names = {n for n, cls in ALGORITHMS.items() if batched(cls(cls.Params()))}
+    names = {n for n, cls in ALGORITHMS.items() if batched_version(cls(cls.Params()))}
     assert {"fedavg", "fedprox", "fedlabel", "fedlabel_local_only", "fedlabel_global_only"} <= names
     assert not names & {"fedmatch", "fedtrinet", "fedavg_fixmatch", "fedavg_uda"}
 
