@@ -57,7 +57,8 @@ def run_vectorized(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
 
 def batched(algorithm: Algorithm) -> bool:
     """Whether the algorithm's client update is one this engine batches: FedAvg's or FedLabel's
-    own (subclasses may change parameters and FedProx's mu, not the update or the protocol)."""
+    own, under any of their names (presets change parameters such as FedProx's mu, not the update
+    or the protocol)."""
     kind = type(algorithm)
     own_update = (isinstance(algorithm, FedAvg) and kind.client_update is FedAvg.client_update) or (
         isinstance(algorithm, FedLabel) and kind.client_update is FedLabel.client_update
@@ -69,7 +70,7 @@ def batched(algorithm: Algorithm) -> bool:
 def vectorized_trainer(cfg: Config, model: nn.Module, algorithm: Algorithm, fed: FederatedData, device: torch.device) -> TrainCohort:
     if not batched(algorithm) or cfg.privacy.name != "none":
         print(
-            f"engine=vectorized: algorithm {algorithm.name!r} with privacy={cfg.privacy.name} has no batched client "
+            f"engine=vectorized: algorithm {algorithm.params.name!r} with privacy={cfg.privacy.name} has no batched client "
             "update here; its clients train one after another as with engine=inprocess",
             file=sys.stderr,
         )
@@ -129,7 +130,7 @@ class CohortTrainer:
         self.chunk_clients = chunk_clients
         self._per_client_bytes: int | None = None
 
-        mu = algorithm.proximal_mu() if isinstance(algorithm, FedAvg) else 0.0
+        mu = algorithm.params.mu if isinstance(algorithm, FedAvg) else 0.0
 
         def labeled_loss(params: Params, x: Tensor, y: Tensor, mask: Tensor, count: Tensor, center: Params):
             ce = F.cross_entropy(functional_call(model, params, (x,)), y, reduction="none")
