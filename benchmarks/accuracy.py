@@ -279,7 +279,7 @@ def build_grid(args, methods, settings) -> tuple[dict[tuple, Run], dict[tuple, R
     sweep_runs: dict[tuple, Run] = {}
     alpha_s, ratio_s = args.sweep_setting
     rounds_s = args.sweep_rounds or args.rounds
-    defaults = ALGORITHMS["fedlabel"].Params()
+    defaults = ALGORITHMS["fedlabel"].params()
     rtag = "" if rounds_s == args.rounds else f"_r{rounds_s}"
     for key, values in sweeps.items():
         for v in values:

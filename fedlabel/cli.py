@@ -31,8 +31,8 @@ def register_configs() -> None:
     top = {f.name: getattr(Config(), f.name) for f in dataclasses.fields(Config) if f.name not in ("algorithm", "data", "model", "engine", "privacy")}
     top = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in top.items()}  # e.g. faults
     cs.store(name="fedlabel_defaults", node=top)
-    for name, algo in ALGORITHMS.items():
-        cs.store(group="algorithm", name=name, node=dataclasses.asdict(algo.Params()))
+    for name, preset in ALGORITHMS.items():
+        cs.store(group="algorithm", name=name, node=dataclasses.asdict(preset.params()))
     for name in ("fashion_mnist", "npz"):
         cs.store(group="data", name=name, node=dataclasses.asdict(DataConfig(name=name)))
     for name in ("cnn", "resnet18"):
@@ -207,7 +207,8 @@ def privacy_line(summary: dict[str, Any]) -> str | None:
 
 
 def flower_config_toml() -> str:
-    """The [tool.flwr.app.config] section: every run_config key with its schema default."""
+    """The [tool.flwr.app.config] section: every run_config key with its schema default (each
+    algorithm name's own keys in its section, algorithm.<name>)."""
     import tomli_w
 
     from fedlabel.config import default_run_config, unflatten

@@ -1,9 +1,12 @@
 """One typed configuration schema for the Hydra CLI and Flower's flat run_config.
 
 The dataclasses below hold every default. Hydra composes them (they are registered as config
-groups in :mod:`fedlabel.hydra_schema`), and Flower's run_config is the same tree flattened with
-dots: ``data.num_clients`` in Hydra is the run_config key ``data.num_clients``. Values that
-Flower cannot carry (None, lists) are not used in the schema.
+groups by :func:`fedlabel.cli.register_configs`), and Flower's run_config is the same tree
+flattened with dots: ``data.num_clients`` in Hydra is the run_config key ``data.num_clients``.
+The algorithm's settings shared by every algorithm (``COMMON_KEYS``: lr, batch_size, ...) keep
+their names; its own sit under its name, so that each name carries its own defaults:
+``algorithm.beta`` of ``algorithm=fedlabel`` is the run_config key ``algorithm.fedlabel.beta``
+(:func:`to_run_config`). Values that Flower cannot carry (None, lists) are not used in the schema.
 """
 
 from __future__ import annotations
@@ -156,7 +159,7 @@ class PrivacyConfig:
 
 @dataclass(frozen=True)
 class Config:
-    algorithm: AlgorithmParams = field(default_factory=lambda: ALGORITHMS["fedlabel"].Params())
+    algorithm: AlgorithmParams = field(default_factory=lambda: ALGORITHMS["fedlabel"].params())
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -182,6 +185,11 @@ class Config:
 
 def _build(cls: type, values: dict[str, Any], path: str) -> Any:
     """Instantiate a (defaulted) config dataclass from a dict, type-checking every value."""
+    return cls(**_fields(cls, values, path))
+
+
+def _fields(cls: type, values: dict[str, Any], path: str) -> dict[str, Any]:
+    """The constructor arguments of a config dataclass from a dict, every value type-checked."""
     defaults = cls()
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
@@ -196,7 +204,7 @@ def _build(cls: type, values: dict[str, Any], path: str) -> Any:
             kwargs[key] = _build(type(default), value, f"{path}{key}.")
         else:
             kwargs[key] = _coerce(value, type(default), f"{path}{key}")
-    return cls(**kwargs)
+    return kwargs
 
 
 def _coerce(value: Any, kind: type, name: str) -> Any:
@@ -229,7 +237,8 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     name = algo.get("name", "fedlabel")
     if not isinstance(name, str) or name not in ALGORITHMS:
         raise ConfigError(f"algorithm.name: unknown algorithm {name!r}; choose from {sorted(ALGORITHMS)}")
-    params = _build(ALGORITHMS[name].Params, algo, "algorithm.")
+    preset = ALGORITHMS[name]
+    params = preset.params(**_fields(preset.algorithm.Params, algo, "algorithm."))
     cfg = _build(Config, values, "")
     cfg = dataclasses.replace(cfg, algorithm=params)
     validate(cfg)
@@ -262,23 +271,45 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
+COMMON_KEYS = tuple(f.name for f in dataclasses.fields(AlgorithmParams) if f.name != "name")
+
+
+def _algorithm_run_config(params: AlgorithmParams) -> dict[str, Any]:
+    """The run_config keys of one algorithm's params: algorithm.name, the COMMON_KEYS, and its
+    other keys under algorithm.<name>. (a preset's fixed keys are not settable, so not there)."""
+    flat = {"algorithm.name": params.name}
+    for key in ALGORITHMS[params.name].keys():
+        section = "algorithm." if key in COMMON_KEYS else f"algorithm.{params.name}."
+        flat[section + key] = getattr(params, key)
+    return flat
+
+
+def to_run_config(cfg: Config) -> dict[str, Any]:
+    """Config -> the flat run_config that `flwr run --run-config` takes (only its algorithm's keys)."""
+    flat: dict[str, Any] = {}
+    for key, value in config_to_dict(cfg).items():
+        flat.update(_algorithm_run_config(cfg.algorithm) if key == "algorithm" else flatten({key: value}))
+    return flat
+
+
 def config_from_run_config(run_config: dict[str, Any]) -> Config:
-    """Flower run_config (flat) -> Config. Keys of other algorithms' params are dropped."""
+    """Flower run_config (flat) -> Config: algorithm.name picks its section algorithm.<name>.;
+    the other names' sections are dropped."""
     nested = unflatten(dict(run_config))
     algo = nested.get("algorithm", {})
     name = algo.get("name", "fedlabel")
     if name in ALGORITHMS:
-        known = {f.name for f in dataclasses.fields(ALGORITHMS[name].Params)}
-        nested["algorithm"] = {k: v for k, v in algo.items() if k in known}
+        own = algo.get(name, {})
+        nested["algorithm"] = {**{k: v for k, v in algo.items() if not isinstance(v, dict)}, **own}
     return config_from_dict(nested)
 
 
 def default_run_config() -> dict[str, Any]:
-    """Every run_config key Flower must know: the schema defaults, union over algorithms."""
-    flat = flatten(config_to_dict(Config()))
-    for algo in ALGORITHMS.values():
-        for key, value in flatten(dataclasses.asdict(algo.Params()), "algorithm.").items():
-            flat.setdefault(key, value)
+    """Every run_config key Flower must know (pyproject.toml's [tool.flwr.app.config]): the schema
+    defaults, with every algorithm name's own keys and defaults in its section."""
+    flat = to_run_config(Config())
+    for preset in ALGORITHMS.values():
+        flat.update({k: v for k, v in _algorithm_run_config(preset.params()).items() if k != "algorithm.name"})
     return flat
 
 
@@ -289,10 +320,10 @@ def default_run_config() -> dict[str, Any]:
 def _validate_bags(d: DataConfig, algorithm: str) -> None:
     check(d.bag_size >= 0, "data.bag_size", f"must be >= 0 (0 = instance labels), got {d.bag_size}")
     check(
-        not (d.bag_size or d.bag_key) or ALGORITHMS[algorithm].trains_on_bags,
+        not (d.bag_size or d.bag_key) or ALGORITHMS[algorithm].algorithm.trains_on_bags,
         "data.bag_size",
         f"algorithm {algorithm} trains on instance labels in its own loop; bags (LLP) work with "
-        f"{', '.join(sorted(n for n, a in ALGORITHMS.items() if a.trains_on_bags))}",
+        f"{', '.join(sorted(n for n, p in ALGORITHMS.items() if p.algorithm.trains_on_bags))}",
     )
     check(not (d.bag_size and d.bag_key), "data.bag_key", "set either data.bag_size (random bags) or data.bag_key (given bags), not both")
     check(not d.bag_key or d.name == "npz", "data.bag_key", "bag ids come from an .npz array; needs data.name=npz")
@@ -372,6 +403,7 @@ def validate(cfg: Config) -> None:
     check(not cfg.tensorboard or importlib.util.find_spec("tensorboard") is not None, "tensorboard",
           "needs the optional package tensorboard: pip install 'fedlabel[tensorboard]' (or tensorboard=false)")  # fmt: skip
     validate_privacy(cfg)
+    ALGORITHMS[cfg.algorithm.name].check(cfg.algorithm)
     cfg.algorithm.validate()
 
 
@@ -384,9 +416,9 @@ def validate_privacy(cfg: Config) -> None:
     check(p.clipping in ("server", "client"), "privacy.clipping", f"unknown side {p.clipping!r}; choose server or client")
     check(p.accountant in ("rdp", "prv"), "privacy.accountant", f"unknown accountant {p.accountant!r}; choose rdp or prv")
     if p.name == "dpsgd":
-        supported = sorted(n for n, a in ALGORITHMS.items() if a.dpsgd_supported)
+        supported = sorted(n for n, p in ALGORITHMS.items() if p.algorithm.dpsgd_supported)
         check(
-            ALGORITHMS[cfg.algorithm.name].dpsgd_supported,
+            ALGORITHMS[cfg.algorithm.name].algorithm.dpsgd_supported,
             "privacy.name",
             f"privacy=dpsgd covers algorithms that train on one record set per SGD step ({', '.join(supported)}); "
             f"{cfg.algorithm.name} trains on labeled and unlabeled records in one step or with its own SGD loop",
@@ -408,7 +440,7 @@ def validate_privacy(cfg: Config) -> None:
             "algorithm.aggregation",
             "privacy=central_dp clips and averages one update per client; 'split' uploads two",
         )
-        conflict = ALGORITHMS[cfg.algorithm.name].central_dp_conflict
+        conflict = ALGORITHMS[cfg.algorithm.name].algorithm.central_dp_conflict
         check(not conflict, "privacy.name", f"central_dp cannot run algorithm.name={cfg.algorithm.name}: its private "
               f"aggregation replaces the algorithm's own, which {conflict}")  # fmt: skip
         check(cfg.aggregation.robust == "none", "aggregation.robust",

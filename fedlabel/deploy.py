@@ -213,21 +213,25 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def run_config_file(*, sites: int, output_dir: str, overrides: list[str], path: Path) -> Path:
-    """Validate the run's settings locally (schema defaults + key=value overrides, TOML values) and
-    write them as a run-config TOML for `flwr run`."""
-    from fedlabel.config import config_from_run_config, config_to_dict, default_run_config
+    """Validate the run's settings locally (schema defaults + key=value overrides with the
+    schema's dotted names, as `fedlabel simulate` takes them, TOML values) and write them as a
+    run-config TOML for `flwr run` (to_run_config: only the chosen algorithm's keys)."""
+    from fedlabel.algorithms import ALGORITHMS
+    from fedlabel.config import Config, config_from_dict, config_to_dict, flatten, to_run_config, unflatten
 
-    values = default_run_config()
-    values.update({"data.num_clients": sites, "output_dir": output_dir})
-    for item in overrides:
-        key, value = parse_override(item)
-        if key not in values:
-            raise DeployError(f"override {item!r}: unknown key {key!r} (`fedlabel flower-config` lists them)")
-        values[key] = value
+    given = dict(parse_override(item) for item in overrides)
+    values = {"data.num_clients": sites, "output_dir": output_dir, **given}
+    name = values.get("algorithm.name", Config().algorithm.name)
+    if name in ALGORITHMS:  # else config_from_dict names algorithm.name
+        known = flatten(config_to_dict(Config(algorithm=ALGORITHMS[name].params())))
+        for key in given:
+            if key not in known:
+                raise DeployError(f"override {key}={given[key]!r}: unknown key {key!r} "
+                                  "(the settings of `fedlabel simulate`, e.g. algorithm.beta)")  # fmt: skip
     if not Path(str(values["output_dir"])).is_absolute():
         raise DeployError(f"output_dir must be an absolute path on the server machine, got {values['output_dir']!r}")
-    cfg = config_from_run_config(values)
-    path.write_text(tomli_w.dumps(config_to_dict(cfg)))
+    cfg = config_from_dict(unflatten(values))
+    path.write_text(tomli_w.dumps(unflatten(to_run_config(cfg))))
     return path
 
 

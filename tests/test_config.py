@@ -83,7 +83,7 @@ def test_run_config_round_trip():
 def test_run_config_drops_other_algorithms_keys():
     flat = default_run_config()
     flat["algorithm.name"] = "fedavg"
-    assert config_from_run_config(flat).algorithm == ALGORITHMS["fedavg"].Params()
+    assert config_from_run_config(flat).algorithm == ALGORITHMS["fedavg"].params()
 
 
 def test_pyproject_flower_config_matches_schema():

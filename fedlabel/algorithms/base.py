@@ -70,12 +70,12 @@ class ClientUpdate:
 
 
 class Algorithm:
-    """Base class. Subclasses set ``name`` and ``Params`` and override what differs."""
+    """Base class. Subclasses set ``Params`` and override what differs; fedlabel.algorithms
+    registers them under their names (ALGORITHMS)."""
 
     # True when the supervised branch runs through fedavg.train_labeled, which also trains on
     # LLP bags (data.bag_size / data.bag_key); config validation refuses bags otherwise.
     trains_on_bags: ClassVar[bool] = False
-    name: ClassVar[str]
     Params: ClassVar[type[AlgorithmParams]] = AlgorithmParams
     # privacy=dpsgd: every SGD step trains on one Poisson batch of one record set through the
     # context's batches/train (fedlabel.privacy.dpsgd's contract); joint labeled+unlabeled steps

@@ -1,7 +1,18 @@
-"""FedAvg (McMahan et al., 2017) on each client's labeled part only.
+"""FedAvg (McMahan et al., 2017) on each client's labeled part only, with FedProx's proximal
+term as the option ``mu`` (Li et al., "Federated Optimization in Heterogeneous Networks",
+MLSys 2020): mu > 0 adds mu/2 ||w - w_global||^2 (the paper's eq. 2) to every local SGD step.
 
-With data.label_ratio=1.0 every sample is labeled and this is the fully supervised reference.
-The client weight r_k is the number of labeled samples."""
+With data.label_ratio=1.0 every sample is labeled and this is the fully supervised reference
+("FedAvg/FedProx, 100% labels"). The client weight r_k is the number of labeled samples (the
+weight FedProx uses too, n_k).
+
+``algorithm=fedprox`` is this algorithm with mu=FEDPROX_MU (fedlabel.algorithms registers it).
+Choices FedProx leaves open, as config values (defaults and why):
+ - mu=0.01: FedProx tunes mu per data set over {0.001, 0.01, 0.1, 1}; 0.01 is a middle value
+   from that grid. With 10 local steps of lr 0.05 the term changes little (it pulls
+   by lr*mu = 5e-4 of the distance per step); larger mu trades progress for drift.
+ - a fixed number of local steps (tau) for every client: FedProx also allows inexact, variable
+   local work per client; the simulator gives every client the same work, like FedAvg here."""
 
 from __future__ import annotations
 
@@ -16,6 +27,7 @@ from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate
 from fedlabel.algorithms.batching import BatchedUpdate, ClientImages, Stacked, batches, minus, padded, row, sgd_step, stack
 from fedlabel.augment import WeakDraws, apply_weak, draw_weak, weak_augment
 from fedlabel.data import ClientData
+from fedlabel.errors import check
 from fedlabel.llp.train import bag_objective
 from fedlabel.training import ClientContext, LossFn, Params, proximal_term, subtract, to_float
 
@@ -74,23 +86,28 @@ def _joint(labeled: list, labeled_loss: LossFn, extra: list, extra_loss: LossFn)
     return pairs, loss_fn
 
 
+FEDPROX_MU = 0.01  # mu of the fedprox presets
+
+
 @dataclass(frozen=True)
 class FedAvgParams(AlgorithmParams):
+    """The supervised branch's params plus FedProx's mu (also the base of FixMatch's and UDA's)."""
+
     name: str = "fedavg"
+    mu: float = 0.0  # proximal coefficient: mu/2 ||w - w_global||^2 every local step (0 = FedAvg)
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.mu >= 0, "algorithm.mu", f"must be >= 0 (0 = FedAvg), got {self.mu}")
 
 
 class FedAvg(Algorithm):
-    name = "fedavg"
     dpsgd_supported = True
     Params = FedAvgParams
     trains_on_bags = True
 
-    def proximal_mu(self) -> float:
-        """FedProx's mu for the supervised branch (0 = plain FedAvg)."""
-        return 0.0
-
     def client_update(self, model, global_params, data, ctx, *, extras=None) -> ClientUpdate:
-        local, loss = train_labeled(model, global_params, data, self.params, ctx, mu=self.proximal_mu())
+        local, loss = train_labeled(model, global_params, data, self.params, ctx, mu=self.params.mu)
         return labeled_update(data, subtract(local, global_params), loss)
 
 
@@ -163,7 +180,7 @@ class BatchedLabeled:
 class FedAvgBatched(BatchedUpdate):
     def __init__(self, model, algorithm, clients, device) -> None:
         super().__init__(model, algorithm, clients, device)
-        self.labeled = BatchedLabeled(model, self.p, clients, device, mu=algorithm.proximal_mu())
+        self.labeled = BatchedLabeled(model, self.p, clients, device, mu=self.p.mu)
 
     def train(self, clients, global_params, gens) -> list[ClientUpdate]:
         local, loss = self.labeled(clients, global_params, gens)

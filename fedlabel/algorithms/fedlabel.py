@@ -33,6 +33,14 @@ Choices the paper leaves open, as config values (defaults and why):
    two (seen in another implementation; kept as an option only).
  - strong view psi: RandAugment with strong_num_ops=1 op at strong_magnitude=10, plus cutout.
  - weak_shift=2 (shared with FedAvg): the labeled batches of both get the same weak view.
+
+expert="local"/"global" fixes who pseudo-labels (the paper's Table 1 ablation, registered as
+fedlabel_local_only and fedlabel_global_only): the local model w_L (after its tau labeled steps)
+or the global model w is always s*, the other always s-. The threshold beta still applies to the
+fixed expert, and the consistency term still uses the other model as s- with
+lambda = lambda0 min(1, h(s-)/h(s*)) where the two agree: the paper only says the expert is
+fixed, so the rest of the objective is kept identical and the comparison isolates the per-sample
+choice (lambda is capped at lambda0 since s* may now be the less confident model).
 """
 
 from __future__ import annotations
@@ -212,7 +220,6 @@ def fedlabel_update(data: ClientData, p: FedLabelParams, delta_l: Params, delta_
 
 
 class FedLabel(Algorithm):
-    name = "fedlabel"
     dpsgd_supported = True
     Params = FedLabelParams
     trains_on_bags = True

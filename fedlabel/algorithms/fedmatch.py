@@ -209,7 +209,6 @@ class _Sgd:
 
 
 class FedMatch(Algorithm):
-    name = "fedmatch"
     Params = FedMatchParams
     central_dp_conflict = "stores each client's returned model for the helpers (no helper would ever be sent)"
     counts_unlabeled_per_step = True

@@ -150,7 +150,6 @@ def _tri_probs(net: TriNet, params: Params, images: torch.Tensor, *, device: tor
 
 
 class FedTriNet(Algorithm):
-    name = "fedtrinet"
     Params = FedTriNetParams
 
     def init_global(self, params: Params, *, setup: ServerSetup) -> Params:

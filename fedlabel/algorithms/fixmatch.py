@@ -1,4 +1,4 @@
-"""FedAvg + FixMatch and FedProx + FixMatch: FixMatch (Sohn et al., "FixMatch: Simplifying
+"""FixMatch, as fedavg_fixmatch and fedprox_fixmatch (mu > 0): FixMatch (Sohn et al., "FixMatch: Simplifying
 Semi-Supervised Learning with Consistency and Confidence", NeurIPS 2020) as each client's local
 training, aggregated by FedAvg over deltas (the FedLabel paper's "FedAvg/FedProx + FixMatch"
 baselines, Table 3).
@@ -8,7 +8,7 @@ Each of the tau local steps, on the model being trained (w starts at the global 
        + lambda_u * mean_u [ 1(max p_u > threshold) CE(f(w, strong(u)), argmax p_u) ]
                                                                          unlabeled batch, ratio*B
   with p_u = softmax(f(w, weak(u))) computed without gradient (FixMatch eq. 4), plus
-  mu/2 ||w - w_global||^2 for fedprox_fixmatch. Upload Delta = w - w_global.
+  mu/2 ||w - w_global||^2 when mu > 0 (fedprox_fixmatch). Upload Delta = w - w_global.
 
 Choices left open (by FixMatch in the federated setting, or by the FedLabel paper for its
 baselines), as config values:
@@ -28,7 +28,7 @@ baselines), as config values:
  - metrics: num_unlabeled / num_kept / num_kept_correct count unlabeled rows drawn this round
    (a sample drawn twice counts twice), so pseudo_label_coverage is the share of drawn rows whose
    pseudo-label passed the threshold, and pseudo_label_accuracy their accuracy.
- - mu=0.01 for fedprox_fixmatch (see fedprox.py).
+ - mu=0.01 for fedprox_fixmatch (see fedavg.py), 0 for fedavg_fixmatch.
 """
 
 from __future__ import annotations
@@ -38,17 +38,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate
-from fedlabel.algorithms.fedavg import train_labeled
-from fedlabel.algorithms.fedprox import MU_DEFAULT, check_mu
+from fedlabel.algorithms.base import Algorithm, ClientUpdate
+from fedlabel.algorithms.fedavg import FedAvgParams, train_labeled
 from fedlabel.augment import strong_augment, weak_augment
 from fedlabel.errors import check
 from fedlabel.training import subtract, to_float
 
 
 @dataclass(frozen=True)
-class SemiSupervisedParams(AlgorithmParams):
-    """Shared by the FixMatch and UDA baselines."""
+class SemiSupervisedParams(FedAvgParams):
+    """Shared by the FixMatch and UDA baselines (FedAvg's, with its mu, plus the unlabeled loss)."""
 
     lambda_u: float = 1.0  # weight of the unlabeled loss
     unlabeled_ratio: int = 1  # unlabeled batch = unlabeled_ratio x batch_size (FixMatch's mu)
@@ -75,16 +74,6 @@ class FixMatchParams(SemiSupervisedParams):
         check(0 <= self.threshold < 1, "algorithm.threshold", f"must be in [0, 1), got {self.threshold}")
 
 
-@dataclass(frozen=True)
-class FedProxFixMatchParams(FixMatchParams):
-    name: str = "fedprox_fixmatch"
-    mu: float = MU_DEFAULT
-
-    def validate(self) -> None:
-        super().validate()
-        check_mu(self.mu)
-
-
 def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, *, threshold: float):
     """FixMatch's unlabeled loss (eq. 4): mean over the batch of
     1(max softmax(weak) > threshold) CE(strong, argmax weak); the weak side carries no gradient.
@@ -96,14 +85,10 @@ def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, *, thr
     return (F.cross_entropy(strong_logits, pseudo, reduction="none") * keep).mean(), keep, pseudo
 
 
-class FedAvgFixMatch(Algorithm):
-    name = "fedavg_fixmatch"
+class FixMatch(Algorithm):
     Params = FixMatchParams
     trains_on_bags = True
     counts_unlabeled_per_step = True
-
-    def proximal_mu(self) -> float:
-        return 0.0
 
     def unlabeled_loss(self, weak_logits: torch.Tensor, strong_logits: torch.Tensor):
         """(loss, keep mask, pseudo-labels) of one unlabeled batch; UDA overrides this."""
@@ -137,7 +122,7 @@ class FedAvgFixMatch(Algorithm):
             return p.lambda_u * loss
 
         local, loss = train_labeled(model, global_params, data, p, ctx,
-                                    mu=self.proximal_mu(), extra=(batches, unlabeled_term))  # fmt: skip
+                                    mu=p.mu, extra=(batches, unlabeled_term))  # fmt: skip
         steps = p.local_steps if (data.num_labeled or batches) else 0
         metrics = {"num_labeled": data.num_labeled, **counts}
         if truth is None:
@@ -152,11 +137,3 @@ class FedAvgFixMatch(Algorithm):
             weight=float(data.num_labeled + int(kept_once.sum())),
             metrics=metrics,
         )
-
-
-class FedProxFixMatch(FedAvgFixMatch):
-    name = "fedprox_fixmatch"
-    Params = FedProxFixMatchParams
-
-    def proximal_mu(self) -> float:
-        return self.params.mu

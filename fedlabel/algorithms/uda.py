@@ -1,9 +1,9 @@
-"""FedAvg + UDA and FedProx + UDA: Unsupervised Data Augmentation (Xie et al., "Unsupervised
+"""UDA, as fedavg_uda and fedprox_uda (mu > 0): Unsupervised Data Augmentation (Xie et al., "Unsupervised
 Data Augmentation for Consistency Training", NeurIPS 2020) as each client's local training,
 aggregated by FedAvg over deltas (the FedLabel paper's "FedAvg/FedProx + UDA" baselines).
 
 The same joint local step as fixmatch.py (one labeled and one unlabeled batch per step, the
-labeled CE through the shared supervised branch, FedProx's term for fedprox_uda); only the
+labeled CE through the shared supervised branch, FedProx's term when mu > 0); only the
 unlabeled loss differs:
   mean_u [ 1(max softmax(f(weak(u))) > mask_threshold)
            KL( softmax(f(weak(u)) / temperature) || softmax(f(strong(u))) ) ]
@@ -27,8 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedlabel.algorithms.fedprox import MU_DEFAULT, check_mu
-from fedlabel.algorithms.fixmatch import FedAvgFixMatch, SemiSupervisedParams
+from fedlabel.algorithms.fixmatch import FixMatch, SemiSupervisedParams
 from fedlabel.errors import check
 
 
@@ -42,16 +41,6 @@ class UdaParams(SemiSupervisedParams):
         super().validate()
         check(self.temperature > 0, "algorithm.temperature", f"must be > 0, got {self.temperature}")
         check(0 <= self.mask_threshold < 1, "algorithm.mask_threshold", f"must be in [0, 1), got {self.mask_threshold}")
-
-
-@dataclass(frozen=True)
-class FedProxUdaParams(UdaParams):
-    name: str = "fedprox_uda"
-    mu: float = MU_DEFAULT
-
-    def validate(self) -> None:
-        super().validate()
-        check_mu(self.mu)
 
 
 def uda_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, *, temperature: float, threshold: float):
@@ -68,17 +57,8 @@ def uda_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, *, temperat
     return (kl * keep).mean(), keep, pseudo
 
 
-class FedAvgUda(FedAvgFixMatch):
-    name = "fedavg_uda"
+class Uda(FixMatch):
     Params = UdaParams
 
     def unlabeled_loss(self, weak_logits, strong_logits):
         return uda_loss(weak_logits, strong_logits, temperature=self.params.temperature, threshold=self.params.mask_threshold)
-
-
-class FedProxUda(FedAvgUda):
-    name = "fedprox_uda"
-    Params = FedProxUdaParams
-
-    def proximal_mu(self) -> float:
-        return self.params.mu

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from fedlabel.checkpoint import check_resumable, load_checkpoint
-from fedlabel.config import Config, config_to_dict
+from fedlabel.config import Config, config_to_dict, to_run_config, unflatten
 from fedlabel.engines.reaper import reaped
 from fedlabel.federation import load_federated
 from fedlabel.lifecycle import LOCK_ENV, RunStopped
@@ -130,7 +130,8 @@ def run_flower(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     (work / "home" / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
     )
-    (work / "run_config.toml").write_text(tomli_w.dumps(run_config))
+    flwr_config = {**to_run_config(cfg), "output_dir": str(out)}
+    (work / "run_config.toml").write_text(tomli_w.dumps(unflatten(flwr_config)))
     env = flower_env(work / "home")
     env[LOCK_ENV] = str(out)  # this process holds output_dir's lock; the ServerApp writes under it
     # Flower's Ray backend calls ray.init() without an address, so Ray reads RAY_ADDRESS: set,

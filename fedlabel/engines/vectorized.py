@@ -33,7 +33,7 @@ def run_vectorized(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
 
 
 def _why_sequential(cfg: Config, algorithm: Algorithm, fed: FederatedData) -> str | None:
-    name = f"algorithm {algorithm.name!r}"
+    name = f"algorithm {algorithm.params.name!r}"
     if batched_version(algorithm) is None:
         return f"{name} has no batched client update"
     if cfg.privacy.name != "none":
@@ -72,7 +72,7 @@ def batched_trainer(model: nn.Module, algorithm: Algorithm, fed: FederatedData, 
     """The algorithm's batched update over all of ``fed``'s clients (ValueError if it has none)."""
     cls = batched_version(algorithm)
     if cls is None:
-        raise ValueError(f"algorithm {algorithm.name!r} has no batched client update")
+        raise ValueError(f"algorithm {algorithm.params.name!r} has no batched client update")
     return cls(model, algorithm, fed.clients, device)
 
 

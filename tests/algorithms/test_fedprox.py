@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+from fedlabel.algorithms import ALGORITHMS, build_algorithm
 from fedlabel.algorithms.fedavg import FedAvg, FedAvgParams
-from fedlabel.algorithms.fedprox import FedProx, FedProxParams
 from fedlabel.config import ConfigError
 from fedlabel.training import ClientContext, SgdConfig, proximal_term, sgd_train
 from tests.helpers import tiny_client, tiny_model
@@ -41,12 +41,12 @@ def test_fedprox_zero_mu_is_fedavg_and_mu_shrinks_the_step():
     client = tiny_client(num_labeled=16, num_unlabeled=4)
     common = dict(local_steps=8, batch_size=8, lr=0.05, weak_shift=0)  # lr * mu < 1: the pull is stable
     u_avg, d_avg = _delta(FedAvg(FedAvgParams(**common)), client)
-    u0, d0 = _delta(FedProx(FedProxParams(mu=0.0, **common)), client)
-    _, d_big = _delta(FedProx(FedProxParams(mu=4.0, **common)), client)
+    u0, d0 = _delta(build_algorithm(ALGORITHMS["fedprox"].params(mu=0.0, **common)), client)
+    _, d_big = _delta(build_algorithm(ALGORITHMS["fedprox"].params(mu=4.0, **common)), client)
     assert torch.equal(d0, d_avg) and u0.weight == u_avg.weight == 16
     assert d_big.norm() < d_avg.norm()
 
 
 def test_mu_must_be_non_negative():
     with pytest.raises(ConfigError, match=r"algorithm\.mu"):
-        FedProxParams(mu=-0.1).validate()
+        ALGORITHMS["fedprox"].params(mu=-0.1).validate()

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from fedlabel.algorithms.fixmatch import FedAvgFixMatch, FixMatchParams
-from fedlabel.algorithms.uda import FedAvgUda, FedProxUda, FedProxUdaParams, UdaParams, uda_loss
+from fedlabel.algorithms import ALGORITHMS, build_algorithm
+from fedlabel.algorithms.fixmatch import FixMatch, FixMatchParams
+from fedlabel.algorithms.uda import Uda, UdaParams, uda_loss
 from fedlabel.config import ConfigError
 from fedlabel.training import ClientContext
 from tests.helpers import tiny_client, tiny_model
@@ -48,14 +49,14 @@ def _update(algo, client):
 def test_uda_update_differs_from_fixmatch_only_in_the_unlabeled_loss():
     client = tiny_client(num_labeled=8, num_unlabeled=12)
     common = dict(local_steps=3, batch_size=4)
-    uda = _update(FedAvgUda(UdaParams(mask_threshold=0.0, **common)), client)
-    fm = _update(FedAvgFixMatch(FixMatchParams(threshold=0.0, **common)), client)
+    uda = _update(Uda(UdaParams(mask_threshold=0.0, **common)), client)
+    fm = _update(FixMatch(FixMatchParams(threshold=0.0, **common)), client)
     # same draws, same pseudo-labels (argmax of the weak view), another loss
     for key in ("num_labeled", "num_unlabeled", "num_kept"):
         assert uda.metrics[key] == fm.metrics[key]
     assert uda.weight == fm.weight == 8 + 12
     assert any(not torch.allclose(uda.deltas["model"][k], fm.deltas["model"][k]) for k in uda.deltas["model"])
-    prox0 = _update(FedProxUda(FedProxUdaParams(mu=0.0, mask_threshold=0.0, **common)), client)
+    prox0 = _update(build_algorithm(ALGORITHMS["fedprox_uda"].params(mu=0.0, mask_threshold=0.0, **common)), client)
     assert all(torch.equal(uda.deltas["model"][k], prox0.deltas["model"][k]) for k in uda.deltas["model"])
 
 
@@ -65,4 +66,4 @@ def test_params_validation_names_field():
     with pytest.raises(ConfigError, match=r"algorithm\.mask_threshold"):
         UdaParams(mask_threshold=1.0).validate()
     with pytest.raises(ConfigError, match=r"algorithm\.mu"):
-        FedProxUdaParams(mu=-1.0).validate()
+        ALGORITHMS["fedprox_uda"].params(mu=-1.0).validate()

@@ -1,4 +1,3 @@
-import dataclasses
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -20,7 +19,7 @@ def tiny_config(tmp_path, *, engine: str = "inprocess", algorithm: str = "fedlab
                 overrides: list[str] = ()) -> dict:  # fmt: skip
     """The `smoke` experiment (real Fashion-MNIST shrunk to 2,000 images over 4 clients, 2 rounds)
     with fewer local steps, composed by Hydra exactly as the CLI does."""
-    fields = {f.name for f in dataclasses.fields(ALGORITHMS[algorithm].Params)}
+    fields = ALGORITHMS[algorithm].keys()
     steps = ["algorithm.local_steps=3"] + (["algorithm.unlabeled_steps=3"] if "unlabeled_steps" in fields else [])
     return composed(["experiment=smoke", f"engine={engine}", f"algorithm={algorithm}", *steps, f"seed={seed}", "device=cpu",
                      f"output_dir={tmp_path / name}", *overrides])  # fmt: skip

@@ -14,7 +14,7 @@ import tomli_w
 import torch
 
 from fedlabel.cli import run_config
-from fedlabel.config import config_from_dict, config_to_dict
+from fedlabel.config import config_from_dict, to_run_config, unflatten
 from fedlabel.engines.flower import CONNECTION, _wait_healthy, flower_env, free_port, project_dir
 from fedlabel.engines.reaper import descendants
 from tests.engines.conftest import tiny_config
@@ -142,7 +142,7 @@ def _status(env, run_id: int) -> str:
 
 def test_plain_flwr_run_fails_fast_on_the_node_count_and_logs_each_round(superlink, tmp_path):
     env, work = superlink
-    cfg = config_to_dict(config_from_dict(tiny_config(tmp_path, engine="flower", name="wrong")))
+    cfg = unflatten(to_run_config(config_from_dict(tiny_config(tmp_path, engine="flower", name="wrong"))))
     start = time.monotonic()
     run_id, text = _flwr_run(env, work, cfg)  # Flower's default federation: 2 simulated nodes
     assert time.monotonic() - start < 90

@@ -116,10 +116,10 @@ def test_negative_chunk_is_a_config_error(tmp_path):
 
 
 def test_batched_algorithms_and_fallback():
-    from fedlabel.algorithms import ALGORITHMS
+    from fedlabel.algorithms import ALGORITHMS, build_algorithm
     from fedlabel.algorithms.batching import batched_version
 
-    names = {n for n, cls in ALGORITHMS.items() if batched_version(cls(cls.Params()))}
+    names = {n for n, preset in ALGORITHMS.items() if batched_version(build_algorithm(preset.params()))}
     assert {"fedavg", "fedprox", "fedlabel", "fedlabel_local_only", "fedlabel_global_only"} <= names
     assert not names & {"fedmatch", "fedtrinet", "fedavg_fixmatch", "fedavg_uda"}
 

@@ -109,11 +109,11 @@ def test_bag_loss_weight_adds_the_proportion_loss():
 
 @pytest.mark.parametrize("name", ["fedprox", "fedavg_fixmatch", "fedprox_uda", "fedlabel"])
 def test_every_algorithm_with_a_train_labeled_branch_trains_on_bags(name):
-    from fedlabel.algorithms import ALGORITHMS
+    from fedlabel.algorithms import ALGORITHMS, build_algorithm
 
     client = bagged(tiny_client(num_labeled=16, num_unlabeled=32), bag_size=8)
     model, params = tiny_model()
-    algorithm = ALGORITHMS[name](ALGORITHMS[name].Params(local_steps=2, batch_size=8))
+    algorithm = build_algorithm(ALGORITHMS[name].params(local_steps=2, batch_size=8))
     update = algorithm.client_update(model, params, client, ClientContext(torch.device("cpu"), torch.Generator().manual_seed(0)))
     assert update.metrics["num_labeled"] == 16
     assert name == "fedprox" or update.metrics["num_unlabeled"] > 0  # the unlabeled branch ran too

@@ -126,7 +126,7 @@ def test_opacus_wrapped_keys_handled_at_the_boundary():
 
 
 def _private_round(name, privacy, client, rnd):
-    params = ALGORITHMS[name].Params(name=name, local_steps=3, batch_size=4, weak_shift=0)
+    params = ALGORITHMS[name].params(local_steps=3, batch_size=4, weak_shift=0)
     if name == "fedlabel":
         params = dataclasses.replace(params, unlabeled_steps=2, beta=0.0)
     model, w = tiny_model()
@@ -179,7 +179,7 @@ def test_fedprox_proximal_gradient_is_added_after_the_noise():
     privacy = PrivacyConfig(name="dpsgd", noise_multiplier=0.5)
     plain = _private_round("fedavg", privacy, client, 1)
     model, w = tiny_model()
-    params = ALGORITHMS["fedprox"].Params(name="fedprox", local_steps=3, batch_size=4, weak_shift=0, mu=10.0)
+    params = ALGORITHMS["fedprox"].params(local_steps=3, batch_size=4, weak_shift=0, mu=10.0)
     prox = private_client_update(build_algorithm(params), privacy, model, w, client, generator=torch.Generator().manual_seed(1),
                                  device=torch.device("cpu"))  # fmt: skip
     norm = lambda d: float(torch.sqrt(sum((v**2).sum() for v in d.values())))  # noqa: E731

@@ -21,7 +21,7 @@ from tests.helpers import tiny_client, tiny_model
 def _dpsgd_update(secure: bool) -> dict[str, torch.Tensor]:
     """Client 3's DP-SGD update in round 2 of seed 0: the triple the server chose."""
     privacy = PrivacyConfig(name="dpsgd", secure_noise=secure)
-    params = ALGORITHMS["fedavg"].Params(name="fedavg", local_steps=3, batch_size=4, weak_shift=0)
+    params = ALGORITHMS["fedavg"].params(local_steps=3, batch_size=4, weak_shift=0)
     model, w = tiny_model()
     update = private_client_update(build_algorithm(params), privacy, model, w, tiny_client(num_labeled=12, num_unlabeled=0),
                                    generator=client_generator(seed=0, round=2, client_id=3), device=torch.device("cpu"))  # fmt: skip
