@@ -1,5 +1,5 @@
 """Flower ClientApp: decode the message, call the library's client update, encode the reply
-(fedlabel_flower.codec), with injected faults (faults.*) as a mod around the train handler.
+(server/codec.py), with injected faults (faults.*) as a mod around the train handler.
 
 In simulation, client data is rebuilt deterministically from (data config, seed) in each worker
 process and cached there. In a deployment, the SuperNode's node config names its site directory
@@ -29,7 +29,7 @@ from fedlabel.models import build_model
 from fedlabel.privacy.mechanism import private_client_update
 from fedlabel.privacy.noise import deployed
 from fedlabel.training import resolve_device
-from fedlabel_flower import codec
+from server import codec
 
 app = ClientApp()
 

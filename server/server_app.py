@@ -3,7 +3,7 @@
 Round logic (cohort sampling, aggregation, evaluation, outputs) is fedlabel.federation's; this
 file only discovers which node holds which client (a simulated partition, or a real site that
 reads its own data), sends train messages to the sampled nodes, and sorts their replies into
-updates, failures and rejections; fedlabel_flower.codec encodes and decodes the messages. In a
+updates, failures and rejections; server/codec.py encodes and decodes the messages. In a
 deployment, data.name/data.root name the server's own test set (only its test split is used, for
 central evaluation)."""
 
@@ -28,7 +28,7 @@ from fedlabel.privacy.noise import deployed
 from fedlabel.report import round_line
 from fedlabel.training import Params, resolve_device
 from fedlabel.validation import CLIENT, UNDECODABLE, Rejection
-from fedlabel_flower import codec
+from server import codec
 
 log = logging.getLogger("fedlabel.server")
 app = ServerApp()

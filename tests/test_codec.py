@@ -1,4 +1,4 @@
-"""fedlabel_flower.codec: every message between the apps survives encode -> wire -> decode with
+"""server/codec.py: every message between the apps survives encode -> wire -> decode with
 its content equal, tensors bitwise equal and dtypes kept; decoders raise on what they cannot
 read."""
 
@@ -13,7 +13,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedlabel import keys
 from fedlabel.algorithms import ClientUpdate
-from fedlabel_flower import codec
+from server import codec
 
 SHAPE = codec.Shape(in_channels=3, num_classes=10, image_size=32)
 

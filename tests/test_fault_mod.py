@@ -9,7 +9,7 @@ from flwr.app.message.message import make_message
 from clients import client_app
 from fedlabel.config import FaultsConfig, default_run_config
 from fedlabel.faults import CRASH, DROPOUT, LATE_BY_S, STRAGGLER, InjectedCrash, draw_fault
-from fedlabel_flower import codec
+from server import codec
 
 FAULTS = {"crash_prob": 0.25, "dropout_prob": 0.25, "straggler_prob": 0.25, "round_deadline_s": 5.0}
 

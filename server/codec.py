@@ -1,4 +1,5 @@
-"""Every message between the ServerApp and the ClientApp, encoded and decoded in one place.
+"""Every message between the ServerApp and the ClientApp, encoded and decoded in one place (both
+apps import it: `from server import codec`).
 
 The server queries each node (a query request -> an answer with the node's data statistics),
 then sends train messages (the request, the global parameters and the client's extras -> an
