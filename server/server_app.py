@@ -68,7 +68,9 @@ class PollingGrid:
         return replies
 
 
-def discover_clients(grid: Grid, num_clients: int, shape: codec.Shape) -> tuple[dict[int, int], list[dict]]:
+def discover_clients(
+    grid: Grid, num_clients: int, shape: codec.Shape
+) -> tuple[dict[int, int], list[dict]]:
     """Ask every connected node which client it is: ({client_id: node_id}, per-client stats).
 
     Simulation: each node reports its partition id, and every id in 0..num_clients-1 must answer.
@@ -84,7 +86,10 @@ def discover_clients(grid: Grid, num_clients: int, shape: codec.Shape) -> tuple[
         time.sleep(1.0)
         node_ids = list(grid.get_node_ids())
     say(f"asking {len(node_ids)} nodes which client they are (each loads its data)")
-    msgs = [Message(codec.encode_query(shape), dst_node_id=n, message_type=MessageType.QUERY) for n in node_ids]
+    msgs = [
+        Message(codec.encode_query(shape), dst_node_id=n, message_type=MessageType.QUERY)
+        for n in node_ids
+    ]
     answers: dict[int, dict] = {}
     sites: dict[int, str] = {}
     failed: Counter[str] = Counter()  # the same failure on every node is reported once
