@@ -1,1 +1,1 @@
-"""Hydra configs (a package so that installed copies find them as pkg://configs)."""
+"""Hydra configs, installed as the package fedlabel._configs (pkg://fedlabel._configs)."""

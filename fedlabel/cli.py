@@ -123,7 +123,7 @@ def _precheck(argv: list[str]) -> str | None:
     if any(a.startswith("-") for a in argv):
         return None
     try:
-        with initialize_config_module(config_module="configs", version_base="1.3"):
+        with initialize_config_module(config_module="fedlabel._configs", version_base="1.3"):
             cfg = compose(config_name="config", overrides=argv)
     except (HydraException, OmegaConfBaseException) as err:
         return _one_line(err)
@@ -159,7 +159,7 @@ def _simulate(argv: list[str]) -> int:
         return 2
     status = {"code": 0}
 
-    @hydra.main(version_base="1.3", config_path="pkg://configs", config_name="config")
+    @hydra.main(version_base="1.3", config_path="pkg://fedlabel._configs", config_name="config")
     def _main(hcfg: DictConfig) -> None:
         values = OmegaConf.to_container(hcfg, resolve=True)
         try:

@@ -2,9 +2,10 @@
 
 Round logic (cohort sampling, aggregation, evaluation, outputs) is fedlabel.federation's; this
 file only discovers which node holds which client (a simulated partition, or a real site that
-reads its own data), sends train messages to the sampled nodes, and decodes their replies into
-ClientUpdates. In a deployment, data.name/data.root name the server's own test set (only its test
-split is used, for central evaluation)."""
+reads its own data), sends train messages to the sampled nodes, and sorts their replies into
+updates, failures and rejections; server/codec.py encodes and decodes the messages. In a
+deployment, data.name/data.root name the server's own test set (only its test split is used, for
+central evaluation)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,11 @@ import logging
 import time
 from collections import Counter
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Context, Message, MessageType
 from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
 from flwr.superlink.grid import InMemoryGrid
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from fedlabel import keys
-from fedlabel.algorithms import ClientUpdate
 from fedlabel.config import config_from_run_config
 from fedlabel.errors import check
 from fedlabel.faults import CRASHED, TIMEOUT, ClientFailure
@@ -30,6 +28,7 @@ from fedlabel.privacy.noise import deployed
 from fedlabel.report import round_line
 from fedlabel.training import Params, resolve_device
 from fedlabel.validation import CLIENT, UNDECODABLE, Rejection
+from server import codec
 
 log = logging.getLogger("fedlabel.server")
 app = ServerApp()
@@ -69,7 +68,9 @@ class PollingGrid:
         return replies
 
 
-def discover_clients(grid: Grid, num_clients: int, shape: ConfigRecord) -> tuple[dict[int, int], list[dict]]:
+def discover_clients(
+    grid: Grid, num_clients: int, shape: codec.Shape
+) -> tuple[dict[int, int], list[dict]]:
     """Ask every connected node which client it is: ({client_id: node_id}, per-client stats).
 
     Simulation: each node reports its partition id, and every id in 0..num_clients-1 must answer.
@@ -86,7 +87,8 @@ def discover_clients(grid: Grid, num_clients: int, shape: ConfigRecord) -> tuple
         node_ids = list(grid.get_node_ids())
     say(f"asking {len(node_ids)} nodes which client they are (each loads its data)")
     msgs = [
-        Message(RecordDict({keys.CONFIG: shape}), dst_node_id=n, message_type=MessageType.QUERY) for n in node_ids
+        Message(codec.encode_query(shape), dst_node_id=n, message_type=MessageType.QUERY)
+        for n in node_ids
     ]
     answers: dict[int, dict] = {}
     sites: dict[int, str] = {}
@@ -94,11 +96,11 @@ def discover_clients(grid: Grid, num_clients: int, shape: ConfigRecord) -> tuple
     for reply in grid.send_and_receive(msgs, timeout=NODE_WAIT_S):
         node = reply.metadata.src_node_id
         if reply.has_error():
-            failed[(str(reply.error.reason).strip().splitlines() or [""])[-1]] += 1  # the last line of a traceback
+            failed[codec.error_reason(reply)] += 1
             continue
-        answers[node] = dict(reply.content[keys.STATS])
-        if keys.SITE in reply.content.config_records:
-            sites[node] = str(reply.content[keys.SITE][keys.SITE_ID])
+        answers[node], site = codec.decode_answer(reply.content)
+        if site is not None:
+            sites[node] = site
     failures = [f"{reason} ({n} of {len(node_ids)} nodes)" for reason, n in failed.items()]
     if failures and not answers:
         raise RuntimeError(f"every node failed the query: {'; '.join(failures)}")
@@ -138,26 +140,6 @@ def _deployed_sites(answers: dict[int, dict], sites: dict[int, str], num_clients
     return nodes, stats
 
 
-def decode_update(reply: Message, global_params: Params | None = None) -> ClientUpdate:
-    """A reply -> ClientUpdate; ``global_params`` (what was sent) turns the parameters that
-    Flower's fixedclipping_mod clipped back into a delta (central DP, client-side clipping)."""
-    metrics = dict(reply.content[keys.METRICS])
-    deltas = {
-        name[len(keys.DELTA_PREFIX) :]: record.to_torch_state_dict()
-        for name, record in reply.content.array_records.items()
-        if name.startswith(keys.DELTA_PREFIX)
-    }
-    if keys.CLIPPED_PARAMS in reply.content.array_records:  # central DP clipped by fixedclipping_mod
-        clipped = reply.content[keys.CLIPPED_PARAMS].to_torch_state_dict()
-        deltas["model"] = {k: clipped[k] - global_params[k].cpu() for k in global_params}
-    return ClientUpdate(
-        client_id=int(metrics.pop(keys.CLIENT_ID)),
-        deltas=deltas,
-        weight=float(metrics.pop(keys.WEIGHT)),
-        metrics={k: v for k, v in metrics.items() if k != "num-examples"},
-    )
-
-
 def collect_replies(replies: list[Message], cohort: list[int], nodes: dict[int, int], *, deadline_s: float,
                     global_params: Params | None = None, sent: dict[str, int] | None = None) -> list[CohortResult]:  # fmt: skip
     """One result per sampled client: its decoded update, a failure (error reply, or no reply
@@ -171,11 +153,10 @@ def collect_replies(replies: list[Message], cohort: list[int], nodes: dict[int, 
     for reply in replies:
         cid = client_of.get(reply.metadata.src_node_id, sent.get(reply.metadata.reply_to_message_id, -1))
         if reply.has_error():
-            last_line = (str(reply.error.reason).strip().splitlines() or [""])[-1]  # after Flower's traceback
-            results.append(ClientFailure(cid, CRASHED, last_line[-300:]))
+            results.append(ClientFailure(cid, CRASHED, codec.error_reason(reply)[-300:]))
             continue
         try:
-            update = decode_update(reply, global_params)
+            update = codec.decode_update(reply.content, global_params)
         except Exception as err:  # noqa: BLE001 - whatever a client sent, the server carries on
             results.append(Rejection(cid, UNDECODABLE, f"{type(err).__name__}: {err}"[:300]))
             continue
@@ -186,14 +167,6 @@ def collect_replies(replies: list[Message], cohort: list[int], nodes: dict[int, 
     heard = {r.client_id for r in results}
     waited = f"no reply within faults.round_deadline_s={deadline_s:g} s"
     return results + [ClientFailure(cid, TIMEOUT, waited) for cid in cohort if cid not in heard]
-
-
-def encode_extras(extras: dict) -> dict[str, ArrayRecord]:
-    """A client's extras (Algorithm.client_payload) as ArrayRecords named EXTRA_PREFIX + name."""
-    return {
-        keys.EXTRA_PREFIX + name: ArrayRecord(torch_state_dict={k: v.cpu() for k, v in arrays.items()})
-        for name, arrays in extras.items()
-    }
 
 
 @app.main()
@@ -207,9 +180,9 @@ def main(grid: Grid, context: Context) -> None:
         cfg, in_channels=dataset.in_channels, num_classes=dataset.num_classes, image_size=dataset.image_size
     )
     recorder = open_recorder(cfg, progress=False, on_round=lambda record: say(round_line(record, cfg.rounds)))
-    shape = {keys.IN_CHANNELS: dataset.in_channels, keys.NUM_CLASSES: dataset.num_classes, keys.IMAGE_SIZE: dataset.image_size}
+    shape = codec.Shape(dataset.in_channels, dataset.num_classes, dataset.image_size)
     try:
-        nodes, stats = discover_clients(grid, cfg.data.num_clients, ConfigRecord(shape))
+        nodes, stats = discover_clients(grid, cfg.data.num_clients, shape)
         if "site" in stats[0]:  # deployment: the federation is the sites that answered
             grid = PollingGrid(grid)
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_clients=len(nodes)))
@@ -223,14 +196,16 @@ def main(grid: Grid, context: Context) -> None:
     say(f"{len(nodes)} clients ready; round 1 of {cfg.rounds} starts")
 
     def train_cohort(rnd: int, cohort: list[int], global_params: Params, extras: dict) -> list[CohortResult]:
-        arrays = ArrayRecord(torch_state_dict={k: v.cpu() for k, v in global_params.items()})
-        config = {keys.ROUND: rnd}
-        if cfg.privacy.name == "central_dp" and cfg.privacy.clipping == "client":
-            config[KEY_CLIPPING_NORM] = cfg.privacy.max_grad_norm  # as Flower's ClientSide wrapper sends it
+        arrays = codec.encode_params(global_params)
+        client_clips = cfg.privacy.name == "central_dp" and cfg.privacy.clipping == "client"
+        norm = cfg.privacy.max_grad_norm if client_clips else None
         msgs = [
             Message(
-                RecordDict({keys.ARRAYS: arrays, keys.CONFIG: ConfigRecord({**config, keys.CLIENT_ID: cid, **shape}),
-                            **encode_extras(extras.get(cid, {}))}),
+                codec.encode_train(
+                    codec.Request(shape, round=rnd, client_id=cid, clipping_norm=norm),
+                    arrays,
+                    extras.get(cid, {}),
+                ),
                 dst_node_id=nodes[cid],
                 message_type=MessageType.TRAIN,
             )

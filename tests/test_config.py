@@ -64,7 +64,7 @@ def test_impossible_values_name_the_field(values, field):
 
 def test_hydra_composes_the_aggregation_settings():
     register_configs()
-    with initialize_config_module(config_module="configs", version_base="1.3"):
+    with initialize_config_module(config_module="fedlabel._configs", version_base="1.3"):
         hcfg = compose(config_name="config", overrides=["aggregation.robust=median", "aggregation.clip_to_median=2.5", "output_dir=x"])
     cfg = config_from_dict(OmegaConf.to_container(hcfg, resolve=True))
     assert cfg.aggregation.robust == "median" and cfg.aggregation.clip_to_median == 2.5
@@ -101,7 +101,7 @@ def test_hydra_composes_every_group(algorithm, data, model, engine):
     overrides = [f"algorithm={algorithm}", f"data={data}", f"model={model}", f"engine={engine}", "output_dir=/tmp/x"]
     if data == "npz":
         overrides.append("data.root=/tmp/organamnist.npz")
-    with initialize_config_module(config_module="configs", version_base="1.3"):
+    with initialize_config_module(config_module="fedlabel._configs", version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     values = OmegaConf.to_container(cfg, resolve=True)
     built = config_from_dict(values)
@@ -112,7 +112,7 @@ def test_hydra_composes_every_group(algorithm, data, model, engine):
 def test_experiment_files_compose():
     register_configs()
     for path in sorted((ROOT / "configs" / "experiment").glob("*.yaml")):
-        with initialize_config_module(config_module="configs", version_base="1.3"):
+        with initialize_config_module(config_module="fedlabel._configs", version_base="1.3"):
             cfg = compose(config_name="config", overrides=[f"experiment={path.stem}", "output_dir=/tmp/x"])
         config_from_dict(OmegaConf.to_container(cfg, resolve=True))
 

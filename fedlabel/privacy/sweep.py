@@ -70,7 +70,7 @@ def compose(overrides: list[str]) -> dict[str, Any]:
     from fedlabel.cli import register_configs
 
     register_configs()
-    with initialize_config_module(config_module="configs", version_base="1.3"):
+    with initialize_config_module(config_module="fedlabel._configs", version_base="1.3"):
         return OmegaConf.to_container(hydra_compose(config_name="config", overrides=overrides), resolve=True)
 
 

@@ -11,7 +11,7 @@ from fedlabel.data import DataError, load_fashion_mnist
 def composed(overrides: list[str]) -> dict:
     """The run config that `fedlabel simulate <overrides>` composes with Hydra."""
     register_configs()
-    with initialize_config_module(config_module="configs", version_base="1.3"):
+    with initialize_config_module(config_module="fedlabel._configs", version_base="1.3"):
         return OmegaConf.to_container(compose(config_name="config", overrides=list(overrides)), resolve=True)
 
 

@@ -37,7 +37,7 @@ def test_impossible_privacy_values_name_the_field(values, field):
 @pytest.mark.parametrize("name", ["none", "dpsgd", "central_dp"])
 def test_hydra_privacy_group(name):
     register_configs()
-    with initialize_config_module(config_module="configs", version_base="1.3"):
+    with initialize_config_module(config_module="fedlabel._configs", version_base="1.3"):
         hcfg = compose(config_name="config", overrides=[f"privacy={name}", "privacy.noise_multiplier=0.7", "output_dir=x"])
     cfg = config_from_dict(OmegaConf.to_container(hcfg, resolve=True))
     assert cfg.privacy.name == name and cfg.privacy.noise_multiplier == 0.7
