@@ -11,8 +11,9 @@ SEMI_SUPERVISED = ["fedavg_fixmatch", "fedprox_fixmatch", "fedavg_uda", "fedprox
 
 
 @pytest.mark.parametrize("algorithm", ["fedprox", *SEMI_SUPERVISED])
-def test_runs_on_both_engines_and_they_agree(tmp_path, algorithm):
-    flower = run_config(tiny_config(tmp_path, engine="flower", algorithm=algorithm, name="flower"), progress=False)
+def test_runs_on_both_engines_and_they_agree(tmp_path, shared_ray, algorithm):
+    cfg = tiny_config(tmp_path, engine="flower", algorithm=algorithm, name="flower", overrides=[shared_ray])
+    flower = run_config(cfg, progress=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -17,8 +17,8 @@ SETTINGS = {
 }
 
 
-def _config(tmp_path, algorithm: str, engine: str) -> dict:
-    cfg = tiny_config(tmp_path, engine=engine, algorithm=algorithm, name=engine)
+def _config(tmp_path, algorithm: str, engine: str, overrides: list[str] = ()) -> dict:
+    cfg = tiny_config(tmp_path, engine=engine, algorithm=algorithm, name=engine, overrides=overrides)
     cfg["algorithm"].update(SETTINGS[algorithm])
     return cfg
 
@@ -33,9 +33,9 @@ def _inprocess(cfg: dict) -> dict:
 
 
 @pytest.mark.parametrize("algorithm", sorted(SETTINGS))
-def test_baseline_runs_on_both_engines_alike(tmp_path, algorithm):
+def test_baseline_runs_on_both_engines_alike(tmp_path, shared_ray, algorithm):
     inproc = _inprocess(_config(tmp_path, algorithm, "inprocess"))
-    flower = run_config(_config(tmp_path, algorithm, "flower"), progress=False)
+    flower = run_config(_config(tmp_path, algorithm, "flower", [shared_ray]), progress=False)
     assert inproc["status"] == flower["status"] == "completed"
     assert [r["round"] for r in flower["rounds"]] == [1, 2]
     for f, i in zip(flower["rounds"], inproc["rounds"], strict=True):

@@ -1,19 +1,11 @@
 """engine=flower joined to a running multi-node Ray cluster (engine.ray_address): a Ray head and a
-second Ray node, each with one CPU, started here as processes on 127.0.0.1.
-
-Only the processes started here are ended: each `ray start --block` leads its own session, and
-stopping it ends its node (GCS, raylet, agents, workers); anything left in that session is then
-killed by PID. `ray stop` is never used: it would end every Ray process of the user."""
+second Ray node, each with one CPU, started here as processes on 127.0.0.1 (tests.ray_nodes.py)."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
-import time
-from pathlib import Path
 
 import pytest
 
@@ -22,8 +14,8 @@ from fedlabel.config import config_from_dict, validate
 from fedlabel.engines.flower import free_port
 from fedlabel.errors import ConfigError
 from tests.engines.conftest import tiny_config
+from tests.ray_nodes import RAY, head_args, ray_env, start_node, stop_node
 
-RAY = Path(sys.executable).parent / "ray"
 TEST_LIMIT_S = 110  # the nodes are stopped then, which fails a run still going
 
 # Run as a Ray driver in a subprocess (this test process never joins the cluster). It prints the
@@ -54,64 +46,9 @@ print(json.dumps({"nodes": nodes, "client_tasks_on": ran}))
 
 def _probe(address: str, want_nodes: int) -> dict:
     out = subprocess.run([sys.executable, "-c", PROBE, address, str(want_nodes)], capture_output=True, text=True,
-                         timeout=90, env=_ray_env())  # fmt: skip
+                         timeout=90, env=ray_env())  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _ray_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1")
-    return env
-
-
-def _start_node(temp_dir: str, log: Path, *extra: str) -> subprocess.Popen:
-    ports = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-             "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port"]  # fmt: skip
-    args = [str(RAY), "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "0",
-            "--object-store-memory", str(100 * 2**20), "--min-worker-port", "0", "--max-worker-port", "0",
-            "--temp-dir", temp_dir, "--disable-usage-stats", "--include-log-monitor", "false", *extra]  # fmt: skip
-    for flag in ports:
-        args += [flag, str(free_port())]
-    with open(log, "w") as out:
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=_ray_env(), start_new_session=True)
-
-
-def _session_members(sid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[4]) == sid:  # field 6: session id
-                pids.append(int(entry.name))
-    return pids
-
-
-def _stop_node(proc: subprocess.Popen) -> None:
-    """End a node we started: SIGTERM to its session's process group (`ray start --block` then
-    ends the node's processes), then SIGKILL whatever is left in its session."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        pass
-    deadline = time.monotonic() + 10
-    while _session_members(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for pid in _session_members(proc.pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
 
 
 @pytest.fixture
@@ -122,9 +59,8 @@ def two_node_cluster(tmp_path):
     address = f"127.0.0.1:{free_port()}"
     nodes = []
     try:
-        nodes.append(_start_node(temp_dir, tmp_path / "ray-head.log", "--head", "--port", address.split(":")[1],
-                                 "--include-dashboard", "false", "--ray-client-server-port", str(free_port())))  # fmt: skip
-        nodes.append(_start_node(temp_dir, tmp_path / "ray-worker.log", "--address", address))
+        nodes.append(start_node(temp_dir, tmp_path / "ray-head.log", *head_args(address)))
+        nodes.append(start_node(temp_dir, tmp_path / "ray-worker.log", "--address", address))
         try:
             probe = _probe(address, 2)
         except (AssertionError, subprocess.TimeoutExpired) as err:
@@ -134,7 +70,7 @@ def two_node_cluster(tmp_path):
         yield address, nodes
     finally:
         for proc in reversed(nodes):
-            _stop_node(proc)
+            stop_node(proc)
         subprocess.run(["rm", "-rf", temp_dir], check=False)
 
 
@@ -142,7 +78,7 @@ def test_flower_engine_runs_clients_on_both_ray_nodes(tmp_path, two_node_cluster
     address, nodes = two_node_cluster
     cfg = tiny_config(tmp_path, engine="flower", overrides=[f"engine.ray_address={address}"])
     # A hung run is bounded: stopping the nodes makes the Flower run fail, and run_config raise.
-    watchdog = threading.Timer(TEST_LIMIT_S, lambda: [_stop_node(p) for p in nodes])
+    watchdog = threading.Timer(TEST_LIMIT_S, lambda: [stop_node(p) for p in nodes])
     watchdog.start()
     try:
         summary = run_config(cfg, progress=False)

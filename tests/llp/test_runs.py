@@ -7,8 +7,8 @@ from fedlabel.cli import run_config
 from tests.engines.conftest import fashion_mnist_available, tiny_config  # noqa: F401 (autouse fixture)
 
 
-def bagged_config(tmp_path, *, engine="inprocess", algorithm="fedavg", name="run", **data):
-    cfg = tiny_config(tmp_path, engine=engine, algorithm=algorithm, name=name)
+def bagged_config(tmp_path, *, engine="inprocess", algorithm="fedavg", name="run", overrides=(), **data):
+    cfg = tiny_config(tmp_path, engine=engine, algorithm=algorithm, name=name, overrides=overrides)
     cfg["data"].update(bag_size=8, **data)
     return cfg
 
@@ -31,8 +31,9 @@ def test_fedlabel_unlabeled_branch_runs_on_top_of_noisy_bags(tmp_path):
         assert r["pseudo_label_coverage"] is not None and r["loss_unlabeled"] is not None
 
 
-def test_flower_engine_trains_the_same_bags(tmp_path):
-    flower = run_config(bagged_config(tmp_path, engine="flower", name="flower", llp_method="bp", proportion_epsilon=1.0), progress=False)
+def test_flower_engine_trains_the_same_bags(tmp_path, shared_ray):
+    cfg = bagged_config(tmp_path, engine="flower", name="flower", overrides=[shared_ray], llp_method="bp", proportion_epsilon=1.0)
+    flower = run_config(cfg, progress=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # Flower's workers run clients with one thread (see tests/engines/test_flower.py)
     try:

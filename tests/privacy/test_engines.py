@@ -13,8 +13,8 @@ from fedlabel.federation import load_federated, sample_cohort
 from tests.engines.conftest import tiny_config
 
 
-def _private(tmp_path, run, *, engine="inprocess", **privacy):
-    cfg = tiny_config(tmp_path, engine=engine, algorithm="fedavg", name=run)
+def _private(tmp_path, run, *, engine="inprocess", overrides=(), **privacy):
+    cfg = tiny_config(tmp_path, engine=engine, algorithm="fedavg", name=run, overrides=overrides)
     cfg["privacy"].update(privacy)
     return cfg
 
@@ -39,12 +39,12 @@ def test_dpsgd_epsilon_per_round_is_max_over_clients_of_opacus_accounting(tmp_pa
         assert [float(row["epsilon"]) for row in csv.DictReader(fh)] == [r["epsilon"] for r in summary["rounds"]]
 
 
-def test_flower_engine_gives_the_same_epsilon(tmp_path):
+def test_flower_engine_gives_the_same_epsilon(tmp_path, shared_ray):
     """Central DP with client-side clipping runs Flower's fixedclipping_mod on the Flower engine.
     The epsilon must match the in-process engine round for round, and so must the accuracy (same
     seeds, same noise, one thread; the clipped update passes through w + Delta, so not bitwise)."""
     privacy = {"name": "central_dp", "clipping": "client"}
-    flower = run_config(_private(tmp_path, "flower", engine="flower", **privacy), progress=False)
+    flower = run_config(_private(tmp_path, "flower", engine="flower", overrides=[shared_ray], **privacy), progress=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
