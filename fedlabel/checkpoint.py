@@ -25,8 +25,9 @@ FORMAT = 1
 # go on on CPUs. Engines and devices compute the same rounds with other float sums (and the
 # vectorized engine with its own per-client random streams), so a run resumed on another engine
 # is not bitwise the run that would have gone on where it started.
+# stop and mlflow only decide when the run ends and where it is logged.
 MAY_DIFFER = {"rounds", "output_dir", "checkpoint_every", "resume", "overwrite", "eval_every", "eval_last", "tensorboard",
-              "engine", "device"}  # fmt: skip
+              "engine", "device", "stop", "mlflow"}  # fmt: skip
 
 
 def rng_states() -> dict[str, Any]:
@@ -49,8 +50,10 @@ def save_checkpoint(
     config: dict,
     wall_seconds: float,
     privacy_state: dict | None = None,
+    stop_reason: str | None = None,
 ) -> Path:
-    """Write output_dir/checkpoint.pt atomically; returns its path."""
+    """Write output_dir/checkpoint.pt atomically; returns its path. ``stop_reason``: why the
+    run stopped early after this round (a finished run, not one to go on silently)."""
     path = Path(output_dir) / FILE
     tmp = path.with_name(path.name + ".tmp")
     payload = {
@@ -63,6 +66,7 @@ def save_checkpoint(
         "config": config,
         "wall_seconds": wall_seconds,
         "privacy": privacy_state or {},  # fedlabel.privacy's accountant history
+        "stop_reason": stop_reason,
     }
     with open(tmp, "wb") as fh:
         torch.save(payload, fh)

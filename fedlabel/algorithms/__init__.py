@@ -17,9 +17,13 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     + (FedMatch, FedTriNet)
 }
 
+# Every algorithm's own rounds.csv columns, in registry order: each run's records carry all of
+# them (None where its algorithm reports none), so runs of different algorithms line up.
+ROUND_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(f for cls in ALGORITHMS.values() for f in cls.round_fields))
+
 
 def build_algorithm(params: AlgorithmParams) -> Algorithm:
     return ALGORITHMS[params.name](params)
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "AlgorithmParams", "ClientUpdate", "build_algorithm"]
+__all__ = ["ALGORITHMS", "ROUND_FIELDS", "Algorithm", "AlgorithmParams", "ClientUpdate", "build_algorithm"]
