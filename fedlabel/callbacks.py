@@ -26,10 +26,11 @@ from torch import nn
 
 from fedlabel.algorithms import Algorithm, ClientUpdate
 from fedlabel.checkpoint import load_checkpoint, save_checkpoint, set_rng_states
-from fedlabel.config import Config, StopConfig, config_to_dict, flatten
+from fedlabel.config import Config, config_to_dict, flatten
 from fedlabel.llp.setup import proportion_epsilon
 from fedlabel.privacy.mechanism import ServerPrivacy
 from fedlabel.report import RunRecorder
+from fedlabel.stopping import stop_reason
 from fedlabel.training import Params, evaluate
 
 log = logging.getLogger("fedlabel.server")
@@ -126,32 +127,16 @@ class Recording(Callback):
         self.recorder.finish(error=error, stopped=status == "stopped", stop_reason=run.stop_reason)
 
 
-def stop_reason(rounds: list[dict[str, Any]], stop: StopConfig) -> str | None:
-    """Why a run whose round records are ``rounds`` stops after the last one, or None. Judged at
-    evaluated rounds only: stop.target_accuracy reached, or no higher accuracy than the best
-    for stop.patience rounds."""
-    evaluated = [(r["round"], r["accuracy"]) for r in rounds if r.get("accuracy") is not None]
-    if not rounds or rounds[-1].get("accuracy") is None:
-        return None
-    last, accuracy = evaluated[-1]
-    if stop.target_accuracy and accuracy >= stop.target_accuracy:
-        return f"accuracy {accuracy:.4f} at round {last} reached stop.target_accuracy={stop.target_accuracy:g}"
-    best_round, best = max(evaluated, key=lambda e: (e[1], -e[0]))  # the first round of the best
-    if stop.patience and last - best_round >= stop.patience:
-        return (f"no accuracy above {best:.4f} (round {best_round}) for stop.patience={stop.patience} rounds "
-                f"(round {last})")  # fmt: skip
-    return None
-
-
 class EarlyStopping(Callback):
-    """Ends the run by cfg.stop (see :func:`stop_reason`); after Recording, whose rounds it reads
-    (so a resumed run goes on judging the rounds before its checkpoint)."""
+    """Ends the run by cfg.stop (fedlabel.stopping); after Recording, whose rounds it reads (so a
+    resumed run goes on judging the rounds before its checkpoint)."""
 
     def __init__(self, recorder: RunRecorder) -> None:
         self.recorder = recorder
 
     def on_round_end(self, run: Run, rnd: Round) -> None:
-        reason = stop_reason(self.recorder.rounds, run.cfg.stop)
+        stop = run.cfg.stop
+        reason = stop_reason(self.recorder.rounds, patience=stop.patience, target_accuracy=stop.target_accuracy)
         if reason:
             log.info("round %d: stopping early: %s", rnd.number, reason)
             run.stop(reason)

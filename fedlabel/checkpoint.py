@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from fedlabel.errors import ConfigError
+from fedlabel.stopping import stop_reason
 
 FILE = "checkpoint.pt"
 FORMAT = 1
@@ -107,9 +108,15 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
 
 
 def check_resumable(state: dict, current: dict) -> None:
-    """ConfigError unless ``current`` config may continue the checkpointed run."""
+    """ConfigError unless ``current`` config may continue the checkpointed run. A run that
+    stopped early is finished: it goes on only where ``current``'s stop settings would not have
+    stopped it after its last round."""
     diffs = config_differences(state["config"], current)
     if diffs:
         raise ConfigError(f"resume: the config differs from the checkpoint's in {'; '.join(diffs)}")
+    again = state.get("stop_reason") and stop_reason(state["rounds"], **current["stop"])
+    if again:
+        raise ConfigError(f"resume: the run stopped early after round {state['round']} and is finished ({again}); "
+                          "to train on, change stop.patience or stop.target_accuracy")  # fmt: skip
     if current["rounds"] < state["round"]:
         raise ConfigError(f"rounds: {current['rounds']} is fewer than the {state['round']} rounds already in the checkpoint")

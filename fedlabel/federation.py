@@ -18,11 +18,10 @@ from torch import nn
 
 from fedlabel.algorithms import ROUND_FIELDS, Algorithm, ClientUpdate, build_algorithm
 from fedlabel.algorithms.base import ServerSetup, StateDict
-from fedlabel.callbacks import Callback, Round, Run, default_callbacks, stop_reason
+from fedlabel.callbacks import Callback, Round, Run, default_callbacks
 from fedlabel.checkpoint import check_resumable, load_checkpoint
 from fedlabel.config import Config, config_to_dict
 from fedlabel.data import DataError, FederatedData, ImageDataset, build_federated, load_images
-from fedlabel.errors import ConfigError
 from fedlabel.faults import TIMEOUT, ClientFailure
 from fedlabel.lifecycle import RunStopped
 from fedlabel.llp.setup import bag_spec
@@ -95,18 +94,13 @@ def initial_model(cfg: Config, *, in_channels: int, num_classes: int, image_size
 def open_recorder(cfg: Config, *, progress: bool, on_round: Callable[[dict], None] | None = None) -> RunRecorder:
     """The run's recorder. With cfg.resume, the checkpoint in cfg.output_dir is checked against
     cfg (ConfigError naming the differing fields, or saying that the run stopped early and
-    would stop again under cfg.stop) and its rounds are restored; nothing is written or shown
-    before that check passes."""
+    would stop there again) and its rounds are restored; nothing is written or shown before that
+    check passes."""
     config = config_to_dict(cfg)
     state = None
     if cfg.resume:
         state = load_checkpoint(cfg.output_dir)
         check_resumable(state, config)
-        again = state.get("stop_reason") and stop_reason(state["rounds"], cfg.stop)
-        if again:
-            raise ConfigError(f"resume: the run in {cfg.output_dir} stopped early after round {state['round']} "
-                              f"and is finished ({again}); to train on, change stop.patience or "
-                              "stop.target_accuracy so that it would not stop there")  # fmt: skip
     recorder = RunRecorder(cfg.output_dir, config=config, total_rounds=cfg.rounds, progress=progress,
                            resume=cfg.resume, on_round=on_round, fields=round_fields(ROUND_FIELDS))  # fmt: skip
     if state is not None:
