@@ -89,15 +89,18 @@ class CentralEvaluation(Callback):
     """Test-set ``accuracy`` and ``loss`` every cfg.eval_every rounds, the last cfg.eval_last
     rounds and the last round (None in the other rounds)."""
 
-    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> None:
+    def __init__(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device
+    ) -> None:
         self.model, self.images, self.labels, self.device = model, images, labels, device
 
     def on_round_end(self, run: Run, rnd: Round) -> None:
         cfg, n = run.cfg, rnd.number
         if n % cfg.eval_every == 0 or n > cfg.rounds - max(cfg.eval_last, 1):
             params = run.algorithm.eval_params(run.params)
-            rnd.record["accuracy"], rnd.record["loss"] = evaluate(self.model, params, self.images, self.labels,
-                                                                  device=self.device)  # fmt: skip
+            rnd.record["accuracy"], rnd.record["loss"] = evaluate(
+                self.model, params, self.images, self.labels, device=self.device
+            )
         else:
             rnd.record["accuracy"] = rnd.record["loss"] = None
 
@@ -136,7 +139,9 @@ class EarlyStopping(Callback):
 
     def on_round_end(self, run: Run, rnd: Round) -> None:
         stop = run.cfg.stop
-        reason = stop_reason(self.recorder.rounds, patience=stop.patience, target_accuracy=stop.target_accuracy)
+        reason = stop_reason(
+            self.recorder.rounds, patience=stop.patience, target_accuracy=stop.target_accuracy
+        )
         if reason:
             log.info("round %d: stopping early: %s", rnd.number, reason)
             run.stop(reason)
@@ -164,13 +169,25 @@ class Checkpointing(Callback):
     def on_round_end(self, run: Run, rnd: Round) -> None:
         n, cfg, r = rnd.number, run.cfg, self.recorder
         if n % cfg.checkpoint_every == 0 or n == cfg.rounds or run.stop_reason:
-            save_checkpoint(r.dir, round=n, params=run.params, algorithm_state=run.algorithm.state_dict(),
-                            rounds=r.rounds, config=r.config, wall_seconds=r.wall_seconds(),
-                            privacy_state=self.privacy.state_dict(), stop_reason=run.stop_reason)  # fmt: skip
+            save_checkpoint(
+                r.dir,
+                round=n,
+                params=run.params,
+                algorithm_state=run.algorithm.state_dict(),
+                rounds=r.rounds,
+                config=r.config,
+                wall_seconds=r.wall_seconds(),
+                privacy_state=self.privacy.state_dict(),
+                stop_reason=run.stop_reason,
+            )
 
 
 def _numbers(record: dict[str, Any], keys: list[str]) -> dict[str, float]:
-    return {k: record[k] for k in keys if isinstance(record.get(k), (int, float)) and not isinstance(record[k], bool)}
+    return {
+        k: record[k]
+        for k in keys
+        if isinstance(record.get(k), (int, float)) and not isinstance(record[k], bool)
+    }
 
 
 def _hparams(cfg: Config) -> dict[str, Any]:
@@ -183,7 +200,10 @@ def _final_metrics(rounds: list[dict[str, Any]]) -> dict[str, float]:
     evaluated = [r for r in rounds if r.get("accuracy") is not None]
     out: dict[str, float] = {"rounds_run": float(len(rounds))}
     if evaluated:
-        out |= {"final_accuracy": evaluated[-1]["accuracy"], "best_accuracy": max(r["accuracy"] for r in evaluated)}
+        out |= {
+            "final_accuracy": evaluated[-1]["accuracy"],
+            "best_accuracy": max(r["accuracy"] for r in evaluated),
+        }
         if evaluated[-1].get("loss") is not None:
             out["final_loss"] = evaluated[-1]["loss"]
     if rounds and rounds[-1].get("epsilon") is not None:
@@ -200,7 +220,9 @@ class TensorBoardLog(Callback):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as err:
-            raise RuntimeError("tensorboard=true needs the optional package: pip install 'fedlabel[tensorboard]'") from err
+            raise RuntimeError(
+                "tensorboard=true needs the optional package: pip install 'fedlabel[tensorboard]'"
+            ) from err
         self.recorder = recorder
         self.writer = SummaryWriter(log_dir=str(recorder.dir / "tensorboard"))
 
@@ -252,13 +274,23 @@ class MlflowLog(Callback):
         exp = client.get_experiment_by_name(self.experiment)
         exp_id = exp.experiment_id if exp else client.create_experiment(self.experiment)
         out = str(self.recorder.dir.resolve())
-        earlier = client.search_runs([exp_id], filter_string=f"tags.`{self.TAG}` = '{out}'",
-                                     order_by=["attributes.start_time DESC"], max_results=1) if run.cfg.resume else []  # fmt: skip
+        earlier = (
+            client.search_runs(
+                [exp_id],
+                filter_string=f"tags.`{self.TAG}` = '{out}'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+            if run.cfg.resume
+            else []
+        )
         if earlier:
             self.run_id = earlier[0].info.run_id
             client.update_run(self.run_id, status="RUNNING")
         else:
-            self.run_id = client.create_run(exp_id, run_name=self.recorder.dir.name, tags={self.TAG: out}).info.run_id
+            self.run_id = client.create_run(
+                exp_id, run_name=self.recorder.dir.name, tags={self.TAG: out}
+            ).info.run_id
         logged = set(client.get_run(self.run_id).data.params)  # a param keeps its first value
         params = [Param(k, str(v)) for k, v in _hparams(run.cfg).items() if k not in logged]
         client.log_batch(self.run_id, params=params)
@@ -269,7 +301,9 @@ class MlflowLog(Callback):
 
         now = int(time.time() * 1000)
         fields = [k for k in rnd.record if k != "round"]
-        metrics = [Metric(k, float(v), now, rnd.number) for k, v in _numbers(rnd.record, fields).items()]
+        metrics = [
+            Metric(k, float(v), now, rnd.number) for k, v in _numbers(rnd.record, fields).items()
+        ]
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def on_end(self, run: Run, *, status: str, error: str | None) -> None:
@@ -280,11 +314,21 @@ class MlflowLog(Callback):
         self.client.set_tag(self.run_id, "fedlabel.status", status)
         if run.stop_reason or error:
             self.client.set_tag(self.run_id, "fedlabel.reason", run.stop_reason or error)
-        self.client.set_terminated(self.run_id, status={"stopped": "KILLED", "failed": "FAILED"}.get(status, "FINISHED"))
+        self.client.set_terminated(
+            self.run_id, status={"stopped": "KILLED", "failed": "FAILED"}.get(status, "FINISHED")
+        )
 
 
-def default_callbacks(cfg: Config, *, recorder: RunRecorder, privacy: ServerPrivacy, model: nn.Module,
-                      test_images: torch.Tensor, test_labels: torch.Tensor, device: torch.device) -> list[Callback]:  # fmt: skip
+def default_callbacks(
+    cfg: Config,
+    *,
+    recorder: RunRecorder,
+    privacy: ServerPrivacy,
+    model: nn.Module,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    device: torch.device,
+) -> list[Callback]:
     """The loop's callbacks for ``cfg``, in the order they run."""
     callbacks = [
         PrivacyAccounting(privacy, recorder),
