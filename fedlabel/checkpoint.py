@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from fedlabel.errors import ConfigError
+from fedlabel.stopping import stop_reason
 
 FILE = "checkpoint.pt"
 FORMAT = 1
@@ -25,8 +26,9 @@ FORMAT = 1
 # go on on CPUs. Engines and devices compute the same rounds with other float sums (and the
 # vectorized engine with its own per-client random streams), so a run resumed on another engine
 # is not bitwise the run that would have gone on where it started.
+# stop and mlflow only decide when the run ends and where it is logged.
 MAY_DIFFER = {"rounds", "output_dir", "checkpoint_every", "resume", "overwrite", "eval_every", "eval_last", "tensorboard",
-              "engine", "device"}  # fmt: skip
+              "engine", "device", "stop", "mlflow"}  # fmt: skip
 
 
 def rng_states() -> dict[str, Any]:
@@ -49,8 +51,10 @@ def save_checkpoint(
     config: dict,
     wall_seconds: float,
     privacy_state: dict | None = None,
+    stop_reason: str | None = None,
 ) -> Path:
-    """Write output_dir/checkpoint.pt atomically; returns its path."""
+    """Write output_dir/checkpoint.pt atomically; returns its path. ``stop_reason``: why the
+    run stopped early after this round (a finished run, not one to go on silently)."""
     path = Path(output_dir) / FILE
     tmp = path.with_name(path.name + ".tmp")
     payload = {
@@ -63,6 +67,7 @@ def save_checkpoint(
         "config": config,
         "wall_seconds": wall_seconds,
         "privacy": privacy_state or {},  # fedlabel.privacy's accountant history
+        "stop_reason": stop_reason,
     }
     with open(tmp, "wb") as fh:
         torch.save(payload, fh)
@@ -103,9 +108,15 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
 
 
 def check_resumable(state: dict, current: dict) -> None:
-    """ConfigError unless ``current`` config may continue the checkpointed run."""
+    """ConfigError unless ``current`` config may continue the checkpointed run. A run that
+    stopped early is finished: it goes on only where ``current``'s stop settings would not have
+    stopped it after its last round."""
     diffs = config_differences(state["config"], current)
     if diffs:
         raise ConfigError(f"resume: the config differs from the checkpoint's in {'; '.join(diffs)}")
+    again = state.get("stop_reason") and stop_reason(state["rounds"], **current["stop"])
+    if again:
+        raise ConfigError(f"resume: the run stopped early after round {state['round']} and is finished ({again}); "
+                          "to train on, change stop.patience or stop.target_accuracy")  # fmt: skip
     if current["rounds"] < state["round"]:
         raise ConfigError(f"rounds: {current['rounds']} is fewer than the {state['round']} rounds already in the checkpoint")

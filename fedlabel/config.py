@@ -158,6 +158,25 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class StopConfig:
+    """Early stopping on the central test accuracy (checked at evaluated rounds; summary.json's
+    status is then "stopped_early", with the reason in stop_reason)."""
+
+    patience: int = 0  # stop after this many rounds without a higher accuracy; 0 = off
+    target_accuracy: float = 0.0  # stop once the accuracy reaches this; 0 = off
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """Also log the run to MLflow (pip install 'fedlabel[mlflow]'): its config as params, every
+    round's metrics, and its PNGs as artifacts."""
+
+    enabled: bool = False
+    tracking_uri: str = ""  # "" = a local file store in output_dir/mlruns
+    experiment: str = "fedlabel"
+
+
+@dataclass(frozen=True)
 class Config:
     algorithm: AlgorithmParams = field(default_factory=lambda: ALGORITHMS["fedlabel"].params())
     data: DataConfig = field(default_factory=DataConfig)
@@ -177,6 +196,8 @@ class Config:
     resume: bool = False  # continue the run in output_dir from its checkpoint
     overwrite: bool = False  # replace the run in output_dir (its files are removed first)
     tensorboard: bool = False  # also log every round to output_dir/tensorboard (pip install 'fedlabel[tensorboard]')
+    stop: StopConfig = field(default_factory=StopConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,6 +260,9 @@ def config_from_dict(values: dict[str, Any]) -> Config:
         raise ConfigError(f"algorithm.name: unknown algorithm {name!r}; choose from {sorted(ALGORITHMS)}")
     preset = ALGORITHMS[name]
     params = preset.params(**_fields(preset.algorithm.Params, algo, "algorithm."))
+    stop = values.get("stop")
+    if isinstance(stop, dict) and "target_accuracy" in stop and stop["target_accuracy"] is None:
+        values["stop"] = {**stop, "target_accuracy": 0.0}  # null = off, as 0 (run_config has no null)
     cfg = _build(Config, values, "")
     cfg = dataclasses.replace(cfg, algorithm=params)
     validate(cfg)
@@ -402,9 +426,20 @@ def validate(cfg: Config) -> None:
     _validate_aggregation(cfg)
     check(not cfg.tensorboard or importlib.util.find_spec("tensorboard") is not None, "tensorboard",
           "needs the optional package tensorboard: pip install 'fedlabel[tensorboard]' (or tensorboard=false)")  # fmt: skip
+    _validate_tracking(cfg)
     validate_privacy(cfg)
     ALGORITHMS[cfg.algorithm.name].check(cfg.algorithm)
     cfg.algorithm.validate()
+    ALGORITHMS[cfg.algorithm.name].algorithm.check(cfg)
+
+
+def _validate_tracking(cfg: Config) -> None:
+    s, m = cfg.stop, cfg.mlflow
+    check(s.patience >= 0, "stop.patience", f"must be >= 0 (0 = off), got {s.patience}")
+    check(0 <= s.target_accuracy <= 1, "stop.target_accuracy", f"must be in [0, 1] (0 = off), got {s.target_accuracy}")
+    check(not m.enabled or importlib.util.find_spec("mlflow") is not None, "mlflow.enabled",
+          "needs the optional package mlflow: pip install 'fedlabel[mlflow]' (or mlflow.enabled=false)")  # fmt: skip
+    check(bool(m.experiment), "mlflow.experiment", "must not be empty")
 
 
 def validate_privacy(cfg: Config) -> None:
@@ -429,17 +464,7 @@ def validate_privacy(cfg: Config) -> None:
             "privacy=dpsgd with bags (data.bag_size/data.bag_key) is not supported: a bag's loss couples its "
             "images, so per-image clipping bounds no bag's influence; use data.proportion_epsilon or central_dp",
         )
-        check(
-            getattr(cfg.algorithm, "unlabeled_sampling", "all") == "all",
-            "algorithm.unlabeled_sampling",
-            "privacy=dpsgd needs 'all': the sampling rate of a pool of kept samples would depend on the data",
-        )
     if p.name == "central_dp":
-        check(
-            getattr(cfg.algorithm, "aggregation", "weighted") != "split",
-            "algorithm.aggregation",
-            "privacy=central_dp clips and averages one update per client; 'split' uploads two",
-        )
         conflict = ALGORITHMS[cfg.algorithm.name].algorithm.central_dp_conflict
         check(not conflict, "privacy.name", f"central_dp cannot run algorithm.name={cfg.algorithm.name}: its private "
               f"aggregation replaces the algorithm's own, which {conflict}")  # fmt: skip
@@ -475,11 +500,6 @@ def _validate_aggregation(cfg: Config) -> None:
     check(a.weight_to_median >= 0, "aggregation.weight_to_median", f"must be >= 0 (0 = off), got {a.weight_to_median}")
     check(a.robust in ROBUST_RULES, "aggregation.robust",
           f"unknown rule {a.robust!r}; choose from {list(ROBUST_RULES)}")  # fmt: skip
-    check(
-        a.robust == "none" or getattr(cfg.algorithm, "aggregation", "weighted") != "split",
-        "aggregation.robust",
-        f"aggregation.robust={a.robust} combines one update per client; algorithm.aggregation=split uploads two",
-    )
     if a.robust == "trimmed_mean":
         check(0 <= a.trim_fraction < 0.5, "aggregation.trim_fraction", f"must be in [0, 0.5), got {a.trim_fraction}")
         check(int(a.trim_fraction * n) >= 1, "aggregation.trim_fraction",

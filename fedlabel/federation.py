@@ -7,6 +7,7 @@ call order, so both engines draw the same cohorts and the same client randomness
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -15,20 +16,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedlabel.algorithms import Algorithm, ClientUpdate, build_algorithm
+from fedlabel.algorithms import ROUND_FIELDS, Algorithm, ClientUpdate, build_algorithm
 from fedlabel.algorithms.base import ServerSetup, StateDict
-from fedlabel.checkpoint import check_resumable, load_checkpoint, save_checkpoint, set_rng_states
+from fedlabel.callbacks import Callback, Round, Run, default_callbacks
+from fedlabel.checkpoint import check_resumable, load_checkpoint
 from fedlabel.config import Config, config_to_dict
 from fedlabel.data import DataError, FederatedData, ImageDataset, build_federated, load_images
 from fedlabel.faults import TIMEOUT, ClientFailure
 from fedlabel.lifecycle import RunStopped
+from fedlabel.llp.setup import bag_spec
 from fedlabel.models import build_model
 from fedlabel.privacy.mechanism import ServerPrivacy
-from fedlabel.report import RunRecorder
+from fedlabel.report import RunRecorder, round_fields
 from fedlabel.robust import Limit, bound_influence, combiner
-from fedlabel.training import Params, evaluate, get_params
+from fedlabel.training import Params, get_params
 from fedlabel.validation import Rejection, screen_updates
-from fedlabel.llp.setup import bag_spec, proportion_epsilon
 
 log = logging.getLogger("fedlabel.server")
 
@@ -89,51 +91,18 @@ def initial_model(cfg: Config, *, in_channels: int, num_classes: int, image_size
     return model, get_params(model)
 
 
-def pool_metrics(updates: list[ClientUpdate]) -> dict[str, float | None]:
-    """Round metrics pooled over clients from their counters (exact, not a mean of ratios)."""
-
-    def total(key: str) -> float:
-        return float(sum(u.metrics.get(key, 0) for u in updates))
-
-    def mean(key: str) -> float | None:
-        vals = [u.metrics[key] for u in updates if key in u.metrics]
-        return float(np.mean(vals)) if vals else None
-
-    n_u, kept = total("num_unlabeled"), total("num_kept")
-    has_truth = all("num_kept_correct" in u.metrics for u in updates) and any("num_kept" in u.metrics for u in updates)
-    experts = any("num_kept_global" in u.metrics for u in updates)  # only FedLabel chooses an expert
-    pooled = {
-        "clients": len(updates),
-        "pseudo_label_coverage": kept / n_u if n_u else None,
-        "pseudo_label_accuracy": total("num_kept_correct") / kept if kept and has_truth else None,
-        "global_expert_share": total("num_kept_global") / kept if kept and experts else None,
-        # pseudo-label accuracy on the kept samples where the global (resp. local) model was the expert
-        "global_expert_accuracy": total("num_kept_global_correct") / total("num_kept_global")
-        if has_truth and total("num_kept_global")
-        else None,
-        "local_expert_accuracy": (total("num_kept_correct") - total("num_kept_global_correct")) / (kept - total("num_kept_global"))
-        if has_truth and experts and kept - total("num_kept_global")
-        else None,
-        "loss_labeled": mean("loss_labeled"),
-        "loss_unlabeled": mean("loss_unlabeled"),
-    }
-    if any("num_helper_models" in u.metrics for u in updates):  # FedMatch: helper models the clients received
-        pooled["helper_models"] = int(total("num_helper_models"))
-    return pooled
-
-
 def open_recorder(cfg: Config, *, progress: bool, on_round: Callable[[dict], None] | None = None) -> RunRecorder:
     """The run's recorder. With cfg.resume, the checkpoint in cfg.output_dir is checked against
-    cfg (ConfigError naming the differing fields) and its rounds are restored; nothing is written
-    or shown before that check passes."""
+    cfg (ConfigError naming the differing fields, or saying that the run stopped early and
+    would stop there again) and its rounds are restored; nothing is written or shown before that
+    check passes."""
     config = config_to_dict(cfg)
     state = None
     if cfg.resume:
         state = load_checkpoint(cfg.output_dir)
         check_resumable(state, config)
-    recorder = RunRecorder(
-        cfg.output_dir, config=config, total_rounds=cfg.rounds, progress=progress, resume=cfg.resume, on_round=on_round
-    )
+    recorder = RunRecorder(cfg.output_dir, config=config, total_rounds=cfg.rounds, progress=progress,
+                           resume=cfg.resume, on_round=on_round, fields=round_fields(ROUND_FIELDS))  # fmt: skip
     if state is not None:
         recorder.restore(state["rounds"], wall_seconds=state["wall_seconds"])
     return recorder
@@ -152,68 +121,71 @@ def run_federation(
     client_sizes: dict[int, int] | None = None,
 ) -> dict:
     """Run cfg.rounds rounds: sample, train (via ``train_cohort``), screen the updates,
-    aggregate, evaluate, record, checkpoint. With cfg.resume, continue from the checkpoint in
-    the recorder's directory (``recorder`` from :func:`open_recorder`). ``client_sizes``
-    (samples per client) bounds each weight r_k. Saves the final parameters as model.pt and
-    returns the summary; on any error the summary is closed as failed, on RunStopped (a signal)
-    as stopped, with the rounds recorded so far (the last checkpoint stays), and the error
-    re-raised."""
-    try:
-        params = _rounds(cfg, model=model, params=params, test_images=test_images, test_labels=test_labels,
-                         train_cohort=train_cohort, recorder=recorder, device=device, client_sizes=client_sizes)  # fmt: skip
-    except RunStopped as err:
-        recorder.finish(error=str(err), stopped=True)
-        raise
-    except BaseException as err:
-        recorder.finish(error=f"{type(err).__name__}: {err}")
-        raise
-    torch.save({k: v.cpu() for k, v in params.items()}, recorder.dir / "model.pt")
-    return recorder.finish()
-
-
-def _rounds(cfg: Config, *, model, params, test_images, test_labels, train_cohort, recorder, device, client_sizes) -> Params:
+    aggregate, then the callbacks of :func:`fedlabel.callbacks.default_callbacks` (evaluate,
+    account, record, stop early, checkpoint, ...). With cfg.resume, continue from the
+    checkpoint in the recorder's directory (``recorder`` from :func:`open_recorder`).
+    ``client_sizes`` (samples per client) bounds each weight r_k. Saves the final parameters
+    as model.pt and returns the summary (status completed, or stopped_early); on any error the
+    summary is closed as failed, on RunStopped (a signal) as stopped, with the rounds recorded
+    so far (the last checkpoint stays), and the error re-raised."""
     algorithm = build_algorithm(cfg.algorithm)
     privacy = ServerPrivacy(cfg)
+    setup = ServerSetup(model=model, seed=cfg.seed, input_shape=tuple(test_images.shape[1:]))
+    run = Run(cfg, algorithm, algorithm.init_global({k: v.to(device) for k, v in params.items()}, setup=setup))
+    callbacks = default_callbacks(cfg, recorder=recorder, privacy=privacy, model=model, test_images=test_images,
+                                  test_labels=test_labels, device=device)  # fmt: skip
+    try:
+        for callback in callbacks:
+            callback.on_start(run)
+        _rounds(run, callbacks, train_cohort=train_cohort, privacy=privacy, client_sizes=client_sizes)
+        torch.save({k: v.cpu() for k, v in algorithm.eval_params(run.params).items()}, recorder.dir / "model.pt")
+    except RunStopped as err:
+        _end(run, callbacks, status="stopped", error=str(err))
+        raise
+    except BaseException as err:
+        _end(run, callbacks, status="failed", error=f"{type(err).__name__}: {err}")
+        raise
+    _end(run, callbacks, status="stopped_early" if run.stop_reason else "completed", error=None)
+    return json.loads((recorder.dir / "summary.json").read_text())
+
+
+def _end(run: Run, callbacks: list[Callback], *, status: str, error: str | None) -> None:
+    for callback in callbacks:
+        callback.on_end(run, status=status, error=error)
+
+
+def _rounds(run: Run, callbacks: list[Callback], *, train_cohort: TrainCohort, privacy: ServerPrivacy,
+            client_sizes: dict[int, int] | None) -> None:  # fmt: skip
+    cfg, algorithm = run.cfg, run.algorithm
     a = cfg.aggregation
     combine = combiner(a.robust, trim_fraction=a.trim_fraction, krum_malicious=a.krum_malicious,
                        krum_select=a.krum_select)  # fmt: skip
-    setup = ServerSetup(model=model, seed=cfg.seed, input_shape=tuple(test_images.shape[1:]))
-    params = algorithm.init_global({k: v.to(device) for k, v in params.items()}, setup=setup)
-    first = 1
-    if cfg.resume:  # the checkpoint's global state replaces the initial one
-        state = load_checkpoint(recorder.dir)
-        params, first = {k: v.to(device) for k, v in state["params"].items()}, state["round"] + 1
-        algorithm.load_state_dict(state["algorithm"])
-        privacy.load_state_dict(state.get("privacy") or {})
-        set_rng_states(state["rng"])
-    for rnd in range(first, cfg.rounds + 1):
-        start = time.perf_counter()
+    for number in range(run.first_round, cfg.rounds + 1):
+        started = time.perf_counter()
         cohort = sample_cohort(
-            seed=cfg.seed, round=rnd, num_clients=cfg.data.num_clients, clients_per_round=cfg.clients_per_round
+            seed=cfg.seed, round=number, num_clients=cfg.data.num_clients, clients_per_round=cfg.clients_per_round
         )
-        results = train_cohort(rnd, cohort, params, algorithm.client_payload(rnd, cohort, params))
-        accepted, failed, rejected = screen_round(cfg, algorithm, rnd, cohort, results, params, client_sizes=client_sizes)
-        bounded, limits = bound_round(cfg, rnd, accepted)
-        params = privacy.aggregate(algorithm, params, bounded, round=rnd, combine=combine)
-        record = {"round": rnd, **pool_metrics(accepted), "failed_clients": len(failed), "rejected_updates": len(rejected),
-                  "epsilon": privacy.account(accepted)}
-        if rnd % cfg.eval_every == 0 or rnd > cfg.rounds - max(cfg.eval_last, 1):
-            record["accuracy"], record["loss"] = evaluate(model, algorithm.eval_params(params), test_images, test_labels, device=device)
-        else:
-            record["accuracy"] = record["loss"] = None
-        record["proportion_epsilon"] = proportion_epsilon(cfg)  # label-DP of the bag counts (None: none)
-        record["seconds"] = time.perf_counter() - start
-        record["participants"] = sorted(u.client_id for u in accepted)
-        record["failed"] = [f.record() for f in failed]
-        record["rejected"] = [r.record() for r in rejected]
-        record["bounded"] = [b.record() for b in limits]
-        recorder.extra["privacy"] = privacy.summary()
-        recorder.log_round(record)
-        if rnd % cfg.checkpoint_every == 0 or rnd == cfg.rounds:
-            save_checkpoint(recorder.dir, round=rnd, params=params, algorithm_state=algorithm.state_dict(),
-                            rounds=recorder.rounds, config=recorder.config, wall_seconds=recorder.wall_seconds(),
-                            privacy_state=privacy.state_dict())  # fmt: skip
-    return algorithm.eval_params(params)
+        results = train_cohort(number, cohort, run.params, algorithm.client_payload(number, cohort, run.params))
+        accepted, failed, rejected = screen_round(cfg, algorithm, number, cohort, results, run.params,
+                                                  client_sizes=client_sizes)  # fmt: skip
+        bounded, limits = bound_round(cfg, number, accepted)
+        run.params = privacy.aggregate(algorithm, run.params, bounded, round=number, combine=combine)
+        record = {
+            "round": number,
+            **dict.fromkeys(ROUND_FIELDS),  # every algorithm's columns, None unless this one reports them
+            **algorithm.pool_metrics(accepted),
+            "failed_clients": len(failed),
+            "rejected_updates": len(rejected),
+            "participants": sorted(u.client_id for u in accepted),
+            "failed": [f.record() for f in failed],
+            "rejected": [r.record() for r in rejected],
+            "bounded": [b.record() for b in limits],
+        }
+        rnd = Round(number, accepted, record, started)
+        for callback in callbacks:
+            callback.on_round_end(run, rnd)
+        if run.stop_reason:
+            return
 
 
 def bound_round(cfg: Config, rnd: int, accepted: list[ClientUpdate]) -> tuple[list[ClientUpdate], list[Limit]]:

@@ -10,29 +10,20 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-ROUND_FIELDS = [
-    "round",
-    "accuracy",
-    "loss",
-    "pseudo_label_coverage",
-    "pseudo_label_accuracy",
-    "global_expert_share",
-    "global_expert_accuracy",
-    "local_expert_accuracy",
-    "loss_labeled",
-    "loss_unlabeled",
-    "clients",
-    "failed_clients",
-    "rejected_updates",
-    "epsilon",
-    "seconds",
-]
+
+
+def round_fields(algorithm_fields: Sequence[str] = ()) -> list[str]:
+    """rounds.csv's columns: the round, its central evaluation, the pooled metrics every
+    algorithm reports with ``algorithm_fields`` (the algorithms' own) among them, the round's
+    failures, epsilon, and seconds (always last)."""
+    return ["round", "accuracy", "loss", "pseudo_label_coverage", "pseudo_label_accuracy", *algorithm_fields,
+            "loss_labeled", "loss_unlabeled", "clients", "failed_clients", "rejected_updates", "epsilon", "seconds"]  # fmt: skip
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -79,10 +70,13 @@ class RunRecorder:
         progress: bool = True,
         resume: bool = False,
         on_round: Callable[[dict[str, Any]], None] | None = None,
+        fields: Sequence[str] = tuple(round_fields()),
     ) -> None:
         """With ``resume`` nothing in output_dir is touched until :meth:`restore` is called.
-        ``on_round`` is called with each new round record once it is written."""
+        ``on_round`` is called with each new round record once it is written; ``fields`` are
+        rounds.csv's columns (:func:`round_fields`)."""
         self.on_round = on_round
+        self.fields = list(fields)
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = config
@@ -92,7 +86,6 @@ class RunRecorder:
         self.extra: dict[str, Any] = {"environment": [environment()]}
         self.start = time.perf_counter()
         self.csv_path = self.dir / "rounds.csv"
-        self.tensorboard = _tensorboard_writer(self.dir / "tensorboard") if config.get("tensorboard") else None
         self.bar = tqdm(total=total_rounds, desc="rounds", unit="round", disable=not progress, file=sys.stderr, dynamic_ncols=True)
         if not resume:
             self.restore([], wall_seconds=0.0)
@@ -111,7 +104,7 @@ class RunRecorder:
         tmp = self.csv_path.with_name(self.csv_path.name + ".tmp")
         with open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(ROUND_FIELDS)
+            writer.writerow(self.fields)
             writer.writerows(self._csv_row(r) for r in self.rounds)
         os.replace(tmp, self.csv_path)
         self._write_summary(status="running")
@@ -127,9 +120,8 @@ class RunRecorder:
     def wall_seconds(self) -> float:
         return time.perf_counter() - self.start
 
-    @staticmethod
-    def _csv_row(record: dict[str, Any]) -> list[Any]:
-        return ["" if record.get(k) is None else record.get(k) for k in ROUND_FIELDS]
+    def _csv_row(self, record: dict[str, Any]) -> list[Any]:
+        return ["" if record.get(k) is None else record.get(k) for k in self.fields]
 
     def write_json(self, name: str, payload: Any) -> None:
         write_json_atomic(self.dir / name, payload)
@@ -140,11 +132,6 @@ class RunRecorder:
         with open(self.csv_path, "a", newline="") as fh:
             csv.writer(fh).writerow(self._csv_row(record))
         self._write_summary(status="running")
-        if self.tensorboard is not None:
-            for key in ROUND_FIELDS[1:]:
-                if isinstance(record.get(key), (int, float)):
-                    self.tensorboard.add_scalar(key, record[key], global_step=record["round"])
-            self.tensorboard.flush()
         fields = (("acc", "accuracy", ".4f"), ("coverage", "pseudo_label_coverage", ".2f"), ("eps", "epsilon", ".2f"))
         self.bar.set_postfix({name: format(record[key], fmt) for name, key, fmt in fields if record.get(key) is not None},
                              refresh=False)  # fmt: skip
@@ -156,7 +143,7 @@ class RunRecorder:
         evaluated = [r["accuracy"] for r in self.rounds if r.get("accuracy") is not None]
         return evaluated[-1] if evaluated else None
 
-    def _write_summary(self, *, status: str, error: str | None = None) -> None:
+    def _write_summary(self, *, status: str, error: str | None = None, stop_reason: str | None = None) -> None:
         summary = {
             "status": status,
             "final_accuracy": self.final_accuracy(),
@@ -167,26 +154,19 @@ class RunRecorder:
         }
         if error:
             summary["error"] = error
+        if stop_reason:
+            summary["stop_reason"] = stop_reason
         write_json_atomic(self.dir / "summary.json", summary)
 
-    def finish(self, *, error: str | None = None, stopped: bool = False) -> dict[str, Any]:
-        """Close the summary: completed, failed (``error``) or stopped (``error`` says by what)."""
+    def finish(self, *, error: str | None = None, stopped: bool = False, stop_reason: str | None = None) -> dict[str, Any]:
+        """Close the summary: completed, failed (``error``), stopped (``error`` says by what) or
+        stopped_early (``stop_reason`` says why)."""
         self.bar.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-        self._write_summary(status="stopped" if stopped else "failed" if error else "completed", error=error)
+        status = "stopped" if stopped else "failed" if error else "stopped_early" if stop_reason else "completed"
+        self._write_summary(status=status, error=error, stop_reason=None if error else stop_reason)
         if self.rounds:
             plot_accuracy(self.rounds, self.dir / "accuracy.png", title=str(self.config.get("algorithm", {}).get("name", "")))
         return json.loads((self.dir / "summary.json").read_text())
-
-
-def _tensorboard_writer(path: Path):
-    """A TensorBoard event writer (optional dependency, imported only when asked for)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as err:
-        raise RuntimeError("tensorboard=true needs the optional package: pip install 'fedlabel[tensorboard]'") from err
-    return SummaryWriter(log_dir=str(path))
 
 
 def plot_accuracy(rounds: list[dict[str, Any]], path: Path, *, title: str = "") -> None:

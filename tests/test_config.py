@@ -55,11 +55,26 @@ ROOT = Path(__file__).resolve().parents[1]
         ({"faults": {"attack": "scale", "attack_client": 100}, "engine": {"name": "inprocess"}}, "faults.attack_client"),
         ({"faults": {"attack": "scale", "attack_scale": 0.0}, "engine": {"name": "inprocess"}}, "faults.attack_scale"),
         ({"faults": {"attack": "norm", "max_update_norm": 0.0}, "engine": {"name": "inprocess"}}, "faults.attack"),
+        ({"stop": {"patience": -1}}, "stop.patience"),
+        ({"stop": {"target_accuracy": 1.5}}, "stop.target_accuracy"),
+        ({"stop": {"target_accuracy": -0.1}}, "stop.target_accuracy"),
+        ({"stop": {"min_delta": 0.1}}, "stop.min_delta"),
+        ({"mlflow": {"experiment": ""}}, "mlflow.experiment"),
     ],
 )
 def test_impossible_values_name_the_field(values, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         config_from_dict(values)
+
+
+def test_stop_and_mlflow_errors_are_one_line(monkeypatch):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"stop": {"patience": -2}})
+    assert "\n" not in str(err.value) and "got -2" in str(err.value)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "mlflow" else object())
+    with pytest.raises(ConfigError, match=r"mlflow\.enabled.*pip install 'fedlabel\[mlflow\]'") as err:
+        config_from_dict({"mlflow": {"enabled": True}})
+    assert "\n" not in str(err.value)
 
 
 def test_hydra_composes_the_aggregation_settings():

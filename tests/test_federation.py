@@ -8,7 +8,8 @@ import torch
 
 from fedlabel.algorithms import ClientUpdate
 from fedlabel.algorithms.fedavg import FedAvg, FedAvgParams
-from fedlabel.federation import client_generator, pool_metrics, sample_cohort
+from fedlabel.algorithms.fedlabel import FedLabel, FedLabelParams
+from fedlabel.federation import client_generator, sample_cohort
 from fedlabel.report import RunRecorder, format_table
 
 
@@ -37,13 +38,14 @@ def test_pool_metrics_pools_counters_not_ratios():
         _update(0, 10, num_unlabeled=100, num_kept=50, num_kept_global=10, num_kept_correct=40, num_kept_global_correct=5),
         _update(1, 10, num_unlabeled=10, num_kept=10, num_kept_global=0, num_kept_correct=10, num_kept_global_correct=0),
     ]
-    m = pool_metrics(ups)
+    m = FedLabel(FedLabelParams()).pool_metrics(ups)
     assert m["pseudo_label_coverage"] == pytest.approx(60 / 110)
     assert m["pseudo_label_accuracy"] == pytest.approx(50 / 60)
     assert m["global_expert_share"] == pytest.approx(10 / 60)
     assert m["global_expert_accuracy"] == pytest.approx(5 / 10)
     assert m["local_expert_accuracy"] == pytest.approx(45 / 50)
-    assert pool_metrics([_update(0, 3, num_labeled=3, loss_labeled=1.0)])["pseudo_label_coverage"] is None
+    fedavg = FedAvg(FedAvgParams()).pool_metrics([_update(0, 3, num_labeled=3, loss_labeled=1.0)])
+    assert fedavg["pseudo_label_coverage"] is None
 
 
 def test_fedavg_aggregation_is_weighted_and_order_free():

@@ -4,7 +4,8 @@ import importlib.util
 
 import pytest
 
-from fedlabel.config import ConfigError, config_from_dict
+from fedlabel.callbacks import Round, Run, TensorBoardLog
+from fedlabel.config import Config, ConfigError, config_from_dict
 from fedlabel.report import RunRecorder
 
 
@@ -13,9 +14,14 @@ def test_tensorboard_gets_every_numeric_round_metric(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     rec = RunRecorder(tmp_path, config={"tensorboard": True}, total_rounds=2, progress=False)
-    rec.log_round({"round": 1, "accuracy": 0.5, "loss": 1.2, "pseudo_label_coverage": None, "clients": 3})
-    rec.log_round({"round": 2, "accuracy": 0.75, "loss": 0.9, "pseudo_label_coverage": 0.4, "clients": 3})
+    board = TensorBoardLog(rec)
+    run = Run(Config(), algorithm=None, params={})
+    for record in ({"round": 1, "accuracy": 0.5, "loss": 1.2, "pseudo_label_coverage": None, "clients": 3},
+                   {"round": 2, "accuracy": 0.75, "loss": 0.9, "pseudo_label_coverage": 0.4, "clients": 3}):  # fmt: skip
+        rec.log_round(record)
+        board.on_round_end(run, Round(record["round"], [], record, started=0.0))
     rec.finish()
+    board.on_end(run, status="failed", error="x")  # hparams only for a run that completed or stopped early
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
     assert [(e.step, e.value) for e in events.Scalars("accuracy")] == [(1, 0.5), (2, 0.75)]
     assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("pseudo_label_coverage")] == [(2, 0.4)]

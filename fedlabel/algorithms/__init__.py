@@ -75,10 +75,14 @@ ALGORITHMS: dict[str, Preset] = {
     )
 }
 
+# Every algorithm's own rounds.csv columns, in registry order: each run's records carry all of
+# them (None where its algorithm reports none), so runs of different algorithms line up.
+ROUND_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(f for p in ALGORITHMS.values() for f in p.algorithm.round_fields))
+
 
 def build_algorithm(params: AlgorithmParams) -> Algorithm:
     """The algorithm that runs ``params`` (its name picks the core algorithm)."""
     return ALGORITHMS[params.name].algorithm(params)
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "AlgorithmParams", "ClientUpdate", "Preset", "build_algorithm"]
+__all__ = ["ALGORITHMS", "ROUND_FIELDS", "Algorithm", "AlgorithmParams", "ClientUpdate", "Preset", "build_algorithm"]

@@ -7,13 +7,18 @@ Optional server-side hooks (defaults keep FedAvg-style algorithms unchanged):
    the central evaluation runs and model.pt stores.
  - ``client_payload``: extra named arrays per client sent with its train message (FedMatch's
    helper models); a Flower client receives them inside the message, as ArrayRecords.
- - ``state_dict`` / ``load_state_dict``: server-side algorithm state kept across rounds."""
+ - ``state_dict`` / ``load_state_dict``: server-side algorithm state kept across rounds.
+ - ``pool_metrics`` / ``round_fields``: the round's metrics pooled from the clients' counters, and
+   which of them go into rounds.csv beside the shared ones.
+ - ``check``: refuse run settings (privacy, aggregation) the algorithm cannot honour.
+ - ``client_work``: the samples a client's update processes (to balance engine.workers)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -21,6 +26,9 @@ from fedlabel.data import ClientData
 from fedlabel.errors import check
 from fedlabel.robust import Combine, weighted_mean
 from fedlabel.training import ClientContext, Params, SgdConfig
+
+if TYPE_CHECKING:
+    from fedlabel.config import Config
 
 StateDict = dict[str, torch.Tensor]
 
@@ -69,6 +77,22 @@ class ClientUpdate:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def total(updates: list[ClientUpdate], key: str) -> float:
+    """The sum of counter ``key`` over the updates (0 where a client did not send it)."""
+    return float(sum(u.metrics.get(key, 0) for u in updates))
+
+
+def knows_truth(updates: list[ClientUpdate]) -> bool:
+    """Every client counted its correct pseudo-labels (simulation: it knows the true labels)."""
+    return all("num_kept_correct" in u.metrics for u in updates) and any("num_kept" in u.metrics for u in updates)
+
+
+def mean(updates: list[ClientUpdate], key: str) -> float | None:
+    """The mean of ``key`` over the clients that sent it (None: none did)."""
+    vals = [u.metrics[key] for u in updates if key in u.metrics]
+    return float(np.mean(vals)) if vals else None
+
+
 class Algorithm:
     """Base class. Subclasses set ``Params`` and override what differs; fedlabel.algorithms
     registers them under their names (ALGORITHMS)."""
@@ -87,6 +111,8 @@ class Algorithm:
     # True when the "num_unlabeled" counter counts samples processed over the local steps (at most
     # local_steps x the set size) rather than the client's unlabeled set (at most its size).
     counts_unlabeled_per_step: ClassVar[bool] = False
+    # The pooled metrics of this algorithm's own that rounds.csv (and TensorBoard) get as columns.
+    round_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: AlgorithmParams) -> None:
         self.params = params
@@ -104,6 +130,32 @@ class Algorithm:
         train only through it, so DP-SGD applies). ``extras``: what ``client_payload`` gave this
         client (the engines pass it only when that is not empty)."""
         raise NotImplementedError
+
+    @classmethod
+    def check(cls, cfg: Config) -> None:
+        """Raise ConfigError (fedlabel.errors.check) if the run's settings outside
+        ``algorithm.*`` ask for something this algorithm cannot do; called by config validation."""
+
+    def client_work(self, data: ClientData) -> float:
+        """Samples one client update processes: its labeled SGD batches (data size alone is a
+        poor measure: every client with at least a batch does the same steps)."""
+        p = self.params
+        return float(min(p.batch_size, data.num_labeled) * p.local_steps)
+
+    def pool_metrics(self, updates: list[ClientUpdate]) -> dict[str, float | None]:
+        """The round's metrics pooled over the accepted updates from their counters (exact, not
+        a mean of ratios): pseudo-label coverage (num_kept / num_unlabeled) and accuracy
+        (num_kept_correct / num_kept, when every client knows the truth), the mean losses.
+        Subclasses add their own (and name the ones for rounds.csv in ``round_fields``)."""
+        n_u, kept = total(updates, "num_unlabeled"), total(updates, "num_kept")
+        has_truth = knows_truth(updates)
+        return {
+            "clients": len(updates),
+            "pseudo_label_coverage": kept / n_u if n_u else None,
+            "pseudo_label_accuracy": total(updates, "num_kept_correct") / kept if kept and has_truth else None,
+            "loss_labeled": mean(updates, "loss_labeled"),
+            "loss_unlabeled": mean(updates, "loss_unlabeled"),
+        }
 
     def delta_names(self) -> frozenset[str]:
         """The names of the deltas every client update must carry (checked before aggregation)."""

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 
-from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate
+from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate, knows_truth, total
 from fedlabel.algorithms.batching import BatchedUpdate, ClientImages, batches, minus, padded, row, sgd_step, stack
 from fedlabel.algorithms.fedavg import BatchedLabeled, train_labeled
 from fedlabel.augment import StrongDraws, apply_strong, draw_strong, strong_augment
@@ -223,6 +223,40 @@ class FedLabel(Algorithm):
     dpsgd_supported = True
     Params = FedLabelParams
     trains_on_bags = True
+    round_fields = ("global_expert_share", "global_expert_accuracy", "local_expert_accuracy")
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        p = cfg.algorithm
+        check(cfg.privacy.name != "dpsgd" or p.unlabeled_sampling == "all", "algorithm.unlabeled_sampling",
+              "privacy=dpsgd needs 'all': the sampling rate of a pool of kept samples would depend on the data")
+        check(cfg.privacy.name != "central_dp" or p.aggregation != "split", "algorithm.aggregation",
+              "privacy=central_dp clips and averages one update per client; 'split' uploads two")
+        check(cfg.aggregation.robust == "none" or p.aggregation != "split", "aggregation.robust",
+              f"aggregation.robust={cfg.aggregation.robust} combines one update per client; "
+              "algorithm.aggregation=split uploads two")
+
+    def client_work(self, data) -> float:
+        """The labeled batches, one pass over the unlabeled part (expert selection) and its batches."""
+        p: FedLabelParams = self.params
+        work = super().client_work(data)
+        if p.unlabeled_steps and data.num_unlabeled:
+            work += data.num_unlabeled + min(p.batch_size, data.num_unlabeled) * p.unlabeled_steps
+        return work
+
+    def pool_metrics(self, updates: list[ClientUpdate]) -> dict[str, float | None]:
+        """The shared metrics plus the global expert's share of the kept pseudo-labels and the
+        pseudo-label accuracy where the global (resp. local) model was the expert."""
+        pooled = super().pool_metrics(updates)
+        kept, kept_global = total(updates, "num_kept"), total(updates, "num_kept_global")
+        correct, global_correct = total(updates, "num_kept_correct"), total(updates, "num_kept_global_correct")
+        truth = knows_truth(updates)
+        experts = any("num_kept_global" in u.metrics for u in updates)
+        pooled["global_expert_share"] = kept_global / kept if kept and experts else None
+        pooled["global_expert_accuracy"] = global_correct / kept_global if truth and kept_global else None
+        local = kept - kept_global
+        pooled["local_expert_accuracy"] = (correct - global_correct) / local if truth and experts and local else None
+        return pooled
 
     def client_update(self, model, global_params, data, ctx, *, extras=None) -> ClientUpdate:
         p: FedLabelParams = self.params

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate, ServerSetup, StateDict
+from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate, ServerSetup, StateDict, total
 from fedlabel.augment import strong_augment, weak_augment
 from fedlabel.errors import check
 from fedlabel.robust import Combine, weighted_mean
@@ -259,6 +259,14 @@ class FedMatch(Algorithm):
     def load_state_dict(self, state: dict) -> None:
         self.embeddings = {int(k): v for k, v in state.get("embeddings", {}).items()}
         self.helper_models = {int(k): v for k, v in state.get("helper_models", {}).items()}
+
+    def pool_metrics(self, updates: list[ClientUpdate]) -> dict[str, float | None]:
+        """The shared metrics plus ``helper_models``: how many helper models the clients received
+        (in summary.json's rounds, not in rounds.csv)."""
+        pooled = super().pool_metrics(updates)
+        if any("num_helper_models" in u.metrics for u in updates):
+            pooled["helper_models"] = int(total(updates, "num_helper_models"))
+        return pooled
 
     # ---- client side
 

@@ -54,17 +54,6 @@ class SharedClients:
         return ClientData(client_id=i, **views)
 
 
-def client_work(data: ClientData, p) -> float:
-    """Samples one client update processes: its labeled SGD batches and, for algorithms with an
-    unlabeled branch (``unlabeled_steps``), one pass over its unlabeled part plus those batches.
-    Data size alone is a poor measure: every client with at least a batch does the same steps."""
-    work = min(p.batch_size, data.num_labeled) * p.local_steps
-    steps = getattr(p, "unlabeled_steps", 0)
-    if steps and data.num_unlabeled:
-        work += data.num_unlabeled + min(p.batch_size, data.num_unlabeled) * steps
-    return float(work)
-
-
 def assign_by_work(work: dict[int, float], workers: int) -> list[list[int]]:
     """Clients sorted by work (largest first, then id) to the least-loaded worker each."""
     loads = [0.0] * workers
@@ -116,7 +105,7 @@ class WorkerPool:
         ctx = mp.get_context("spawn")  # no fork of a process whose OpenMP threads already run
         shared = SharedClients(fed.clients)
         threads = max(1, torch.get_num_threads() // n)
-        self.work = {c.client_id: client_work(c, cfg.algorithm) for c in fed.clients}
+        self.work = {c.client_id: algorithm.client_work(c) for c in fed.clients}
         self._conns, self._procs = [], []
         for _ in range(n):
             ours, theirs = ctx.Pipe()

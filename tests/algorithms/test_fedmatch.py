@@ -148,10 +148,13 @@ def test_params_validation_names_field():
 
 
 def test_pooled_round_metrics_count_helpers_and_no_expert_share():
-    from fedlabel.federation import pool_metrics
+    from fedlabel.algorithms.fedavg import FedAvg, FedAvgParams
+    from fedlabel.algorithms.fedlabel import FedLabel, FedLabelParams
 
     ups = [ClientUpdate(c, {}, 1.0, {"num_unlabeled": 10, "num_kept": 5, "num_kept_correct": 4, "num_helper_models": c}) for c in (1, 2)]
-    m = pool_metrics(ups)
+    m = FedMatch(FedMatchParams()).pool_metrics(ups)
     assert m["helper_models"] == 3 and m["pseudo_label_coverage"] == 0.5 and m["pseudo_label_accuracy"] == 0.8
-    assert m["global_expert_share"] is None and m["local_expert_accuracy"] is None  # no expert choice in FedMatch
-    assert "helper_models" not in pool_metrics([ClientUpdate(0, {}, 1.0, {"num_labeled": 3})])
+    expert = FedLabel(FedLabelParams()).pool_metrics(ups)  # no expert choice in FedMatch's counters
+    assert expert["global_expert_share"] is None and expert["local_expert_accuracy"] is None
+    assert "global_expert_share" not in m  # FedLabel's fields are FedLabel's
+    assert "helper_models" not in FedAvg(FedAvgParams()).pool_metrics([ClientUpdate(0, {}, 1.0, {"num_labeled": 3})])
