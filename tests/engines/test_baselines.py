@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from fedlabel.cli import run_config
+import fedlabel
 from tests.engines.conftest import tiny_config
 
 SEMI_SUPERVISED = ["fedavg_fixmatch", "fedprox_fixmatch", "fedavg_uda", "fedprox_uda", "fedlabel_local_only", "fedlabel_global_only"]
@@ -12,11 +12,11 @@ SEMI_SUPERVISED = ["fedavg_fixmatch", "fedprox_fixmatch", "fedavg_uda", "fedprox
 
 @pytest.mark.parametrize("algorithm", ["fedprox", *SEMI_SUPERVISED])
 def test_runs_on_both_engines_and_they_agree(tmp_path, algorithm):
-    flower = run_config(tiny_config(tmp_path, engine="flower", algorithm=algorithm, name="flower"), progress=False)
+    flower = fedlabel.run(tiny_config(tmp_path, engine="flower", algorithm=algorithm, name="flower"), progress=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        inproc = run_config(tiny_config(tmp_path, engine="inprocess", algorithm=algorithm, name="inproc"), progress=False)
+        inproc = fedlabel.run(tiny_config(tmp_path, engine="inprocess", algorithm=algorithm, name="inproc"), progress=False)
     finally:
         torch.set_num_threads(threads)
     for summary in (flower, inproc):
