@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
+import fedlabel
 from fedlabel.algorithms import ALGORITHMS, build_algorithm
-from fedlabel.cli import run_config
 from fedlabel.config import PrivacyConfig, config_from_dict, unflatten
 from fedlabel.errors import ConfigError
 from fedlabel.federation import client_generator, initial_model, load_federated
@@ -69,7 +69,7 @@ def run(flat: dict, workdir: Path, label: str) -> dict:
     start = time.perf_counter()
     values = unflatten({**flat, "output_dir": str(workdir / label)})
     try:
-        summary = run_config(values, progress=False)
+        summary = fedlabel.run(values, progress=False)
     except Exception as err:  # noqa: BLE001 - a run the attack stops is a result too
         return {"error": f"{type(err).__name__}: {str(err)[:160]}", "seconds": time.perf_counter() - start}
     rounds = summary["rounds"]

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+import fedlabel
 from fedlabel import deploy
-from fedlabel.cli import run_config
 from fedlabel.config import unflatten
 from fedlabel.data import load_fashion_mnist, save_site
 from fedlabel.deploy_local import LocalFederation
@@ -59,7 +59,7 @@ def simulate(engine: str, args, npz: Path, out: Path) -> dict:
     values = {"engine.name": engine, "data.num_clients": 2, "data.partition": "iid", "data.label_ratio": 0.1,
               "output_dir": str(out)}  # fmt: skip
     values.update(deploy.parse_override(item) for item in settings(args, npz))
-    return run_config(unflatten(values), progress=False)
+    return fedlabel.run(unflatten(values), progress=False)
 
 
 def deployed(args, work: Path, npz: Path) -> dict:

@@ -14,8 +14,8 @@ import sys
 
 import torch
 
+import fedlabel
 import fedlabel.algorithms.fedlabel as fl
-from fedlabel.cli import run_config
 from fedlabel.config import unflatten
 
 _truth: dict[str, torch.Tensor] = {}
@@ -40,7 +40,7 @@ def main(argv: list[str]) -> None:
     for arg in argv:
         key, value = arg.split("=", 1)
         values[key] = type(value)(value) if not value.replace(".", "", 1).isdigit() else (float(value) if "." in value else int(value))
-    run_config(unflatten(values))
+    fedlabel.run(unflatten(values))
 
 
 if __name__ == "__main__":

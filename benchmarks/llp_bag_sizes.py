@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 import time
 
-from fedlabel.cli import run_config
+import fedlabel
 from fedlabel.config import unflatten
 
 BASE = {
@@ -54,7 +54,7 @@ def main(argv: list[str]) -> None:
         cfg = {**values, "data.llp_method": method, "data.bag_size": int(size), "data.proportion_epsilon": float(epsilon),
                "output_dir": f"{out}/{method}-{size}-{epsilon}"}  # fmt: skip
         start = time.perf_counter()
-        summary = run_config(unflatten(cfg), progress=False)
+        summary = fedlabel.run(unflatten(cfg), progress=False)
         seconds = time.perf_counter() - start
         best = max(r["accuracy"] for r in summary["rounds"] if r["accuracy"] is not None)
         eps = "exact" if float(epsilon) == 0 else epsilon

@@ -224,7 +224,7 @@ def flops_per_sample(cfg, fed, device) -> float:
 def run_single(args) -> dict:
     import torch
 
-    from fedlabel.cli import run_config
+    import fedlabel
     from fedlabel.config import config_from_dict
     from fedlabel.federation import load_federated, sample_cohort
     from fedlabel.training import resolve_device
@@ -241,7 +241,7 @@ def run_single(args) -> dict:
                 fed = load_federated(cfg)
                 seconds = floor_rounds(cfg, fed, device, on_round=cpu.append)
             else:
-                summary = run_config(values, progress=False)
+                summary = fedlabel.run(values, progress=False)
                 seconds = [r["seconds"] for r in summary["rounds"]]
                 fed = None
         fed = fed or load_federated(cfg)

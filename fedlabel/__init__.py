@@ -1,0 +1,5 @@
+"""fedlabel: federated semi-supervised learning simulations (see fedlabel.api)."""
+
+from fedlabel.api import compose, run
+
+__all__ = ["compose", "run"]

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,113 +19,20 @@ from typing import Any
 USAGE = __doc__
 
 
-def register_configs() -> None:
-    """Register the schema defaults as Hydra config groups (one source of defaults)."""
-    from hydra.core.config_store import ConfigStore
-
-    from fedlabel.algorithms import ALGORITHMS
-    from fedlabel.config import ENGINES, PRIVACY_MECHANISMS, Config, DataConfig, EngineConfig, ModelConfig, PrivacyConfig
-
-    cs = ConfigStore.instance()
-    top = {f.name: getattr(Config(), f.name) for f in dataclasses.fields(Config) if f.name not in ("algorithm", "data", "model", "engine", "privacy")}
-    top = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in top.items()}  # e.g. faults
-    cs.store(name="fedlabel_defaults", node=top)
-    for name, preset in ALGORITHMS.items():
-        cs.store(group="algorithm", name=name, node=dataclasses.asdict(preset.params()))
-    for name in ("fashion_mnist", "npz"):
-        cs.store(group="data", name=name, node=dataclasses.asdict(DataConfig(name=name)))
-    for name in ("cnn", "resnet18"):
-        cs.store(group="model", name=name, node=dataclasses.asdict(ModelConfig(name=name)))
-    for name in ENGINES:
-        cs.store(group="engine", name=name, node=dataclasses.asdict(EngineConfig(name=name)))
-    for name in PRIVACY_MECHANISMS:
-        cs.store(group="privacy", name=name, node=dataclasses.asdict(PrivacyConfig(name=name)))
-
-
-def run_config(values: dict[str, Any], *, progress: bool = True) -> dict[str, Any]:
-    """Validate a nested config dict and run it on its engine; returns summary.json's content.
-
-    Everything that can be checked before work is: the config, the device, the resume
-    checkpoint, and output_dir (created and locked for this process; refused if it holds another
-    run and neither resume nor overwrite is set). SIGTERM, SIGINT and SIGHUP stop the run
-    (RunStopped): the summary says ``stopped``, the last checkpoint stays."""
-    from fedlabel.checkpoint import check_resumable, load_checkpoint
-    from fedlabel.config import config_from_dict, config_to_dict
-    from fedlabel.lifecycle import claim_output_dir, release_output_dir, stop_on_signals
-
-    cfg = config_from_dict(values)
-    cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir).expanduser().resolve()))
-    check_device(cfg)
-    if cfg.resume:
-        check_resumable(load_checkpoint(cfg.output_dir), config_to_dict(cfg))
-    claim_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite)
-    try:
-        with stop_on_signals():
-            if cfg.engine.name == "flower":
-                from fedlabel.engines.flower import run_flower
-
-                return run_flower(cfg, progress=progress)
-            if cfg.engine.name == "vectorized":
-                from fedlabel.engines.vectorized import run_vectorized
-
-                return run_vectorized(cfg, progress=progress)
-            from fedlabel.engines.inprocess import run_inprocess
-
-            return run_inprocess(cfg, progress=progress)
-    finally:
-        release_output_dir(cfg.output_dir)
-
-
-def check_device(cfg) -> None:
-    """ConfigError for a CUDA device this machine does not have (unless clients run on a Ray
-    cluster elsewhere: engine.ray_address)."""
-    import torch
-
-    from fedlabel.errors import check
-
-    if not cfg.device.startswith("cuda") or cfg.engine.ray_address:
-        return
-    index = int(cfg.device.split(":", 1)[1]) if ":" in cfg.device else 0
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    check(index < count, "device", f"{cfg.device} but torch {torch.__version__} sees {count} CUDA device(s) here; "
-          "use device=auto or device=cpu")  # fmt: skip
-
-
-def _one_line(err: BaseException) -> str:
-    """A Hydra or OmegaConf error as one line (they span several, with hints that do not apply)."""
-    import re
-
-    text = str(err) + (f"\n{err.__cause__}" if err.__cause__ else "")
-    key = re.search(r"full_key: (\S+)", text)
-    if "is not in struct" in text and key:
-        return f"unknown config key {key.group(1)}"
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not re.match(r"(object_type|reference_type)=", ln.strip())]
-    if "Available options" in text:
-        head, _, options = text.partition("Available options")
-        group = re.search(r"Could not find '([^']+)'", head)
-        opts = ", ".join(options.split("Config search path")[0].split(":", 1)[-1].split())
-        return f"unknown option {group.group(1) if group else head.strip()}; choose from {opts}"
-    return "; ".join(lines)
-
-
 def _precheck(argv: list[str]) -> str | None:
     """Compose the config as Hydra will, before Hydra writes anything: an unknown key or group
     option, or an output_dir that holds another run or is in use, gives one line (None: fine).
     Only for plain overrides (no multirun, no Hydra flags)."""
-    from hydra import compose, initialize_config_module
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
+    from fedlabel.api import hydra_config
     from fedlabel.errors import ConfigError
     from fedlabel.lifecycle import check_claimable
 
     if any(a.startswith("-") for a in argv):
         return None
     try:
-        with initialize_config_module(config_module="fedlabel._configs", version_base="1.3"):
-            cfg = compose(config_name="config", overrides=argv)
-    except (HydraException, OmegaConfBaseException) as err:
-        return _one_line(err)
+        cfg = hydra_config(argv)
+    except ConfigError as err:
+        return str(err)
     given = [a.split("=", 1)[1] for a in argv if a.startswith(("output_dir=", "hydra.run.dir="))]
     if not given:
         return None  # a new timestamped folder
@@ -145,6 +51,7 @@ def _simulate(argv: list[str]) -> int:
     import hydra
     from omegaconf import DictConfig, OmegaConf
 
+    from fedlabel.api import register_configs, run
     from fedlabel.data import DataError
     from fedlabel.engines.flower import FlowerRunError
     from fedlabel.errors import ConfigError
@@ -163,7 +70,7 @@ def _simulate(argv: list[str]) -> int:
     def _main(hcfg: DictConfig) -> None:
         values = OmegaConf.to_container(hcfg, resolve=True)
         try:
-            summary = run_config(values)
+            summary = run(values)
         except (ConfigError, DataError, FlowerRunError, RoundFailed, RunStopped) as err:
             kind = next(k for t, k in ((ConfigError, "config"), (DataError, "data"), (FlowerRunError, "flower"),
                                        (RoundFailed, "run"), (RunStopped, "run")) if isinstance(err, t))  # fmt: skip
@@ -242,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return deploy_main(rest)
     if cmd == "privacy-sweep":
-        from fedlabel.privacy.sweep import main as sweep_main
+        from fedlabel.privacy_sweep import main as sweep_main
 
         return sweep_main(rest)
     if cmd == "flower-config":

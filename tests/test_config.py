@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from fedlabel.algorithms import ALGORITHMS
-from fedlabel.cli import register_configs
+from fedlabel.api import register_configs
 from fedlabel.config import (
     Config,
     ConfigError,

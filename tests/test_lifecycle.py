@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedlabel.cli import run_config
+import fedlabel
 from fedlabel.errors import ConfigError
 from fedlabel.report import format_table, round_line
 from tests.engines.conftest import tiny_config
@@ -60,12 +60,12 @@ def test_a_finished_run_is_refused_byte_for_byte_unchanged(tmp_path):
 
 def test_overwrite_leaves_only_the_new_runs_files(tmp_path):
     old = {**tiny_config(tmp_path), "rounds": 2, "tensorboard": False}
-    run_config(old, progress=False)
+    fedlabel.run(old, progress=False)
     (tmp_path / "run" / "flower").mkdir()  # as a Flower-engine run leaves it
     (tmp_path / "run" / "flower" / "run.log").write_text("old")
     with pytest.raises(ConfigError, match="already holds a run"):
-        run_config({**old, "rounds": 1}, progress=False)
-    new = run_config({**old, "rounds": 1, "overwrite": True, "seed": 1}, progress=False)
+        fedlabel.run({**old, "rounds": 1}, progress=False)
+    new = fedlabel.run({**old, "rounds": 1, "overwrite": True, "seed": 1}, progress=False)
     out = tmp_path / "run"
     assert [r["round"] for r in new["rounds"]] == [1]
     assert len((out / "rounds.csv").read_text().splitlines()) == 2

@@ -12,15 +12,26 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fedlabel.data import label_dp
 from fedlabel.data.errors import DataError
-from fedlabel.llp import label_dp
-from fedlabel.llp.bp import BpParams
 
 LLP_METHODS = ("dllp", "bp")
 
 
 class InstanceLabelsUnavailable(DataError):
     """Raised when code asks a bagged client for its instance labels."""
+
+
+@dataclass(frozen=True)
+class BpParams:
+    """Settings of the bp method's belief propagation (data.bp_*; :mod:`fedlabel.llp.bp`)."""
+
+    neighbors: int = 5
+    lambda_similarity: float = 10.0
+    lambda_bag: float = 10.0
+    iterations: int = 100
+    damping: float = 0.5
+    bag_loss_weight: float = 0.0  # > 0: plus this x the DLLP loss (paper: 0.1, optional)
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,7 +126,7 @@ def make_bags(
     """Group images into bags and release their class counts; the labels go no further.
 
     epsilon == 0 releases exact counts (no privacy); epsilon > 0 adds ``mechanism`` noise
-    calibrated by :mod:`fedlabel.llp.label_dp`, drawn from ``rng``."""
+    calibrated by :mod:`fedlabel.data.label_dp`, drawn from ``rng``."""
     num_bags = int(bag_index.max()) + 1 if len(bag_index) else 0
     counts = bag_counts(labels.numpy(), bag_index, num_bags=num_bags, num_classes=num_classes)
     scale = 0.0

@@ -12,9 +12,9 @@ from fedlabel.data.bags import Bags, BagSpec, InstanceLabelsUnavailable, given_b
 from fedlabel.data.dataset import ImageDataset
 from fedlabel.data.errors import DataError
 from fedlabel.data.fashion_mnist import load_fashion_mnist
+from fedlabel.data.label_dp import os_entropy_rng
 from fedlabel.data.npz import load_npz
 from fedlabel.data.partition import partition_dirichlet, partition_iid, split_labeled
-from fedlabel.privacy.noise import os_entropy_rng
 
 
 @dataclass(frozen=True, init=False, eq=False)

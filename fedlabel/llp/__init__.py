@@ -1,6 +1,6 @@
-"""Learning from label proportions (LLP): label-DP on bag counts, the DLLP proportion loss,
-belief-propagation pseudo-labels, and the supervised branch that trains on bags.
+"""Learning from label proportions (LLP): the DLLP proportion loss, belief-propagation
+pseudo-labels, and the supervised branch that trains on bags.
 
-The bag data type itself is :class:`fedlabel.data.bags.Bags`. Submodules are imported directly
-(``fedlabel.llp.bp`` etc.); this package imports nothing so that the data layer can use
-:mod:`fedlabel.llp.label_dp` without a cycle."""
+Making bags is the data layer's: :mod:`fedlabel.data.bags` (the Bags type, bag ids and counts,
+BpParams) and :mod:`fedlabel.data.label_dp` (the noisy release). This package imports from
+there, never the other way round; its submodules are imported directly (``fedlabel.llp.bp``)."""

@@ -33,15 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True)
-class BpParams:
-    neighbors: int = 5
-    lambda_similarity: float = 10.0
-    lambda_bag: float = 10.0
-    iterations: int = 100
-    damping: float = 0.5
-    bag_loss_weight: float = 0.0  # > 0 adds this times the DLLP loss to the pseudo-label CE (paper: 0.1 optional)
+from fedlabel.data.bags import BpParams
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fedlabel.data.bags import BagSpec
-from fedlabel.llp import label_dp
-from fedlabel.llp.bp import BpParams
+from fedlabel.data import label_dp
+from fedlabel.data.bags import BagSpec, BpParams
 
 if TYPE_CHECKING:
     from fedlabel.config import Config

@@ -6,7 +6,8 @@ runs must be reproducible, and no privacy against the server in a deployment. Wi
 privacy.secure_noise=true (always at a deployed site and on a deployed server, see
 :func:`deployed`) every set of draws (one client's DP-SGD update: its noise and its Poisson
 batches; one round's central-DP noise; the noisy bag counts of one data build) comes from a fresh
-generator seeded with 64 (torch) or 128 (numpy) bits from ``secrets``, i.e. the OS's CSPRNG.
+generator seeded with 64 (torch) or 128 (numpy: the counts, fedlabel.data.label_dp) bits from
+``secrets``, i.e. the OS's CSPRNG.
 
 What this does and does not give, honestly:
  - Nobody can regenerate the noise from the config: they would have to guess a 64-bit seed per
@@ -27,10 +28,9 @@ import dataclasses
 import secrets
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
-if TYPE_CHECKING:  # (fedlabel.data imports this module; the config imports fedlabel.data)
+if TYPE_CHECKING:  # annotations only: nothing of the config is needed at run time
     from fedlabel.config import Config, PrivacyConfig
 
 SEEDED = "seeded"
@@ -45,11 +45,6 @@ def noise_source(privacy: PrivacyConfig) -> str:
 def os_entropy_generator() -> torch.Generator:
     """A torch generator seeded with 64 bits of the OS's entropy (a fresh one per set of draws)."""
     return torch.Generator().manual_seed(secrets.randbits(64))
-
-
-def os_entropy_rng() -> np.random.Generator:
-    """A numpy generator seeded with 128 bits of the OS's entropy."""
-    return np.random.default_rng(secrets.randbits(128))
 
 
 def deployed(cfg: Config) -> Config:

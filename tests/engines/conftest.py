@@ -1,18 +1,9 @@
 
 import pytest
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 
 from fedlabel.algorithms import ALGORITHMS
-from fedlabel.cli import register_configs
+from fedlabel.api import compose
 from fedlabel.data import DataError, load_fashion_mnist
-
-
-def composed(overrides: list[str]) -> dict:
-    """The run config that `fedlabel simulate <overrides>` composes with Hydra."""
-    register_configs()
-    with initialize_config_module(config_module="fedlabel._configs", version_base="1.3"):
-        return OmegaConf.to_container(compose(config_name="config", overrides=list(overrides)), resolve=True)
 
 
 def tiny_config(tmp_path, *, engine: str = "inprocess", algorithm: str = "fedlabel", seed: int = 0, name: str = "run",
@@ -21,8 +12,8 @@ def tiny_config(tmp_path, *, engine: str = "inprocess", algorithm: str = "fedlab
     with fewer local steps, composed by Hydra exactly as the CLI does."""
     fields = ALGORITHMS[algorithm].keys()
     steps = ["algorithm.local_steps=3"] + (["algorithm.unlabeled_steps=3"] if "unlabeled_steps" in fields else [])
-    return composed(["experiment=smoke", f"engine={engine}", f"algorithm={algorithm}", *steps, f"seed={seed}", "device=cpu",
-                     f"output_dir={tmp_path / name}", *overrides])  # fmt: skip
+    return compose(["experiment=smoke", f"engine={engine}", f"algorithm={algorithm}", *steps, f"seed={seed}", "device=cpu",
+                    f"output_dir={tmp_path / name}", *overrides])  # fmt: skip
 
 
 @pytest.fixture(scope="session", autouse=True)

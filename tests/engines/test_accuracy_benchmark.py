@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+import fedlabel
 from fedlabel.config import config_from_dict
-from tests.engines.conftest import composed
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID = ["--alphas", "0.1", "--label-ratios", "0.05", "--methods", "fedavg", "--last", "1", "--eval-every", "1",
@@ -118,7 +118,7 @@ def test_cross_silo_grid_runs_the_cross_silo_experiment(bench):
     assert sorted(r.name for r in grid.values()) == ["a0.1_fedavg_100_s0", "a0.1_fedavg_5_s0", "a0.1_fedlabel_5_s0"]
     assert not sweep_runs
     for run in grid.values():
-        built = config_from_dict(composed(run.command(Path("/tmp/x"))[2:]))
+        built = config_from_dict(fedlabel.compose(run.command(Path("/tmp/x"))[2:]))
         got = (built.model.name, built.engine.name, built.data.num_clients, built.clients_per_round, built.rounds, built.seed,
                built.device, built.output_dir, built.data.label_ratio)  # fmt: skip
         ratio = 1.0 if run.name == "a0.1_fedavg_100_s0" else 0.05

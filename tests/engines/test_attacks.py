@@ -5,7 +5,7 @@ model with the cohort-relative bounds off (the defaults before issue 22), so the
 
 import pytest
 
-from fedlabel.cli import run_config
+import fedlabel
 from fedlabel.validation import COUNTERS
 from tests.engines.conftest import tiny_config
 
@@ -20,7 +20,7 @@ OFF = ["aggregation.clip_to_median=0", "aggregation.weight_to_median=0"]
 
 
 def _run(tmp_path, name: str, overrides: list[str]) -> dict:
-    return run_config(tiny_config(tmp_path, algorithm="fedavg", name=name, overrides=[*BASE, *overrides]), progress=False)
+    return fedlabel.run(tiny_config(tmp_path, algorithm="fedavg", name=name, overrides=[*BASE, *overrides]), progress=False)
 
 
 @pytest.fixture(scope="module")

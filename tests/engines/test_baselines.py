@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from fedlabel.cli import run_config
+import fedlabel
 from tests.engines.conftest import tiny_config
 
 SEMI_SUPERVISED = ["fedavg_fixmatch", "fedprox_fixmatch", "fedavg_uda", "fedprox_uda", "fedlabel_local_only", "fedlabel_global_only"]
@@ -13,11 +13,11 @@ SEMI_SUPERVISED = ["fedavg_fixmatch", "fedprox_fixmatch", "fedavg_uda", "fedprox
 @pytest.mark.parametrize("algorithm", ["fedprox", *SEMI_SUPERVISED])
 def test_runs_on_both_engines_and_they_agree(tmp_path, shared_ray, algorithm):
     cfg = tiny_config(tmp_path, engine="flower", algorithm=algorithm, name="flower", overrides=[shared_ray])
-    flower = run_config(cfg, progress=False)
+    flower = fedlabel.run(cfg, progress=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        inproc = run_config(tiny_config(tmp_path, engine="inprocess", algorithm=algorithm, name="inproc"), progress=False)
+        inproc = fedlabel.run(tiny_config(tmp_path, engine="inprocess", algorithm=algorithm, name="inproc"), progress=False)
     finally:
         torch.set_num_threads(threads)
     for summary in (flower, inproc):

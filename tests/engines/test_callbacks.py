@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from fedlabel.checkpoint import load_checkpoint
-from fedlabel.cli import run_config
+import fedlabel
 from fedlabel.errors import ConfigError
 from tests.engines.conftest import tiny_config
 
 
 def test_target_accuracy_stops_the_run_and_a_finished_run_is_not_resumed(tmp_path):
     stop = ["rounds=3", "stop.target_accuracy=0.01"]  # any trained model reaches 1%
-    summary = run_config(tiny_config(tmp_path, algorithm="fedavg", overrides=stop), progress=False)
+    summary = fedlabel.run(tiny_config(tmp_path, algorithm="fedavg", overrides=stop), progress=False)
     assert summary["status"] == "stopped_early" and [r["round"] for r in summary["rounds"]] == [1]
     assert summary["stop_reason"].endswith("at round 1 reached stop.target_accuracy=0.01")
     out = tmp_path / "run"
@@ -23,14 +23,14 @@ def test_target_accuracy_stops_the_run_and_a_finished_run_is_not_resumed(tmp_pat
         and load_checkpoint(out)["stop_reason"] == summary["stop_reason"]
     )
     with pytest.raises(ConfigError, match="stopped early after round 1 and is finished"):
-        run_config(
+        fedlabel.run(
             tiny_config(tmp_path, algorithm="fedavg", overrides=[*stop, "resume=true"]),
             progress=False,
         )
     assert (
         json.loads((out / "summary.json").read_text()) == summary
     )  # the refused resume wrote nothing
-    resumed = run_config(
+    resumed = fedlabel.run(
         tiny_config(tmp_path, algorithm="fedavg", overrides=["rounds=2", "resume=true"]),
         progress=False,
     )
@@ -40,7 +40,7 @@ def test_target_accuracy_stops_the_run_and_a_finished_run_is_not_resumed(tmp_pat
 
 def test_patience_stops_a_run_that_does_not_improve(tmp_path):
     frozen = ["rounds=5", "algorithm.lr=1e-12", "stop.patience=2"]  # the model does not change
-    summary = run_config(
+    summary = fedlabel.run(
         tiny_config(tmp_path, algorithm="fedavg", overrides=frozen), progress=False
     )
     assert summary["status"] == "stopped_early" and [r["round"] for r in summary["rounds"]] == [
@@ -64,7 +64,7 @@ def test_mlflow_store_and_tensorboard_hparams_hold_the_run(tmp_path):
     cfg = tiny_config(
         tmp_path, algorithm="fedavg", overrides=["mlflow.enabled=true", "tensorboard=true"]
     )
-    summary = run_config(cfg, progress=False)
+    summary = fedlabel.run(cfg, progress=False)
     out = tmp_path / "run"
     assert summary["mlflow"]["tracking_uri"] == (out / "mlruns").as_uri()
 

@@ -10,9 +10,9 @@ import torch
 from flwr.app import ArrayRecord, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
 
+import fedlabel
 from fedlabel import keys
 from fedlabel.checkpoint import load_checkpoint
-from fedlabel.cli import run_config
 from fedlabel.config import FaultsConfig
 from fedlabel.faults import CRASH, CRASHED, DROPOUT, STRAGGLER, TIMEOUT, draw_fault
 from fedlabel.federation import RoundFailed, sample_cohort
@@ -65,7 +65,7 @@ def _check_fault_records(summary):
 
 
 def test_inprocess_faults(tmp_path):
-    summary = run_config(_faulty_config(tmp_path, "inprocess", "inproc"), progress=False)
+    summary = fedlabel.run(_faulty_config(tmp_path, "inprocess", "inproc"), progress=False)
     _check_fault_records(summary)
 
 
@@ -73,7 +73,7 @@ def test_min_clients_fails_the_run_and_keeps_the_last_checkpoint(tmp_path):
     cfg = tiny_config(tmp_path, seed=3, name="strict")  # seed 3: no fault in round 1, a dropout in round 2
     cfg["faults"].update(FAULTS, min_clients=2)
     with pytest.raises(RoundFailed, match=r"round 2: 1 of 2 .*faults\.min_clients=2.*timeout"):
-        run_config(cfg, progress=False)
+        fedlabel.run(cfg, progress=False)
     out = tmp_path / "strict"
     assert load_checkpoint(out)["round"] == 1 and not (out / "model.pt").exists()
     summary = json.loads((out / "summary.json").read_text())
@@ -84,15 +84,15 @@ def test_flower_faults_are_real_resume_works_and_both_match_inprocess(tmp_path):
     """Flower: rounds 1-2, then resumed from the checkpoint for round 3, equals the
     uninterrupted in-process run (same participants and failures; same accuracies at one thread)."""
     cfg = _faulty_config(tmp_path, "flower", "flower")
-    run_config({**cfg, "rounds": 2}, progress=False)
-    flower = run_config({**cfg, "resume": True}, progress=False)
+    fedlabel.run({**cfg, "rounds": 2}, progress=False)
+    flower = fedlabel.run({**cfg, "resume": True}, progress=False)
     _check_fault_records(flower)
     crash = next(f for f in flower["rounds"][0]["failed"] if f["reason"] == CRASHED)
     assert "injected crash in round 1" in crash["detail"]  # Flower's error reply to the ClientApp's exception
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # Flower's workers train with one thread (see test_flower.py)
     try:
-        inproc = run_config(_faulty_config(tmp_path, "inprocess", "inproc"), progress=False)
+        inproc = fedlabel.run(_faulty_config(tmp_path, "inprocess", "inproc"), progress=False)
     finally:
         torch.set_num_threads(threads)
     for f, i in zip(flower["rounds"], inproc["rounds"], strict=True):

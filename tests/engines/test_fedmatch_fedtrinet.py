@@ -6,7 +6,7 @@ received, and nothing but the message carries them to a Flower client process.""
 import pytest
 import torch
 
-from fedlabel.cli import run_config
+import fedlabel
 from tests.engines.conftest import tiny_config
 
 SETTINGS = {
@@ -27,7 +27,7 @@ def _inprocess(cfg: dict) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as Flower's workers, so the client arithmetic is identical
     try:
-        return run_config(cfg, progress=False)
+        return fedlabel.run(cfg, progress=False)
     finally:
         torch.set_num_threads(threads)
 
@@ -35,7 +35,7 @@ def _inprocess(cfg: dict) -> dict:
 @pytest.mark.parametrize("algorithm", sorted(SETTINGS))
 def test_baseline_runs_on_both_engines_alike(tmp_path, shared_ray, algorithm):
     inproc = _inprocess(_config(tmp_path, algorithm, "inprocess"))
-    flower = run_config(_config(tmp_path, algorithm, "flower", [shared_ray]), progress=False)
+    flower = fedlabel.run(_config(tmp_path, algorithm, "flower", [shared_ray]), progress=False)
     assert inproc["status"] == flower["status"] == "completed"
     assert [r["round"] for r in flower["rounds"]] == [1, 2]
     for f, i in zip(flower["rounds"], inproc["rounds"], strict=True):

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from fedlabel.cli import run_config
+import fedlabel
 from fedlabel.engines.flower import FlowerRunError
 from tests.engines.conftest import tiny_config
 
@@ -19,11 +19,11 @@ from tests.engines.conftest import tiny_config
 
 
 def test_flower_engine_matches_inprocess(tmp_path):
-    flower = run_config(tiny_config(tmp_path, engine="flower", name="flower"), progress=False)
+    flower = fedlabel.run(tiny_config(tmp_path, engine="flower", name="flower"), progress=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        inproc = run_config(tiny_config(tmp_path, engine="inprocess", name="inproc"), progress=False)
+        inproc = fedlabel.run(tiny_config(tmp_path, engine="inprocess", name="inproc"), progress=False)
     finally:
         torch.set_num_threads(threads)
     assert flower["status"] == "completed"
@@ -43,4 +43,4 @@ def test_failed_flower_run_is_reported(tmp_path):
     cfg = tiny_config(tmp_path, engine="flower", name="bad")
     cfg["faults"]["crash_prob"] = 1.0
     with pytest.raises(FlowerRunError, match=r"finished:failed; last error: round 1: client \d+ failed \(crashed\)"):
-        run_config(cfg, progress=False)
+        fedlabel.run(cfg, progress=False)

@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from fedlabel.cli import run_config
+import fedlabel
 from tests.engines.conftest import tiny_config
 
 METRICS = ["round", "accuracy", "loss", "pseudo_label_coverage", "pseudo_label_accuracy", "global_expert_share",
@@ -16,7 +16,7 @@ def _metrics(summary):
 
 
 def test_run_writes_every_output(tmp_path):
-    summary = run_config(tiny_config(tmp_path), progress=False)
+    summary = fedlabel.run(tiny_config(tmp_path), progress=False)
     out = tmp_path / "run"
     assert summary["status"] == "completed"
     assert json.loads((out / "summary.json").read_text()) == summary
@@ -41,25 +41,25 @@ def _model_params():
 
 
 def test_same_seed_same_metrics_and_model(tmp_path):
-    a = run_config(tiny_config(tmp_path, name="a"), progress=False)
-    b = run_config(tiny_config(tmp_path, name="b"), progress=False)
+    a = fedlabel.run(tiny_config(tmp_path, name="a"), progress=False)
+    b = fedlabel.run(tiny_config(tmp_path, name="b"), progress=False)
     assert _metrics(a) == _metrics(b)
     ma, mb = torch.load(tmp_path / "a" / "model.pt"), torch.load(tmp_path / "b" / "model.pt")
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
 
 
 def test_other_seed_other_run(tmp_path):
-    a = run_config(tiny_config(tmp_path, name="a"), progress=False)
-    c = run_config(tiny_config(tmp_path, name="c", seed=1), progress=False)
+    a = fedlabel.run(tiny_config(tmp_path, name="a"), progress=False)
+    c = fedlabel.run(tiny_config(tmp_path, name="c", seed=1), progress=False)
     assert _metrics(a) != _metrics(c)
 
 
 def test_fedavg_reports_no_pseudo_label_metrics(tmp_path):
-    summary = run_config(tiny_config(tmp_path, algorithm="fedavg"), progress=False)
+    summary = fedlabel.run(tiny_config(tmp_path, algorithm="fedavg"), progress=False)
     assert all(r["pseudo_label_coverage"] is None and r["global_expert_share"] is None for r in summary["rounds"])
 
 
 def test_eval_every_and_eval_last_pick_the_evaluated_rounds(tmp_path):
     cfg = tiny_config(tmp_path, algorithm="fedavg", overrides=["rounds=6", "eval_every=4", "eval_last=2"])
-    summary = run_config(cfg, progress=False)
+    summary = fedlabel.run(cfg, progress=False)
     assert [r["round"] for r in summary["rounds"] if r["accuracy"] is not None] == [4, 5, 6]

@@ -13,8 +13,8 @@ import pytest
 import tomli_w
 import torch
 
-from fedlabel.cli import run_config
-from fedlabel.config import config_from_dict, to_run_config, unflatten
+import fedlabel
+from fedlabel.config import config_from_dict, config_to_dict, to_run_config, unflatten
 from fedlabel.engines.flower import CONNECTION, _wait_healthy, flower_env, free_port, project_dir
 from fedlabel.engines.reaper import descendants
 from tests.engines.conftest import tiny_config
@@ -37,7 +37,7 @@ def _uninterrupted(tmp_path) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return run_config({**tiny_config(tmp_path, name="whole"), "rounds": ROUNDS}, progress=False)
+        return fedlabel.run({**tiny_config(tmp_path, name="whole"), "rounds": ROUNDS}, progress=False)
     finally:
         torch.set_num_threads(threads)
 

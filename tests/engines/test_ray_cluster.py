@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from fedlabel.cli import run_config
+import fedlabel
 from fedlabel.config import config_from_dict, validate
 from fedlabel.engines.flower import free_port
 from fedlabel.errors import ConfigError
@@ -77,11 +77,11 @@ def two_node_cluster(tmp_path):
 def test_flower_engine_runs_clients_on_both_ray_nodes(tmp_path, two_node_cluster):
     address, nodes = two_node_cluster
     cfg = tiny_config(tmp_path, engine="flower", overrides=[f"engine.ray_address={address}"])
-    # A hung run is bounded: stopping the nodes makes the Flower run fail, and run_config raise.
+    # A hung run is bounded: stopping the nodes makes the Flower run fail, and fedlabel.run raise.
     watchdog = threading.Timer(TEST_LIMIT_S, lambda: [stop_node(p) for p in nodes])
     watchdog.start()
     try:
-        summary = run_config(cfg, progress=False)
+        summary = fedlabel.run(cfg, progress=False)
     finally:
         watchdog.cancel()
     assert summary["status"] == "completed"

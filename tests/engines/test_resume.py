@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
+import fedlabel
 from fedlabel.checkpoint import load_checkpoint
-from fedlabel.cli import run_config
 from fedlabel.config import config_from_dict
 from fedlabel.errors import ConfigError
 from fedlabel.federation import initial_model
@@ -71,33 +71,33 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
 
 def test_resume_extends_rounds_and_keeps_earlier_ones(tmp_path):
     cfg = {**tiny_config(tmp_path), "rounds": 1}
-    first = run_config(cfg, progress=False)
+    first = fedlabel.run(cfg, progress=False)
     assert first["environment"] == [environment()]
     # as if round 1 had run elsewhere: the record of that machine is kept, this one's appended
     path = tmp_path / "run" / "summary.json"
     elsewhere = {**environment(), "host": "elsewhere"}
     path.write_text(json.dumps({**first, "environment": [elsewhere]}))
-    more = run_config({**cfg, "rounds": 2, "resume": True, "eval_every": 2}, progress=False)  # may change on resume
+    more = fedlabel.run({**cfg, "rounds": 2, "resume": True, "eval_every": 2}, progress=False)  # may change on resume
     assert [r["round"] for r in more["rounds"]] == [1, 2]
     assert more["rounds"][:1] == first["rounds"]
     assert more["environment"] == [elsewhere, environment()]
     assert load_checkpoint(tmp_path / "run")["round"] == 2
     with pytest.raises(ConfigError, match="rounds: 1 is fewer than the 2 rounds"):
-        run_config({**cfg, "resume": True}, progress=False)
+        fedlabel.run({**cfg, "resume": True}, progress=False)
 
 
 def test_run_started_on_one_engine_goes_on_on_another(tmp_path):
     """A run begun with engine=vectorized (as on a lent GPU) continues on the in-process engine:
     its first round is kept and the second is the in-process engine's round from that state."""
     vec = {**tiny_config(tmp_path, engine="vectorized", algorithm="fedavg"), "rounds": 1}
-    first = run_config(vec, progress=False)
+    first = fedlabel.run(vec, progress=False)
     inproc = tiny_config(tmp_path, engine="inprocess", algorithm="fedavg")
-    resumed = run_config({**inproc, "resume": True}, progress=False)
+    resumed = fedlabel.run({**inproc, "resume": True}, progress=False)
     assert resumed["status"] == "completed"
     assert resumed["rounds"][:1] == first["rounds"]
     assert load_checkpoint(tmp_path / "run")["config"]["engine"]["name"] == "inprocess"
     # the same run on the in-process engine throughout: near it, as in test_vectorized_equals_sequential
-    run_config(tiny_config(tmp_path, engine="inprocess", algorithm="fedavg", name="whole"), progress=False)
+    fedlabel.run(tiny_config(tmp_path, engine="inprocess", algorithm="fedavg", name="whole"), progress=False)
     a, b = torch.load(tmp_path / "run" / "model.pt"), torch.load(tmp_path / "whole" / "model.pt")
     start = initial_model(config_from_dict(inproc), in_channels=1, num_classes=10, image_size=28)[1]
     moved = max(float((b[k] - start[k]).abs().max()) for k in b)
@@ -107,17 +107,17 @@ def test_run_started_on_one_engine_goes_on_on_another(tmp_path):
 
 def test_resume_refuses_a_different_config_and_keeps_the_outputs(tmp_path):
     cfg = {**tiny_config(tmp_path), "rounds": 1}
-    run_config(cfg, progress=False)
+    fedlabel.run(cfg, progress=False)
     before = (tmp_path / "run" / "summary.json").read_text()
     changed = {**cfg, "resume": True, "seed": 5, "data": {**cfg["data"], "alpha": 0.3}}
     with pytest.raises(ConfigError, match=r"data\.alpha \(checkpoint 0\.5, now 0\.3\); seed \(checkpoint 0, now 5\)"):
-        run_config(changed, progress=False)
+        fedlabel.run(changed, progress=False)
     assert (tmp_path / "run" / "summary.json").read_text() == before
 
 
 def test_resume_without_checkpoint_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="checkpoint.pt does not exist"):
-        run_config({**tiny_config(tmp_path), "resume": True}, progress=False)
+        fedlabel.run({**tiny_config(tmp_path), "resume": True}, progress=False)
 
 
 def test_resume_restores_algorithm_server_state(tmp_path):
@@ -128,9 +128,9 @@ def test_resume_restores_algorithm_server_state(tmp_path):
         cfg["algorithm"].update(helper_interval=1, num_helpers=2)
         return cfg
 
-    whole = run_config(fedmatch("whole"), progress=False)
-    run_config({**fedmatch("parts"), "rounds": 1}, progress=False)
-    resumed = run_config({**fedmatch("parts"), "resume": True}, progress=False)
+    whole = fedlabel.run(fedmatch("whole"), progress=False)
+    fedlabel.run({**fedmatch("parts"), "rounds": 1}, progress=False)
+    resumed = fedlabel.run({**fedmatch("parts"), "resume": True}, progress=False)
     assert _without_timings(resumed) == _without_timings(whole)
     assert resumed["rounds"][1]["helper_models"] > 0
     ma, mb = torch.load(tmp_path / "whole" / "model.pt"), torch.load(tmp_path / "parts" / "model.pt")

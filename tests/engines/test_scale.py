@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import torch
 
-from fedlabel.cli import run_config
+import fedlabel
 from fedlabel.data import ImageDataset, build_federated
 
 NUM_CLIENTS = 10_000
@@ -61,7 +61,7 @@ def test_partition_holds_each_sample_once_plus_a_small_cost_per_client():
 def test_ten_thousand_clients_run_in_process(tmp_path):
     path = tmp_path / "synthetic.npz"
     np.savez(path, **_arrays())
-    summary = run_config(
+    summary = fedlabel.run(
         {
             "algorithm": {"name": "fedavg", "local_steps": 2, "batch_size": 4},
             "data": {"name": "npz", "root": str(path), "num_clients": NUM_CLIENTS, "partition": "iid",

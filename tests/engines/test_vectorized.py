@@ -10,7 +10,7 @@ exactly, and multi-round losses, accuracy and models with a margin for such gate
 import pytest
 import torch
 
-from fedlabel.cli import run_config
+import fedlabel
 from fedlabel.training import ClientContext
 from tests.engines.conftest import tiny_config
 
@@ -31,7 +31,7 @@ VARIANTS = {
 def _run(tmp_path, engine, algorithm, device, overrides=(), name=None):
     values = tiny_config(tmp_path, engine=engine, algorithm=algorithm, name=name or engine, overrides=list(overrides))
     values["device"] = device
-    summary = run_config(values, progress=False)
+    summary = fedlabel.run(values, progress=False)
     return summary, torch.load(tmp_path / (name or engine) / "model.pt")
 
 
@@ -112,7 +112,7 @@ def test_negative_chunk_is_a_config_error(tmp_path):
     from fedlabel.errors import ConfigError
 
     with pytest.raises(ConfigError, match="engine.chunk_clients"):
-        run_config(tiny_config(tmp_path, engine="vectorized", overrides=["engine.chunk_clients=-1"]), progress=False)
+        fedlabel.run(tiny_config(tmp_path, engine="vectorized", overrides=["engine.chunk_clients=-1"]), progress=False)
 
 
 def test_batched_algorithms_and_fallback():
@@ -126,5 +126,5 @@ def test_batched_algorithms_and_fallback():
 
 def test_other_algorithms_fall_back_with_a_message(tmp_path, capsys):
     values = tiny_config(tmp_path, engine="vectorized", algorithm="fedavg_fixmatch", overrides=["rounds=1"])
-    assert run_config(values, progress=False)["status"] == "completed"
+    assert fedlabel.run(values, progress=False)["status"] == "completed"
     assert "fedavg_fixmatch" in capsys.readouterr().err

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fedlabel.cli import run_config
+import fedlabel
 from fedlabel.engines.workers import assign_by_work
 from tests.engines.conftest import tiny_config
 
@@ -22,8 +22,8 @@ def one_thread():
 
 
 def test_two_workers_equal_one_process(tmp_path, one_thread):
-    one = run_config(tiny_config(tmp_path, name="one"), progress=False)
-    two = run_config(tiny_config(tmp_path, name="two", overrides=["engine.workers=2"]), progress=False)
+    one = fedlabel.run(tiny_config(tmp_path, name="one"), progress=False)
+    two = fedlabel.run(tiny_config(tmp_path, name="two", overrides=["engine.workers=2"]), progress=False)
     strip = lambda s: [{k: v for k, v in r.items() if k != "seconds"} for r in s["rounds"]]  # noqa: E731
     assert strip(one) == strip(two)
     a, b = torch.load(tmp_path / "one" / "model.pt"), torch.load(tmp_path / "two" / "model.pt")

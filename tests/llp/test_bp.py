@@ -5,7 +5,8 @@ import itertools
 import pytest
 import torch
 
-from fedlabel.llp.bp import BpParams, PottsMRF, knn_edges, llp_mrf, loopy_bp
+from fedlabel.data.bags import BpParams
+from fedlabel.llp.bp import PottsMRF, knn_edges, llp_mrf, loopy_bp
 
 
 def exact_marginals(mrf: PottsMRF) -> torch.Tensor:

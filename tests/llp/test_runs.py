@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fedlabel.cli import run_config
+import fedlabel
 from tests.engines.conftest import fashion_mnist_available, tiny_config  # noqa: F401 (autouse fixture)
 
 
@@ -15,7 +15,7 @@ def bagged_config(tmp_path, *, engine="inprocess", algorithm="fedavg", name="run
 
 @pytest.mark.parametrize("method", ["dllp", "bp"])
 def test_two_rounds_with_bags_of_8(tmp_path, method):
-    summary = run_config(bagged_config(tmp_path, llp_method=method), progress=False)
+    summary = fedlabel.run(bagged_config(tmp_path, llp_method=method), progress=False)
     assert summary["status"] == "completed" and [r["round"] for r in summary["rounds"]] == [1, 2]
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["loss_labeled"] > 0 for r in summary["rounds"])
     assert all(r["proportion_epsilon"] is None for r in summary["rounds"])  # exact proportions: no label-DP
@@ -24,7 +24,7 @@ def test_two_rounds_with_bags_of_8(tmp_path, method):
 
 def test_fedlabel_unlabeled_branch_runs_on_top_of_noisy_bags(tmp_path):
     cfg = bagged_config(tmp_path, algorithm="fedlabel", proportion_epsilon=2.0, proportion_noise="gaussian")
-    summary = run_config(cfg, progress=False)
+    summary = fedlabel.run(cfg, progress=False)
     assert summary["status"] == "completed"
     for r in summary["rounds"]:
         assert r["proportion_epsilon"] == pytest.approx(2.0)
@@ -33,11 +33,11 @@ def test_fedlabel_unlabeled_branch_runs_on_top_of_noisy_bags(tmp_path):
 
 def test_flower_engine_trains_the_same_bags(tmp_path, shared_ray):
     cfg = bagged_config(tmp_path, engine="flower", name="flower", overrides=[shared_ray], llp_method="bp", proportion_epsilon=1.0)
-    flower = run_config(cfg, progress=False)
+    flower = fedlabel.run(cfg, progress=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # Flower's workers run clients with one thread (see tests/engines/test_flower.py)
     try:
-        inproc = run_config(bagged_config(tmp_path, name="inproc", llp_method="bp", proportion_epsilon=1.0), progress=False)
+        inproc = fedlabel.run(bagged_config(tmp_path, name="inproc", llp_method="bp", proportion_epsilon=1.0), progress=False)
     finally:
         torch.set_num_threads(threads)
     assert flower["status"] == "completed"

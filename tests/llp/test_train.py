@@ -8,8 +8,8 @@ import torch
 
 from fedlabel.algorithms.fedavg import FedAvgParams, train_labeled
 from fedlabel.data import ClientData
-from fedlabel.data.bags import make_bags, random_bag_index
-from fedlabel.llp.bp import BpParams, llp_mrf, loopy_bp
+from fedlabel.data.bags import BpParams, make_bags, random_bag_index
+from fedlabel.llp.bp import llp_mrf, loopy_bp
 from fedlabel.llp.losses import proportion_loss
 from fedlabel.llp.train import bag_batches, bp_pseudo_labels
 from fedlabel.training import ClientContext, predict_logits

@@ -5,7 +5,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from fedlabel.algorithms import ALGORITHMS
-from fedlabel.cli import register_configs
+from fedlabel.api import register_configs
 from fedlabel.config import ConfigError, config_from_dict, config_from_run_config, config_to_dict, flatten
 
 

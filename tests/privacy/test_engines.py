@@ -7,7 +7,7 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
-from fedlabel.cli import run_config
+import fedlabel
 from fedlabel.config import config_from_dict
 from fedlabel.federation import load_federated, sample_cohort
 from tests.engines.conftest import tiny_config
@@ -21,7 +21,7 @@ def _private(tmp_path, run, *, engine="inprocess", overrides=(), **privacy):
 
 def test_dpsgd_epsilon_per_round_is_max_over_clients_of_opacus_accounting(tmp_path):
     values = _private(tmp_path, "dp", name="dpsgd", noise_multiplier=0.9, max_grad_norm=1.0)
-    summary = run_config(values, progress=False)
+    summary = fedlabel.run(values, progress=False)
     cfg = config_from_dict(values)
     fed = load_federated(cfg)
     accountants: dict[int, RDPAccountant] = {}
@@ -44,11 +44,11 @@ def test_flower_engine_gives_the_same_epsilon(tmp_path, shared_ray):
     The epsilon must match the in-process engine round for round, and so must the accuracy (same
     seeds, same noise, one thread; the clipped update passes through w + Delta, so not bitwise)."""
     privacy = {"name": "central_dp", "clipping": "client"}
-    flower = run_config(_private(tmp_path, "flower", engine="flower", overrides=[shared_ray], **privacy), progress=False)
+    flower = fedlabel.run(_private(tmp_path, "flower", engine="flower", overrides=[shared_ray], **privacy), progress=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        inproc = run_config(_private(tmp_path, "inproc", **privacy), progress=False)
+        inproc = fedlabel.run(_private(tmp_path, "inproc", **privacy), progress=False)
     finally:
         torch.set_num_threads(threads)
     assert flower["status"] == "completed"
@@ -62,9 +62,9 @@ def test_flower_engine_gives_the_same_epsilon(tmp_path, shared_ray):
 def test_resumed_run_keeps_the_accountant_history(tmp_path):
     """The per-client privacy history is server state: a run resumed from its checkpoint reports
     the same epsilons as one that never stopped."""
-    whole = run_config({**_private(tmp_path, "whole", name="dpsgd"), "rounds": 2}, progress=False)
+    whole = fedlabel.run({**_private(tmp_path, "whole", name="dpsgd"), "rounds": 2}, progress=False)
     cfg = {**_private(tmp_path, "split", name="dpsgd"), "rounds": 1}
-    run_config(cfg, progress=False)
-    resumed = run_config({**cfg, "rounds": 2, "resume": True}, progress=False)
+    fedlabel.run(cfg, progress=False)
+    resumed = fedlabel.run({**cfg, "rounds": 2, "resume": True}, progress=False)
     assert [r["epsilon"] for r in resumed["rounds"]] == [r["epsilon"] for r in whole["rounds"]]
     assert resumed["privacy"] == whole["privacy"]

@@ -1,6 +1,6 @@
 """The privacy sweep: its plan of runs, its report section, and that it keeps the rest of the file."""
 
-from fedlabel.privacy import sweep
+from fedlabel import privacy_sweep as sweep
 
 
 def test_plan_has_baseline_and_plain_overrides():

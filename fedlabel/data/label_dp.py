@@ -15,6 +15,7 @@ Bags are disjoint, so releasing every bag's noisy counts once is epsilon-label-D
 from __future__ import annotations
 
 import math
+import secrets
 
 import numpy as np
 
@@ -103,3 +104,9 @@ def noisy_counts(counts: np.ndarray, *, mechanism: str, scale: float, rng: np.ra
     if mechanism == "gaussian":
         return counts + rng.normal(0.0, scale, size=counts.shape)
     raise ValueError(f"unknown mechanism {mechanism!r}; choose from {MECHANISMS}")
+
+
+def os_entropy_rng() -> np.random.Generator:
+    """A numpy generator seeded with 128 bits of the OS's entropy, for the counts' noise under
+    privacy.secure_noise (what that gives and does not: :mod:`fedlabel.privacy.noise`)."""
+    return np.random.default_rng(secrets.randbits(128))

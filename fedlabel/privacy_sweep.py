@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
@@ -61,26 +62,13 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     return runs
 
 
-def compose(overrides: list[str]) -> dict[str, Any]:
-    """The resolved config of `fedlabel simulate <overrides>` (Hydra composition, no run)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from omegaconf import OmegaConf
-
-    from fedlabel.cli import register_configs
-
-    register_configs()
-    with initialize_config_module(config_module="fedlabel._configs", version_base="1.3"):
-        return OmegaConf.to_container(hydra_compose(config_name="config", overrides=overrides), resolve=True)
-
-
 def run_one(run: dict[str, Any], base: list[str], workdir: Path, *, last: int) -> dict[str, Any]:
-    from fedlabel.cli import run_config
+    from fedlabel.api import run as run_simulation
 
     label = run["series"] if run["x"] is None else f"{run['series']}-{run['x']}"
     overrides = [*base, *run["overrides"], "engine=inprocess", f"output_dir={workdir / label}"]
     start, cpu = time.perf_counter(), time.process_time()
-    summary = run_config(compose(overrides), progress=False)
+    summary = run_simulation(overrides, progress=False)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     evaluated = [r["accuracy"] for r in summary["rounds"] if r["accuracy"] is not None]
     privacy = summary.get("privacy") or {}
@@ -183,18 +171,16 @@ def write_section(report: Path, section: str, text: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from hydra.errors import HydraException
-
-    from fedlabel.config import ConfigError
+    from fedlabel.api import compose
+    from fedlabel.config import config_from_dict
     from fedlabel.data import DataError
+    from fedlabel.errors import ConfigError
 
     args = parse_args(argv)
     try:
         for run in plan(args):  # every run's config must compose and validate before any work
-            from fedlabel.config import config_from_dict
-
             config_from_dict(compose([*args.overrides, *run["overrides"], "output_dir=x"]))
-    except (HydraException, ConfigError) as err:
+    except ConfigError as err:
         print(f"fedlabel privacy-sweep: config error: {err}", file=sys.stderr)
         return 2
     try:

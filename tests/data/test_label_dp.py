@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from fedlabel.llp import label_dp
+from fedlabel.data import label_dp
 
 
 def test_laplace_noise_has_scale_two_over_epsilon():
