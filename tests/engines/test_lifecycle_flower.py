@@ -14,7 +14,7 @@ import tomli_w
 import torch
 
 import fedlabel
-from fedlabel.config import config_from_dict, config_to_dict, to_run_config, unflatten
+from fedlabel.config import config_from_dict, to_run_config, unflatten
 from fedlabel.engines.flower import CONNECTION, _wait_healthy, flower_env, free_port, project_dir
 from fedlabel.engines.reaper import descendants
 from tests.engines.conftest import tiny_config
