@@ -25,7 +25,7 @@ method, one PNG of accuracy against round per setting, the sweeps, and the machi
 them. `--report-only --no-report` only archives finished runs.
 
     python benchmarks/accuracy.py --jobs 2                      # the full grid (tens of CPU-hours)
-    python benchmarks/accuracy.py --report-only                 # rewrite the report from what exists
+    python benchmarks/accuracy.py --report-only                 # rewrite the report from runs
     python benchmarks/accuracy.py --alphas 0.1 --label-ratios 0.05 --methods fedavg fedlabel \\
         --seeds 0 --rounds 5 --last 2 --no-sweeps --report /tmp/tiny/results.md --out /tmp/tiny \\
         --extra data.num_clients=10 clients_per_round=3 data.train_samples=3000   # a quick try
@@ -76,13 +76,27 @@ LABELS = {
 }
 REFERENCE = "FedAvg, 100% labels"
 # configs/experiment/ files the grid runs on, and how the report describes them
-EXPERIMENTS = {"fmnist_cross_device": "100 clients, 10 per round, GroupNorm CNN",
-               "cross_silo": "10 clients (silos), all in every round, GroupNorm ResNet-18"}  # fmt: skip
-SMOOTH = 25  # the curves in the figures are means over this many rounds (accuracy swings round to round)
+EXPERIMENTS = {
+    "fmnist_cross_device": "100 clients, 10 per round, GroupNorm CNN",
+    "cross_silo": "10 clients (silos), all in every round, GroupNorm ResNet-18",
+}
+SMOOTH = (
+    25  # the curves in the figures are means over this many rounds (accuracy swings round to round)
+)
 ABLATION = ["fedlabel_local_only", "fedlabel_global_only", "fedlabel"]
-SEMI_SUPERVISED = ["fedavg_uda", "fedavg_fixmatch", "fedprox_uda", "fedprox_fixmatch", "fedtrinet", "fedmatch"]
-SWEEP_KEYS = {"beta": ["algorithm.beta"], "lambda0": ["algorithm.lambda0"],
-              "tau": ["algorithm.local_steps", "algorithm.unlabeled_steps"]}  # fmt: skip
+SEMI_SUPERVISED = [
+    "fedavg_uda",
+    "fedavg_fixmatch",
+    "fedprox_uda",
+    "fedprox_fixmatch",
+    "fedtrinet",
+    "fedmatch",
+]
+SWEEP_KEYS = {
+    "beta": ["algorithm.beta"],
+    "lambda0": ["algorithm.lambda0"],
+    "tau": ["algorithm.local_steps", "algorithm.unlabeled_steps"],
+}
 
 
 @dataclass(frozen=True)
@@ -108,8 +122,11 @@ class Result:
 
     def machines(self) -> set[str]:
         """The machines (CPU model, GPU, torch, engine) that computed parts of this run."""
-        return {f"{e.get('cpu')}{', ' + e['cuda'] if e.get('cuda') else ''} (torch {e.get('torch')}), engine={self.engine}"
-                for e in self.environment}  # fmt: skip
+        return {
+            f"{e.get('cpu')}{', ' + e['cuda'] if e.get('cuda') else ''} (torch {e.get('torch')}),"
+            f" engine={self.engine}"
+            for e in self.environment
+        }
 
 
 def shown(path: Path) -> str:
@@ -122,17 +139,37 @@ def pct(ratio: float) -> str:
     return f"{ratio * 100:g}"
 
 
-def grid_run(algo: str, alpha: float, ratio: float, seed: int, rounds: int, *, experiment: str, extra=(), tag: str = "",
-             more=()) -> Run:  # fmt: skip
-    overrides = (f"experiment={experiment}", f"algorithm={algo}", f"data.alpha={alpha:g}", f"data.label_ratio={ratio:g}",
-                 f"rounds={rounds}", f"seed={seed}", *more, *extra)  # fmt: skip
+def grid_run(
+    algo: str,
+    alpha: float,
+    ratio: float,
+    seed: int,
+    rounds: int,
+    *,
+    experiment: str,
+    extra=(),
+    tag: str = "",
+    more=(),
+) -> Run:
+    overrides = (
+        f"experiment={experiment}",
+        f"algorithm={algo}",
+        f"data.alpha={alpha:g}",
+        f"data.label_ratio={ratio:g}",
+        f"rounds={rounds}",
+        f"seed={seed}",
+        *more,
+        *extra,
+    )
     return Run(f"a{alpha:g}_{algo}_{pct(ratio)}{tag}_s{seed}", overrides)
 
 
 @dataclass(frozen=True)
 class Store:
     """Where runs are: ``out`` holds their folders (checkpoints, logs; not committed), ``archive``
-    (if set) one gzipped summary.json per completed run (committed; read when ``out`` lacks the run)."""
+    (if set) one gzipped summary.json per completed run (committed; read when ``out`` lacks the
+    run).
+    """
 
     out: Path
     archive: Path | None = None
@@ -146,7 +183,8 @@ class Store:
         return json.loads(data) if data is not None else None
 
     def archived(self, run: Run) -> bytes | None:
-        """The run's archived summary.json, or None (none, or unreadable: said, and then run again)."""
+        """The run's archived summary.json, or None (none, or unreadable: said, and then run
+        again)."""
         path = self.archive / f"{run.name}.json.gz" if self.archive else None
         if path is None or not path.is_file():
             return None
@@ -166,10 +204,15 @@ class Store:
             return False
         want = dict(o.split("=", 1) for o in run.overrides)
         cfg = s["config"]
-        return cfg["algorithm"]["name"] == want["algorithm"] and cfg["rounds"] == run.rounds and cfg["seed"] == int(want["seed"])
+        return (
+            cfg["algorithm"]["name"] == want["algorithm"]
+            and cfg["rounds"] == run.rounds
+            and cfg["seed"] == int(want["seed"])
+        )
 
     def keep(self, run: Run) -> None:
-        """Copy the run's summary into the archive if it completed there in ``out`` and is not archived yet."""
+        """Copy the run's summary into the archive if it completed there in ``out`` and is not
+        archived yet."""
         path = self.out / run.name / "summary.json"
         if self.archive is None or not path.is_file():
             return
@@ -191,7 +234,9 @@ class Store:
             print(f"not started: {run.name} ({self.out / 'STOP'} exists)", flush=True)
             return None
         (self.out / run.name).mkdir(parents=True, exist_ok=True)
-        with open(self.out / run.name / ".benchmark.lock", "w") as lock:  # beside the run's own .lock; freed on exit
+        with open(
+            self.out / run.name / ".benchmark.lock", "w"
+        ) as lock:  # beside the run's own .lock; freed on exit
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -205,7 +250,11 @@ class Store:
             env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
-                print(f"FAILED: {run.name}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}", flush=True)
+                print(
+                    f"FAILED: {run.name}:"
+                    f" {proc.stderr.strip().splitlines()[-1:] or proc.returncode}",
+                    flush=True,
+                )
                 return f"{shlex.join(cmd)}\n{proc.stderr[-2000:]}"
             self.keep(run)
             print(f"done: {run.name}", flush=True)
@@ -216,7 +265,13 @@ class Store:
         if not self.completed(run, s):
             return None
         evals = [(r["round"], r["accuracy"]) for r in s["rounds"] if r["accuracy"] is not None]
-        return Result(evals, s["wall_seconds"], s["rounds"], s.get("environment") or [], s["config"]["engine"]["name"])
+        return Result(
+            evals,
+            s["wall_seconds"],
+            s["rounds"],
+            s.get("environment") or [],
+            s["config"]["engine"]["name"],
+        )
 
 
 def last_mean(r: Result, last: int) -> float:
@@ -224,7 +279,8 @@ def last_mean(r: Result, last: int) -> float:
 
 
 def late_gain(r: Result) -> float:
-    """Mean accuracy evaluated in the last 10% of rounds minus that in the 10% before: ~0 once flat."""
+    """Mean accuracy evaluated in the last 10% of rounds minus that in the 10% before: ~0 once
+    flat."""
     n = r.rounds[-1]["round"]
     tail = [a for t, a in r.evals if t > 0.9 * n]
     before = [a for t, a in r.evals if 0.8 * n < t <= 0.9 * n]
@@ -234,20 +290,28 @@ def late_gain(r: Result) -> float:
 def mean_std(xs: list[float], want: int) -> str:
     if not xs:
         return "-"
-    text = f"{statistics.fmean(xs):.4f} ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else f"{xs[0]:.4f}"
+    text = (
+        f"{statistics.fmean(xs):.4f} ± {statistics.stdev(xs):.4f}"
+        if len(xs) > 1
+        else f"{xs[0]:.4f}"
+    )
     return text if len(xs) == want else f"{text} (n={len(xs)})"
 
 
 def difference(a: list[float], b: list[float]) -> str:
-    """Mean of ``a`` minus mean of ``b`` in accuracy points, and whether it exceeds twice its standard
-    error (Welch's: sqrt(s_a^2/n_a + s_b^2/n_b)); no verdict with fewer than 2 seeds on either side."""
+    """Mean of ``a`` minus mean of ``b`` in accuracy points, and whether it exceeds twice its
+    standard
+    error (Welch's: sqrt(s_a^2/n_a + s_b^2/n_b)); no verdict with fewer than 2 seeds on either side.
+    """
     if not a or not b:
         return "-"
     d = 100 * (statistics.fmean(a) - statistics.fmean(b))
     if len(a) < 2 or len(b) < 2:
         return f"{d:+.1f} (one seed)"
     se = 100 * math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
-    return f"{d:+.1f} ± {se:.1f}, " + ("above" if d > 2 * se else "below" if d < -2 * se else "within noise")
+    return f"{d:+.1f} ± {se:.1f}, " + (
+        "above" if d > 2 * se else "below" if d < -2 * se else "within noise"
+    )
 
 
 def pooled(rs: list[Result], key: str, last: int) -> str:
@@ -265,7 +329,9 @@ def parse_sweeps(items: list[str]) -> dict[str, list[float]]:
     return sweeps
 
 
-def build_grid(args, methods, settings) -> tuple[dict[tuple, Run], dict[tuple, Run], dict[str, list[float]]]:
+def build_grid(
+    args, methods, settings
+) -> tuple[dict[tuple, Run], dict[tuple, Run], dict[str, list[float]]]:
     run_of = partial(grid_run, experiment=args.experiment, extra=args.extra)
     grid: dict[tuple, Run] = {}
     for alpha, ratio in settings:
@@ -284,46 +350,102 @@ def build_grid(args, methods, settings) -> tuple[dict[tuple, Run], dict[tuple, R
     for key, values in sweeps.items():
         for v in values:
             for seed in args.sweep_seeds:
-                if v == getattr(defaults, SWEEP_KEYS[key][0].split(".")[1]):  # the default: one run for every sweep
+                if v == getattr(
+                    defaults, SWEEP_KEYS[key][0].split(".")[1]
+                ):  # the default: one run for every sweep
                     run = run_of("fedlabel", alpha_s, ratio_s, seed, rounds_s, tag=rtag)
                 else:
                     value = f"{int(v)}" if key == "tau" else f"{v:g}"
-                    run = run_of("fedlabel", alpha_s, ratio_s, seed, rounds_s, tag=f"_{key}{value}{rtag}",
-                                  more=[f"{k}={value}" for k in SWEEP_KEYS[key]])  # fmt: skip
+                    run = run_of(
+                        "fedlabel",
+                        alpha_s,
+                        ratio_s,
+                        seed,
+                        rounds_s,
+                        tag=f"_{key}{value}{rtag}",
+                        more=[f"{k}={value}" for k in SWEEP_KEYS[key]],
+                    )
                 sweep_runs[(key, v, seed)] = run
     return grid, sweep_runs, sweeps
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--experiment", choices=EXPERIMENTS, default="fmnist_cross_device", help="configs/experiment/ file")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--experiment",
+        choices=EXPERIMENTS,
+        default="fmnist_cross_device",
+        help="configs/experiment/ file",
+    )
     ap.add_argument("--rounds", type=int, default=250)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
     ap.add_argument("--label-ratios", type=float, nargs="+", default=[0.05, 0.01, 0.2])
     ap.add_argument("--methods", nargs="+", default=None, help="registered names (default: all)")
-    ap.add_argument("--last", type=int, default=10, help="evaluate each of the last N rounds and report their mean accuracy")
-    ap.add_argument("--eval-every", type=int, default=5, help="evaluate every N rounds before the last --last")
-    ap.add_argument("--sweep", nargs="*", default=["beta=0.3,0.5,0.7,0.9", "lambda0=0,0.5,1,2", "tau=5,10,20"],
-                    help="FedLabel sensitivity sweeps, KEY=v1,v2 with KEY in beta, lambda0, tau")  # fmt: skip
+    ap.add_argument(
+        "--last",
+        type=int,
+        default=10,
+        help="evaluate each of the last N rounds and report their mean accuracy",
+    )
+    ap.add_argument(
+        "--eval-every", type=int, default=5, help="evaluate every N rounds before the last --last"
+    )
+    ap.add_argument(
+        "--sweep",
+        nargs="*",
+        default=["beta=0.3,0.5,0.7,0.9", "lambda0=0,0.5,1,2", "tau=5,10,20"],
+        help="FedLabel sensitivity sweeps, KEY=v1,v2 with KEY in beta, lambda0, tau",
+    )
     ap.add_argument("--no-sweeps", action="store_true")
-    ap.add_argument("--no-reference", action="store_true", help="leave out FedAvg with 100%% labels")
-    ap.add_argument("--sweep-setting", type=float, nargs=2, default=[0.1, 0.05], metavar=("ALPHA", "RATIO"))
+    ap.add_argument(
+        "--no-reference", action="store_true", help="leave out FedAvg with 100%% labels"
+    )
+    ap.add_argument(
+        "--sweep-setting", type=float, nargs=2, default=[0.1, 0.05], metavar=("ALPHA", "RATIO")
+    )
     ap.add_argument("--sweep-seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--sweep-rounds", type=int, default=100, help="rounds of the sweep runs (0: --rounds)")
-    ap.add_argument("--sweeps-first", action="store_true", help="start the sweep runs before the grid")
-    ap.add_argument("--seeds-first", action="store_true",
-                    help="start every setting's first seed before any setting's second (a whole table sooner)")  # fmt: skip
-    ap.add_argument("--sweeps-only", action="store_true", help="run only the sweep runs (the report still covers the grid)")
+    ap.add_argument(
+        "--sweep-rounds", type=int, default=100, help="rounds of the sweep runs (0: --rounds)"
+    )
+    ap.add_argument(
+        "--sweeps-first", action="store_true", help="start the sweep runs before the grid"
+    )
+    ap.add_argument(
+        "--seeds-first",
+        action="store_true",
+        help="start every setting's first seed before any setting's second (a whole table sooner)",
+    )
+    ap.add_argument(
+        "--sweeps-only",
+        action="store_true",
+        help="run only the sweep runs (the report still covers the grid)",
+    )
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--archive", type=Path, default=None,
-                    help="committed summaries of completed runs (default: benchmarks/runs/<name of --out> when --out "
-                         "is inside this checkout, else none)")  # fmt: skip
+    ap.add_argument(
+        "--archive",
+        type=Path,
+        default=None,
+        help=(
+            "committed summaries of completed runs (default: benchmarks/runs/<name of --out> when"
+            " --out is inside this checkout, else none)"
+        ),
+    )
     ap.add_argument("--report", type=Path, default=DEFAULT_REPORT)
     ap.add_argument("--title", default="Results", help="the report's heading")
-    ap.add_argument("--report-only", action="store_true", help="run nothing; write the report from completed runs")
-    ap.add_argument("--no-report", action="store_true", help="run, but write no report (e.g. on a machine without matplotlib)")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing; write the report from completed runs",
+    )
+    ap.add_argument(
+        "--no-report",
+        action="store_true",
+        help="run, but write no report (e.g. on a machine without matplotlib)",
+    )
     ap.add_argument("--extra", nargs="*", default=[], help="extra overrides for every run")
     args = ap.parse_args()
 
@@ -334,15 +456,25 @@ def main() -> None:
     methods = [m for m in known if m in (args.methods or known)]
     settings = [(a, r) for a in args.alphas for r in args.label_ratios]
     grid, sweep_runs, sweeps = build_grid(args, methods, settings)
-    archive = args.archive or (ARCHIVE / args.out.name if args.out.resolve().is_relative_to(ROOT) else None)
+    archive = args.archive or (
+        ARCHIVE / args.out.name if args.out.resolve().is_relative_to(ROOT) else None
+    )
     store = Store(args.out, archive)
-    for run in [*grid.values(), *sweep_runs.values()]:  # e.g. run folders brought back from another machine
+    for run in [
+        *grid.values(),
+        *sweep_runs.values(),
+    ]:  # e.g. run folders brought back from another machine
         store.keep(run)
 
     if not args.report_only:
-        runs = [r for _, r in sorted(grid.items(), key=lambda kv: args.seeds.index(kv[0][3]))] if args.seeds_first \
-            else list(grid.values())  # fmt: skip
-        order = [*sweep_runs.values(), *runs] if args.sweeps_first else [*runs, *sweep_runs.values()]
+        runs = (
+            [r for _, r in sorted(grid.items(), key=lambda kv: args.seeds.index(kv[0][3]))]
+            if args.seeds_first
+            else list(grid.values())
+        )
+        order = (
+            [*sweep_runs.values(), *runs] if args.sweeps_first else [*runs, *sweep_runs.values()]
+        )
         if args.sweeps_only:
             order = list(sweep_runs.values())
         todo = list({r.name: r for r in order if not store.completed(r)}.values())
@@ -359,21 +491,31 @@ def main() -> None:
 
 
 def command_line(args, methods) -> str:
-    parts = ["python benchmarks/accuracy.py", *([f"--experiment {args.experiment}"] * (args.experiment != "fmnist_cross_device")),
-             f"--rounds {args.rounds}", f"--seeds {' '.join(map(str, args.seeds))}",
-             f"--alphas {' '.join(f'{a:g}' for a in args.alphas)}",
-             f"--label-ratios {' '.join(f'{r:g}' for r in args.label_ratios)}",
-             f"--last {args.last} --eval-every {args.eval_every}", f"--jobs {args.jobs}"]  # fmt: skip
+    parts = [
+        "python benchmarks/accuracy.py",
+        *([f"--experiment {args.experiment}"] * (args.experiment != "fmnist_cross_device")),
+        f"--rounds {args.rounds}",
+        f"--seeds {' '.join(map(str, args.seeds))}",
+        f"--alphas {' '.join(f'{a:g}' for a in args.alphas)}",
+        f"--label-ratios {' '.join(f'{r:g}' for r in args.label_ratios)}",
+        f"--last {args.last} --eval-every {args.eval_every}",
+        f"--jobs {args.jobs}",
+    ]
     if args.methods:
         parts.append(f"--methods {' '.join(methods)}")
     if args.no_sweeps:
         parts.append("--no-sweeps")
     else:
-        parts.append(f"--sweep {' '.join(args.sweep)} --sweep-seeds {' '.join(map(str, args.sweep_seeds))} "
-                     f"--sweep-rounds {args.sweep_rounds}")  # fmt: skip
+        parts.append(
+            f"--sweep {' '.join(args.sweep)} --sweep-seeds {' '.join(map(str, args.sweep_seeds))} "
+            f"--sweep-rounds {args.sweep_rounds}"
+        )
     if args.extra:
         parts.append(f"--extra {' '.join(args.extra)}")
-    for flag, value, default in (("--out", args.out, DEFAULT_OUT), ("--report", args.report, DEFAULT_REPORT)):
+    for flag, value, default in (
+        ("--out", args.out, DEFAULT_OUT),
+        ("--report", args.report, DEFAULT_REPORT),
+    ):
         if value.resolve() != default:
             parts.append(f"{flag} {shown(value)}")
     if args.archive:
@@ -386,22 +528,47 @@ def command_line(args, methods) -> str:
 def claims_section(args, settings, cell, label) -> list[str]:
     """The paper's claims about FedLabel, setting by setting: differences of the cell means."""
     acc = lambda a, r, m: [last_mean(x, args.last) for x in cell(a, r, m)]  # noqa: E731
-    lines = ["", "## The paper's claims, setting by setting", "",
-             "FedLabel's accuracy minus another row's, in points (mean over seeds of the last-rounds mean), ± the",
-             "standard error of that difference (Welch: sqrt(s1²/n1 + s2²/n2)); \"above\"/\"below\" when the difference",
-             "exceeds twice it, else \"within noise\". The paper expects: above the best semi-supervised baseline",
-             "(best: the highest mean in that setting), far above labeled-only FedAvg, near FedAvg with 100% labels,",
-             "above both fixed experts.", "",
-             "| setting | vs best semi-supervised | vs FedAvg, labeled only | vs FedAvg, 100% labels | vs local expert only | vs global expert only |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "",
+        "## The paper's claims, setting by setting",
+        "",
+        (
+            "FedLabel's accuracy minus another row's, in points (mean over seeds of the last-rounds"
+            " mean), ± the"
+        ),
+        (
+            'standard error of that difference (Welch: sqrt(s1²/n1 + s2²/n2)); "above"/"below" when'
+            " the difference"
+        ),
+        (
+            'exceeds twice it, else "within noise". The paper expects: above the best'
+            " semi-supervised baseline"
+        ),
+        (
+            "(best: the highest mean in that setting), far above labeled-only FedAvg, near FedAvg"
+            " with 100% labels,"
+        ),
+        "above both fixed experts.",
+        "",
+        (
+            "| setting | vs best semi-supervised | vs FedAvg, labeled only | vs FedAvg, 100% labels"
+            " | vs local expert only | vs global expert only |"
+        ),
+        "|---|---|---|---|---|---|",
+    ]
     for a, r in settings:
         ours = acc(a, r, "fedlabel")
         if not ours:
             continue
-        semi = {m: xs for m in SEMI_SUPERVISED if (xs := acc(a, r, m))}  # a row not run has no results
+        semi = {
+            m: xs for m in SEMI_SUPERVISED if (xs := acc(a, r, m))
+        }  # a row not run has no results
         best = max(semi, key=lambda m: statistics.fmean(semi[m]), default=None)
         others = [f"{difference(ours, semi[best])} ({label(best)})" if best else "-"]
-        others += [difference(ours, acc(a, r, m)) for m in ("fedavg", "reference", "fedlabel_local_only", "fedlabel_global_only")]
+        others += [
+            difference(ours, acc(a, r, m))
+            for m in ("fedavg", "reference", "fedlabel_local_only", "fedlabel_global_only")
+        ]
         lines.append(f"| Dir({a:g}), {pct(r)}% | " + " | ".join(others) + " |")
     return lines
 
@@ -425,58 +592,133 @@ def write_report(args, store: Store, methods, settings, grid, sweeps, sweep_runs
         found = [results.get((alpha, None if m == "reference" else ratio, m, s)) for s in seeds]
         return [x for x in found if x is not None]
 
-    # a run may fill several cells (the sweeps' shared default; a sweep cell that is a grid cell): count it once
+    # a run may fill several cells (the sweeps' shared default; a sweep cell that is a grid cell):
+    # count it once
     expected = len({r.name for r in [*grid.values(), *sweep_runs.values()]})
     finished = {grid[k].name: v for k, v in done.items()} | {
-        sweep_runs[k].name: v for k, v in sweep_results.items() if v is not None}  # fmt: skip
+        sweep_runs[k].name: v for k, v in sweep_results.items() if v is not None
+    }
     have = len(finished)
     lines = [
-        f"# {args.title}", "",
-        f"Fashion-MNIST (60k train / 10k test), {EXPERIMENTS[args.experiment]}, {args.rounds} rounds, seeds "
-        f"{' '.join(map(str, seeds))},",
-        "in-process engine, one torch thread per run. Each cell is the mean ± std over seeds of the test accuracy",
-        f"averaged over the last {last} rounds (under Dirichlet(0.1) accuracy swings by several points from one round",
-        "to the next, so single rounds mislead); `(n=k)` marks a cell with only k seeds so far, `-` one with none.",
-        "Every method runs with its documented defaults: the same lr (0.05), batch size (32), local steps",
-        "(10 labeled, 10 unlabeled where a method has them) and weak augmentation for all; no per-method tuning.",
-        "The one tuning budget: the lr, picked from 0.025, 0.05 and 0.1 with labeled-only FedAvg (Dirichlet(0.1), 5%",
-        "labels, 60 rounds) and then used by every method; in that test FedLabel alone did better early with 0.025",
+        f"# {args.title}",
+        "",
+        (
+            f"Fashion-MNIST (60k train / 10k test), {EXPERIMENTS[args.experiment]}, {args.rounds}"
+            f" rounds, seeds {' '.join(map(str, seeds))},"
+        ),
+        (
+            "in-process engine, one torch thread per run. Each cell is the mean ± std over seeds of"
+            " the test accuracy"
+        ),
+        (
+            f"averaged over the last {last} rounds (under Dirichlet(0.1) accuracy swings by several"
+            " points from one round"
+        ),
+        (
+            "to the next, so single rounds mislead); `(n=k)` marks a cell with only k seeds so far,"
+            " `-` one with none."
+        ),
+        (
+            "Every method runs with its documented defaults: the same lr (0.05), batch size (32),"
+            " local steps"
+        ),
+        (
+            "(10 labeled, 10 unlabeled where a method has them) and weak augmentation for all; no"
+            " per-method tuning."
+        ),
+        (
+            "The one tuning budget: the lr, picked from 0.025, 0.05 and 0.1 with labeled-only"
+            " FedAvg (Dirichlet(0.1), 5%"
+        ),
+        (
+            "labels, 60 rounds) and then used by every method; in that test FedLabel alone did"
+            " better early with 0.025"
+        ),
         "([fedlabel-investigation.md](fedlabel-investigation.md)) and keeps 0.05 like the others.",
-        f"Runs completed: {have} of {expected}." + (f" Each run's summary.json (every round's metrics, the config, the"
-        f" machine): {shown(store.archive)}/<run>.json.gz." if store.archive else ""), "",
-        "Produced by (resumable: rerun the same command to continue or extend):", "",
-        "```bash", command_line(args, methods), "```", "",
-        f"{args.rounds} rounds is a fixed budget, the same for every method; the late-gain column below says which",
-        "curves were still rising when it ended." + (
-            " How the rounds were chosen: continued to 1000 rounds, the curves of one setting flatten after about 700"
-            " ([results-1000.md](results-1000.md)); the whole grid that long would take about three times this grid's"
-            " tens of CPU-hours, so the grid stops at 250 and the same runs continued to 500 rounds"
-            " ([results-500.md](results-500.md): every method, Dirichlet(0.1), 5%, seed 0) show how the order moves"
-            " after it: FedLabel and its local-only ablation gain the most." if args.report.resolve() == DEFAULT_REPORT else ""),
-        "Each run is one command (seed 0 shown; `algorithm=` takes every method's name):", "",
+        f"Runs completed: {have} of {expected}."
+        + (
+            " Each run's summary.json (every round's metrics, the config, the"
+            f" machine): {shown(store.archive)}/<run>.json.gz."
+            if store.archive
+            else ""
+        ),
+        "",
+        "Produced by (resumable: rerun the same command to continue or extend):",
+        "",
         "```bash",
-        *sorted({shlex.join([*r.command(args.out)[:-1], f"eval_every={args.eval_every}",
-                             f"eval_last={last}"])
-                 for k, r in grid.items() if k[3] == seeds[0] and k[2] in ("reference", methods[0]) and k[0] == args.alphas[0]}),
+        command_line(args, methods),
         "```",
-    ]  # fmt: skip
+        "",
+        (
+            f"{args.rounds} rounds is a fixed budget, the same for every method; the late-gain"
+            " column below says which"
+        ),
+        "curves were still rising when it ended."
+        + (
+            " How the rounds were chosen: continued to 1000 rounds, the curves of one setting"
+            " flatten after about 700 ([results-1000.md](results-1000.md)); the whole grid that"
+            " long would take about three times this grid's tens of CPU-hours, so the grid stops at"
+            " 250 and the same runs continued to 500 rounds ([results-500.md](results-500.md):"
+            " every method, Dirichlet(0.1), 5%, seed 0) show how the order moves after it: FedLabel"
+            " and its local-only ablation gain the most."
+            if args.report.resolve() == DEFAULT_REPORT
+            else ""
+        ),
+        "Each run is one command (seed 0 shown; `algorithm=` takes every method's name):",
+        "",
+        "```bash",
+        *sorted(
+            {
+                shlex.join(
+                    [
+                        *r.command(args.out)[:-1],
+                        f"eval_every={args.eval_every}",
+                        f"eval_last={last}",
+                    ]
+                )
+                for k, r in grid.items()
+                if k[3] == seeds[0] and k[2] in ("reference", methods[0]) and k[0] == args.alphas[0]
+            }
+        ),
+        "```",
+    ]
     for alpha in args.alphas:
         ratios = [r for a, r in settings if a == alpha]
-        lines += ["", f"## Dirichlet({alpha:g})", "",
-                  "| method | " + " | ".join(f"{pct(r)}% labels" for r in ratios) + " |",
-                  "|---|" + "---|" * len(ratios)]  # fmt: skip
+        lines += [
+            "",
+            f"## Dirichlet({alpha:g})",
+            "",
+            "| method | " + " | ".join(f"{pct(r)}% labels" for r in ratios) + " |",
+            "|---|" + "---|" * len(ratios),
+        ]
         for m in rows:
-            cells = [mean_std([last_mean(x, last) for x in cell(alpha, r, m)], len(seeds)) for r in ratios]
+            cells = [
+                mean_std([last_mean(x, last) for x in cell(alpha, r, m)], len(seeds))
+                for r in ratios
+            ]
             lines.append(f"| {label(m)} | " + " | ".join(cells) + " |")
         if all(m in methods for m in ABLATION):
-            lines += ["", f"Who pseudo-labels (the paper's Table 1), Dirichlet({alpha:g}): accuracy / share of unlabeled",
-                      "samples pseudo-labeled / accuracy of those pseudo-labels (last rounds, pooled over seeds):", "",
-                      "| pseudo-labeler | " + " | ".join(f"{pct(r)}% labels" for r in ratios) + " |",
-                      "|---|" + "---|" * len(ratios)]  # fmt: skip
+            lines += [
+                "",
+                (
+                    f"Who pseudo-labels (the paper's Table 1), Dirichlet({alpha:g}): accuracy /"
+                    " share of unlabeled"
+                ),
+                (
+                    "samples pseudo-labeled / accuracy of those pseudo-labels (last rounds, pooled"
+                    " over seeds):"
+                ),
+                "",
+                "| pseudo-labeler | " + " | ".join(f"{pct(r)}% labels" for r in ratios) + " |",
+                "|---|" + "---|" * len(ratios),
+            ]
             for m in ABLATION:
-                cells = [f"{mean_std([last_mean(x, last) for x in cell(alpha, r, m)], len(seeds))} / "
-                         f"{pooled(cell(alpha, r, m), 'pseudo_label_coverage', last)} / "
-                         f"{pooled(cell(alpha, r, m), 'pseudo_label_accuracy', last)}" for r in ratios]  # fmt: skip
+                cells = [
+                    f"{mean_std([last_mean(x, last) for x in cell(alpha, r, m)], len(seeds))} / "
+                    f"{pooled(cell(alpha, r, m), 'pseudo_label_coverage', last)} / "
+                    f"{pooled(cell(alpha, r, m), 'pseudo_label_accuracy', last)}"
+                    for r in ratios
+                ]
                 lines.append(f"| {label(m)} | " + " | ".join(cells) + " |")
         for ratio in ratios:
             if not any(cell(alpha, ratio, m) for m in rows):
@@ -489,11 +731,23 @@ def write_report(args, store: Store, methods, settings, grid, sweeps, sweep_runs
                     continue
                 common = sorted(set.intersection(*(set(t for t, _ in x.evals) for x in runs)))
                 acc = {t: statistics.fmean(dict(x.evals)[t] for x in runs) for t in common}
-                smooth = [statistics.fmean(a for u, a in acc.items() if t - SMOOTH < u <= t) for t in common]
-                ax.plot(common, smooth, label=f"{label(m)} ({len(runs)})", color=colours[(2 * i) % 20 + (2 * i) // 20],
-                        linestyle="--" if m == "reference" else "-", linewidth=2 if m == "fedlabel" else 1)  # fmt: skip
-            ax.set(xlabel="round", ylabel=f"test accuracy (mean over seeds and the last {SMOOTH} rounds)",
-                   title=f"Fashion-MNIST, Dir({alpha:g}), {pct(ratio)}% labels")  # fmt: skip
+                smooth = [
+                    statistics.fmean(a for u, a in acc.items() if t - SMOOTH < u <= t)
+                    for t in common
+                ]
+                ax.plot(
+                    common,
+                    smooth,
+                    label=f"{label(m)} ({len(runs)})",
+                    color=colours[(2 * i) % 20 + (2 * i) // 20],
+                    linestyle="--" if m == "reference" else "-",
+                    linewidth=2 if m == "fedlabel" else 1,
+                )
+            ax.set(
+                xlabel="round",
+                ylabel=f"test accuracy (mean over seeds and the last {SMOOTH} rounds)",
+                title=f"Fashion-MNIST, Dir({alpha:g}), {pct(ratio)}% labels",
+            )
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="lower right", title="method (seeds)", title_fontsize=7)
             fig.tight_layout()
@@ -506,58 +760,156 @@ def write_report(args, store: Store, methods, settings, grid, sweeps, sweep_runs
         lines += claims_section(args, settings, cell, label)
 
     machines = Counter(k for x in finished.values() for k in x.machines())
-    whole = Counter(next(iter(m)) for x in done.values() if len(m := x.machines()) == 1)  # runs computed on one machine
+    whole = Counter(
+        next(iter(m)) for x in done.values() if len(m := x.machines()) == 1
+    )  # runs computed on one machine
     timing = whole.most_common(1)[0][0] if whole else None
-    lines += ["", "## Wall time and convergence", "",
-              "Wall s/run: median over the method's completed runs computed wholly on the machine that computed the most such runs",
-              f"({timing}; `-`: none yet), evaluation included (every {args.eval_every} rounds and the last {last});",
-              "s/round: the median round of those runs (a training round; evaluated rounds take longer). Medians, because a",
-              "run paused part-way (on a shared machine) counts the pause in its wall time. Runs shared the machine",
-              "with --jobs - 1 others. Late gain: mean accuracy evaluated in the",
-              "last 10% of rounds minus that in the 10% before, per setting (mean over seeds), the largest over settings;",
-              "a curve counts as flattened below 0.01 (the round-to-round swing is 0.03-0.05). Pseudo-label columns pool",
-              "the last rounds' counters of all runs (coverage: share of unlabeled samples, or drawn rows for",
-              "FixMatch/UDA, whose pseudo-label was kept).", "",
-              "| method | runs | wall s/run | s/round | late gain (max over settings) | pseudo-label coverage | pseudo-label acc. |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "## Wall time and convergence",
+        "",
+        (
+            "Wall s/run: median over the method's completed runs computed wholly on the machine"
+            " that computed the most such runs"
+        ),
+        (
+            f"({timing}; `-`: none yet), evaluation included (every {args.eval_every} rounds and"
+            f" the last {last});"
+        ),
+        (
+            "s/round: the median round of those runs (a training round; evaluated rounds take"
+            " longer). Medians, because a"
+        ),
+        (
+            "run paused part-way (on a shared machine) counts the pause in its wall time. Runs"
+            " shared the machine"
+        ),
+        "with --jobs - 1 others. Late gain: mean accuracy evaluated in the",
+        (
+            "last 10% of rounds minus that in the 10% before, per setting (mean over seeds), the"
+            " largest over settings;"
+        ),
+        (
+            "a curve counts as flattened below 0.01 (the round-to-round swing is 0.03-0.05)."
+            " Pseudo-label columns pool"
+        ),
+        (
+            "the last rounds' counters of all runs (coverage: share of unlabeled samples, or drawn"
+            " rows for"
+        ),
+        "FixMatch/UDA, whose pseudo-label was kept).",
+        "",
+        (
+            "| method | runs | wall s/run | s/round | late gain (max over settings) | pseudo-label"
+            " coverage | pseudo-label acc. |"
+        ),
+        "|---|---|---|---|---|---|---|",
+    ]
     rising = []
     for m in rows:
         rs = [x for (_, _, mm, _), x in done.items() if mm == m]
         if not rs:
             continue
-        timed = [x for x in rs if x.machines() == {timing}]  # other machines, or runs resumed elsewhere, time differently
-        gains = {(a, r): statistics.fmean(late_gain(x) for x in cell(a, r, m)) for a, r in settings if cell(a, r, m)}
-        rising += [f"{label(m)} at Dir({a:g}), {pct(r)}%" for (a, r), g in gains.items() if g >= 0.01]
+        timed = [
+            x for x in rs if x.machines() == {timing}
+        ]  # other machines, or runs resumed elsewhere, time differently
+        gains = {
+            (a, r): statistics.fmean(late_gain(x) for x in cell(a, r, m))
+            for a, r in settings
+            if cell(a, r, m)
+        }
+        rising += [
+            f"{label(m)} at Dir({a:g}), {pct(r)}%" for (a, r), g in gains.items() if g >= 0.01
+        ]
         wall = "- | -"
         if timed:
-            per_round = statistics.median(statistics.median(r["seconds"] for r in x.rounds) for x in timed)
+            per_round = statistics.median(
+                statistics.median(r["seconds"] for r in x.rounds) for x in timed
+            )
             wall = f"{statistics.median(x.wall for x in timed):.0f} | {per_round:.2f}"
-        lines.append(f"| {label(m)} | {len(rs)} | {wall} | {max(gains.values()):+.4f} | "
-                     f"{pooled(rs, 'pseudo_label_coverage', last)} | {pooled(rs, 'pseudo_label_accuracy', last)} |")  # fmt: skip
-    lines += ["", "Not flattened yet (late gain >= 0.01): " + ("; ".join(rising) if rising else "none") + "."]
+        lines.append(
+            f"| {label(m)} | {len(rs)} | {wall} | {max(gains.values()):+.4f} |"
+            f" {pooled(rs, 'pseudo_label_coverage', last)} |"
+            f" {pooled(rs, 'pseudo_label_accuracy', last)} |"
+        )
+    lines += [
+        "",
+        "Not flattened yet (late gain >= 0.01): " + ("; ".join(rising) if rising else "none") + ".",
+    ]
 
     if sweeps:
         alpha_s, ratio_s = args.sweep_setting
         rounds_s = args.sweep_rounds or args.rounds
-        lines += ["", f"## FedLabel sensitivity (Dirichlet({alpha_s:g}), {pct(ratio_s)}% labels, {rounds_s} rounds, seeds "
-                  f"{' '.join(map(str, args.sweep_seeds))})", "",
-                  "One value changed at a time from the defaults (beta 0.5, lambda0 1, tau = tau' = 10); tau sets",
-                  f"both local_steps and unlabeled_steps. Accuracy: mean of the last {last} rounds.", ""]  # fmt: skip
+        lines += [
+            "",
+            (
+                f"## FedLabel sensitivity (Dirichlet({alpha_s:g}), {pct(ratio_s)}% labels,"
+                f" {rounds_s} rounds, seeds {' '.join(map(str, args.sweep_seeds))})"
+            ),
+            "",
+            (
+                "One value changed at a time from the defaults (beta 0.5, lambda0 1, tau = tau' ="
+                " 10); tau sets"
+            ),
+            f"both local_steps and unlabeled_steps. Accuracy: mean of the last {last} rounds.",
+            "",
+        ]
         for key, values in sweeps.items():
-            accs = [mean_std([last_mean(x, last) for s in args.sweep_seeds if (x := sweep_results[(key, v, s)])],
-                             len(args.sweep_seeds)) for v in values]  # fmt: skip
-            lines += [f"| {key} | " + " | ".join(f"{v:g}" for v in values) + " |", "|---|" + "---|" * len(values),
-                      "| accuracy | " + " | ".join(accs) + " |", ""]  # fmt: skip
+            accs = [
+                mean_std(
+                    [
+                        last_mean(x, last)
+                        for s in args.sweep_seeds
+                        if (x := sweep_results[(key, v, s)])
+                    ],
+                    len(args.sweep_seeds),
+                )
+                for v in values
+            ]
+            lines += [
+                f"| {key} | " + " | ".join(f"{v:g}" for v in values) + " |",
+                "|---|" + "---|" * len(values),
+                "| accuracy | " + " | ".join(accs) + " |",
+                "",
+            ]
 
     if machines:
-        lines += ["", "## Where the runs were computed", "",
-                  "Runs are bitwise reproducible on the same machine and software; on another CPU or torch",
-                  "version float sums differ and a run drifts within the seeds' spread. A resumed run counts",
-                  "once for each machine that computed part of it. engine=vectorized (on a GPU) trains a round's",
-                  "clients in one batched computation: the same algorithm, with per-client random streams and",
-                  "other float sums, so its runs are other draws of the same experiment (docs/performance.md).", "",
-                  "| machine | runs |", "|---|---|", *[f"| {k} | {n} |" for k, n in machines.most_common()]]  # fmt: skip
-    lines += ["", "What FedLabel's runs on this data show, run by run: [fedlabel-investigation.md](fedlabel-investigation.md)."]
+        lines += [
+            "",
+            "## Where the runs were computed",
+            "",
+            (
+                "Runs are bitwise reproducible on the same machine and software; on another CPU or"
+                " torch"
+            ),
+            (
+                "version float sums differ and a run drifts within the seeds' spread. A resumed run"
+                " counts"
+            ),
+            (
+                "once for each machine that computed part of it. engine=vectorized (on a GPU)"
+                " trains a round's"
+            ),
+            (
+                "clients in one batched computation: the same algorithm, with per-client random"
+                " streams and"
+            ),
+            (
+                "other float sums, so its runs are other draws of the same experiment"
+                " (docs/performance.md)."
+            ),
+            "",
+            "| machine | runs |",
+            "|---|---|",
+            *[f"| {k} | {n} |" for k, n in machines.most_common()],
+        ]
+    lines += [
+        "",
+        (
+            "What FedLabel's runs on this data show, run by run:"
+            " [fedlabel-investigation.md](fedlabel-investigation.md)."
+        ),
+    ]
     report.write_text("\n".join(lines) + "\n")
     print(report.read_text())
 

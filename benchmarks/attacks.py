@@ -11,7 +11,8 @@ more rows: whether two DP-SGD updates of the same (seed, round, client) are equa
 knows the config can regenerate and subtract seeded noise), and whether fedmatch with
 central_dp is accepted.
 
-    OMP_NUM_THREADS=1 python benchmarks/attacks.py [--rules defaults,aggregation.robust=median] [key=value ...]
+    OMP_NUM_THREADS=1 python benchmarks/attacks.py [--rules defaults,aggregation.robust=median]
+    [key=value ...]
 
 Only the attack keys (faults.attack*) are needed from the code under test, so the same script
 measures code from before the defences (give it --rules defaults there).
@@ -38,10 +39,18 @@ from fedlabel.privacy.mechanism import private_client_update
 from fedlabel.training import get_params
 
 BASE = {
-    "engine.name": "inprocess", "algorithm.name": "fedavg", "algorithm.local_steps": 3, "device": "cpu", "seed": 0,
-    "data.train_samples": 2000, "data.num_clients": 3, "data.alpha": 0.5, "data.label_ratio": 0.1,
-    "clients_per_round": 3, "rounds": 3,
-}  # fmt: skip
+    "engine.name": "inprocess",
+    "algorithm.name": "fedavg",
+    "algorithm.local_steps": 3,
+    "device": "cpu",
+    "seed": 0,
+    "data.train_samples": 2000,
+    "data.num_clients": 3,
+    "data.alpha": 0.5,
+    "data.label_ratio": 0.1,
+    "clients_per_round": 3,
+    "rounds": 3,
+}
 ATTACKS = {
     "none": {},
     "honest update x100": {"faults.attack": "scale", "faults.attack_scale": 100.0},
@@ -71,7 +80,10 @@ def run(flat: dict, workdir: Path, label: str) -> dict:
     try:
         summary = fedlabel.run(values, progress=False)
     except Exception as err:  # noqa: BLE001 - a run the attack stops is a result too
-        return {"error": f"{type(err).__name__}: {str(err)[:160]}", "seconds": time.perf_counter() - start}
+        return {
+            "error": f"{type(err).__name__}: {str(err)[:160]}",
+            "seconds": time.perf_counter() - start,
+        }
     rounds = summary["rounds"]
     return {
         "losses": [r["loss"] for r in rounds],
@@ -91,7 +103,9 @@ def outcome(result: dict, honest_loss: float | None) -> str:
     honest_rejected = sorted({c for c, _ in result["rejected"] if c != 0})
     parts = [f"loss {' -> '.join(f'{x:.4g}' for x in result['losses'])}{ratio}"]
     parts.append(f"honest rejected: {honest_rejected or 'none'}")
-    attacker = [r for c, r in result["rejected"] if c == 0] + [f"bounded ({k})" for c, k in result["bounded"] if c == 0]
+    attacker = [r for c, r in result["rejected"] if c == 0] + [
+        f"bounded ({k})" for c, k in result["bounded"] if c == 0
+    ]
     parts.append(f"attacker: {', '.join(attacker) or 'accepted'}")
     parts.append(f"published loss_labeled {result['loss_labeled']:.4g}")
     if result["coverage"] is not None:
@@ -107,14 +121,25 @@ def dpsgd_updates_equal(secure: bool) -> bool | str:
     secure_keys = {"privacy.secure_noise": True} if secure else {}
     cfg = config_from_dict(unflatten({**BASE, "privacy.name": "dpsgd", **secure_keys}))
     fed = load_federated(cfg)
-    shape = {"in_channels": fed.in_channels, "num_classes": fed.num_classes, "image_size": fed.image_size}
+    shape = {
+        "in_channels": fed.in_channels,
+        "num_classes": fed.num_classes,
+        "image_size": fed.image_size,
+    }
     model, params = initial_model(cfg, **shape)
     algorithm = build_algorithm(cfg.algorithm)
     deltas = [
-        private_client_update(algorithm, cfg.privacy, model, params, fed.clients[0], device=torch.device("cpu"),
-                              generator=client_generator(seed=cfg.seed, round=1, client_id=0)).deltas["model"]
+        private_client_update(
+            algorithm,
+            cfg.privacy,
+            model,
+            params,
+            fed.clients[0],
+            device=torch.device("cpu"),
+            generator=client_generator(seed=cfg.seed, round=1, client_id=0),
+        ).deltas["model"]
         for _ in range(2)
-    ]  # fmt: skip
+    ]
     return all(torch.equal(deltas[0][k], deltas[1][k]) for k in get_params(model))
 
 
@@ -122,14 +147,18 @@ def fedmatch_central_dp() -> str:
     if "fedmatch" not in ALGORITHMS:
         return "no fedmatch"
     try:
-        config_from_dict(unflatten({**BASE, "algorithm.name": "fedmatch", "privacy.name": "central_dp"}))
+        config_from_dict(
+            unflatten({**BASE, "algorithm.name": "fedmatch", "privacy.name": "central_dp"})
+        )
     except ConfigError as err:
         return f"refused: {err}"
     return "accepted (FedMatch's helpers silently dropped)"
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rules", default="defaults,aggregation.robust=median")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("overrides", nargs="*", help="key=value over the base config")
@@ -145,16 +174,26 @@ def main(argv: list[str]) -> int:
                 if attack == "none":
                     honest = result.get("losses", [None])[-1]
                 results.append({"rule": rule, "attack": attack, **result})
-                print(f"| {attack} | {rule} | {outcome(result, honest if attack != 'none' else None)} | "
-                      f"{result['seconds']:.0f} s |", flush=True)  # fmt: skip
+                print(
+                    f"| {attack} | {rule} | {outcome(result, honest if attack != 'none' else None)}"
+                    f" | {result['seconds']:.0f} s |",
+                    flush=True,
+                )
     seeded, secure = dpsgd_updates_equal(False), dpsgd_updates_equal(True)
-    print(f"| regenerable DP-SGD noise | privacy=dpsgd | same (seed, round, client) bitwise equal: seeded {seeded}, "
-          f"privacy.secure_noise=true {secure} | |")  # fmt: skip
+    print(
+        "| regenerable DP-SGD noise | privacy=dpsgd | same (seed, round, client) bitwise equal:"
+        f" seeded {seeded}, privacy.secure_noise=true {secure} | |"
+    )
     refused = fedmatch_central_dp()
     print(f"| algorithm=fedmatch privacy=central_dp | | {refused} | |")
     if args.json:
-        extra = {"dpsgd_equal": {"seeded": seeded, "secure": secure}, "fedmatch_central_dp": refused}
-        args.json.write_text(json.dumps({"base": base, "runs": results, **extra}, indent=2, default=str) + "\n")
+        extra = {
+            "dpsgd_equal": {"seeded": seeded, "secure": secure},
+            "fedmatch_central_dp": refused,
+        }
+        args.json.write_text(
+            json.dumps({"base": base, "runs": results, **extra}, indent=2, default=str) + "\n"
+        )
     return 0
 
 

@@ -35,17 +35,28 @@ from fedlabel.training import (
 
 
 def compare(workload: str, *, clients: int, repeats: int, data_root: str) -> tuple[float, float]:
-    cfg = config_from_dict(workload_values(workload, "inprocess", rounds=3, device="cpu", data_root=data_root, out="unused"))
+    cfg = config_from_dict(
+        workload_values(
+            workload, "inprocess", rounds=3, device="cpu", data_root=data_root, out="unused"
+        )
+    )
     p = cfg.algorithm
     fed = load_federated(cfg)
-    model, params = initial_model(cfg, in_channels=fed.in_channels, num_classes=fed.num_classes, image_size=fed.image_size)
+    model, params = initial_model(
+        cfg, in_channels=fed.in_channels, num_classes=fed.num_classes, image_size=fed.image_size
+    )
     algorithm, cpu = build_algorithm(cfg.algorithm), torch.device("cpu")
     ids = [c.client_id for c in fed.clients if c.num_labeled >= p.batch_size][:clients]
     state = {k: v.clone() for k, v in model.state_dict().items()}
 
     def engine() -> None:
         for c in ids:
-            algorithm.client_update(model, params, fed.clients[c], ClientContext(cpu, client_generator(seed=0, round=1, client_id=c)))
+            algorithm.client_update(
+                model,
+                params,
+                fed.clients[c],
+                ClientContext(cpu, client_generator(seed=0, round=1, client_id=c)),
+            )
 
     def floor() -> None:
         gen = torch.Generator().manual_seed(0)
@@ -71,14 +82,19 @@ def compare(workload: str, *, clients: int, repeats: int, data_root: str) -> tup
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--workloads", default="a,b")
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data-root", default="")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| workload | engine CPU s / update | floor CPU s / update | engine / floor |\n|---|---|---|---|")
+    print(
+        "| workload | engine CPU s / update | floor CPU s / update | engine / floor"
+        " |\n|---|---|---|---|"
+    )
     for w in args.workloads.split(","):
         e, f = compare(w, clients=args.clients, repeats=args.repeats, data_root=args.data_root)
         print(f"| {w} | {e:.4f} | {f:.4f} | {e / f:.3f}x |", flush=True)

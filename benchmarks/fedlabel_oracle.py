@@ -5,7 +5,8 @@ Its accuracy bounds what better pseudo-labeling could give FedLabel's unlabeled 
 setting; the gap to plain FedLabel is the cost of pseudo-label errors. Simulation only (it reads
 the ground truth of the unlabeled part).
 
-    python benchmarks/fedlabel_oracle.py output_dir=/tmp/oracle rounds=60 algorithm.delta_combination=mean
+    python benchmarks/fedlabel_oracle.py output_dir=/tmp/oracle rounds=60
+    algorithm.delta_combination=mean
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ def oracle_select(global_logits, local_logits, **kwargs) -> fl.ExpertChoice:
     c = _select(global_logits, local_logits, **kwargs)
     truth = _truth["labels"].to(c.pseudo_label.device)
     right = c.pseudo_label == truth
-    return fl.ExpertChoice(truth, torch.ones_like(c.keep), c.agree & right, c.consistency_weight * right, c.minus_probs, c.global_is_expert)
+    return fl.ExpertChoice(
+        truth,
+        torch.ones_like(c.keep),
+        c.agree & right,
+        c.consistency_weight * right,
+        c.minus_probs,
+        c.global_is_expert,
+    )
 
 
 def oracle_client_update(self, model, global_params, data, ctx, **kwargs):
@@ -39,7 +47,11 @@ def main(argv: list[str]) -> None:
     values = {"engine.name": "inprocess", "data.num_clients": 100, "rounds": 60}
     for arg in argv:
         key, value = arg.split("=", 1)
-        values[key] = type(value)(value) if not value.replace(".", "", 1).isdigit() else (float(value) if "." in value else int(value))
+        values[key] = (
+            type(value)(value)
+            if not value.replace(".", "", 1).isdigit()
+            else (float(value) if "." in value else int(value))
+        )
     fedlabel.run(unflatten(values))
 
 

@@ -22,10 +22,18 @@ import fedlabel
 from fedlabel.config import unflatten
 
 BASE = {
-    "engine.name": "inprocess", "algorithm.name": "fedavg", "device": "cpu", "seed": 0,
-    "data.train_samples": 6000, "data.num_clients": 10, "data.alpha": 0.5, "data.label_ratio": 1.0,
-    "clients_per_round": 5, "rounds": 30, "eval_every": 5,
-}  # fmt: skip
+    "engine.name": "inprocess",
+    "algorithm.name": "fedavg",
+    "device": "cpu",
+    "seed": 0,
+    "data.train_samples": 6000,
+    "data.num_clients": 10,
+    "data.alpha": 0.5,
+    "data.label_ratio": 1.0,
+    "clients_per_round": 5,
+    "rounds": 30,
+    "eval_every": 5,
+}
 RUNS = "dllp:1,dllp:8,dllp:32,dllp:128,bp:8,bp:32"
 
 
@@ -51,16 +59,27 @@ def main(argv: list[str]) -> None:
     rows = []
     for run in runs.split(","):
         method, size, epsilon = (run.split(":") + ["0"])[:3]
-        cfg = {**values, "data.llp_method": method, "data.bag_size": int(size), "data.proportion_epsilon": float(epsilon),
-               "output_dir": f"{out}/{method}-{size}-{epsilon}"}  # fmt: skip
+        cfg = {
+            **values,
+            "data.llp_method": method,
+            "data.bag_size": int(size),
+            "data.proportion_epsilon": float(epsilon),
+            "output_dir": f"{out}/{method}-{size}-{epsilon}",
+        }
         start = time.perf_counter()
         summary = fedlabel.run(unflatten(cfg), progress=False)
         seconds = time.perf_counter() - start
         best = max(r["accuracy"] for r in summary["rounds"] if r["accuracy"] is not None)
         eps = "exact" if float(epsilon) == 0 else epsilon
-        rows.append(f"| {method} | {size} | {eps} | {summary['final_accuracy']:.4f} | {best:.4f} | {seconds:.0f} |")
+        rows.append(
+            f"| {method} | {size} | {eps} | {summary['final_accuracy']:.4f} | {best:.4f} |"
+            f" {seconds:.0f} |"
+        )
         print(rows[-1], flush=True)
-    print("\n| method | bag size | epsilon | final accuracy | best accuracy | wall s |\n|---|---|---|---|---|---|")
+    print(
+        "\n| method | bag size | epsilon | final accuracy | best accuracy | wall s"
+        " |\n|---|---|---|---|---|---|"
+    )
     print("\n".join(rows))
 
 

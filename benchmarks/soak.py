@@ -23,8 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedlabel.config import config_from_dict
-from fedlabel.engines.inprocess import run_inprocess
+from fedlabel.config import config_from_dict  # noqa: E402
+from fedlabel.engines.inprocess import run_inprocess  # noqa: E402
 
 
 def rss_mib() -> float:
@@ -40,7 +40,12 @@ def soak_config(rounds: int, output_dir: Path) -> dict:
         "algorithm": {"name": "fedlabel", "local_steps": 1, "unlabeled_steps": 1, "batch_size": 16},
         "data": {"num_clients": 8, "train_samples": 2000, "alpha": 0.5, "label_ratio": 0.1},
         "engine": {"name": "inprocess"},
-        "faults": {"crash_prob": 0.05, "dropout_prob": 0.05, "straggler_prob": 0.05, "round_deadline_s": 1.0},
+        "faults": {
+            "crash_prob": 0.05,
+            "dropout_prob": 0.05,
+            "straggler_prob": 0.05,
+            "round_deadline_s": 1.0,
+        },
         "rounds": rounds,
         "clients_per_round": 4,
         "eval_every": 50,
@@ -56,18 +61,27 @@ def slope_per_100_rounds(rounds: np.ndarray, rss: np.ndarray) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=50, help="rounds left out of the slope fit")
     parser.add_argument("--output", type=Path, default=Path("outputs/soak"))
-    parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where soak.json and figures/ go ('' = nowhere)")
+    parser.add_argument(
+        "--docs",
+        type=Path,
+        default=ROOT / "docs",
+        help="where soak.json and figures/ go ('' = nowhere)",
+    )
     args = parser.parse_args()
 
     cfg = config_from_dict(soak_config(args.rounds, args.output.resolve()))
     samples: list[tuple[int, float]] = []
     start_rss = rss_mib()
     start = time.perf_counter()
-    summary = run_inprocess(cfg, progress=False, on_round=lambda record: samples.append((record["round"], rss_mib())))
+    summary = run_inprocess(
+        cfg, progress=False, on_round=lambda record: samples.append((record["round"], rss_mib()))
+    )
     wall = time.perf_counter() - start
 
     rounds = np.array([r for r, _ in samples], float)
@@ -84,13 +98,16 @@ def main() -> None:
         "rss_mib_after_warmup": round(float(rss[after][0]), 1) if after.any() else None,
         "rss_mib_last": round(float(rss[-1]), 1),
         "rss_mib_max": round(float(rss.max()), 1),
-        "slope_mib_per_100_rounds_after_warmup": round(slope_per_100_rounds(rounds[after], rss[after]), 3)
-        if after.sum() > 1
-        else None,
+        "slope_mib_per_100_rounds_after_warmup": (
+            round(slope_per_100_rounds(rounds[after], rss[after]), 3) if after.sum() > 1 else None
+        ),
         "failed_clients": sum(r["failed_clients"] for r in summary["rounds"]),
         "final_accuracy": summary["final_accuracy"],
         "torch_threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}",
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()},"
+            f" torch {torch.__version__}"
+        ),
         "rss_mib_per_round": [round(float(m), 2) for m in rss],
     }
     print(json.dumps({k: v for k, v in result.items() if k != "rss_mib_per_round"}, indent=2))

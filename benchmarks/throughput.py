@@ -1,9 +1,10 @@
 """Throughput of the simulation engines against a plain training loop (the compute floor).
 
-    python benchmarks/throughput.py                                  # workloads a,b; engines that run here
+    python benchmarks/throughput.py       # workloads a,b; engines that run here
     python benchmarks/throughput.py --workloads a --engines floor,inprocess,flower --rounds 4
-    python benchmarks/throughput.py --workloads a,b,c --device cuda --engines floor,inprocess,vectorized
-    python benchmarks/throughput.py ... --doc docs/performance.md   # append a section for this device
+    python benchmarks/throughput.py --workloads a,b,c --device cuda \
+        --engines floor,inprocess,vectorized
+    python benchmarks/throughput.py ... --doc docs/performance.md   # a section for this device
 
 Workloads (FedAvg on Fashion-MNIST, every sample labeled, weak shift augmentation):
   a  the paper's cross-device shape: 100 clients, Dirichlet(0.1), 10 per round, small CNN,
@@ -43,22 +44,47 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 WORKLOADS = {
-    "a": {"data": {"num_clients": 100, "partition": "dirichlet", "alpha": 0.1, "label_ratio": 1.0},
-          "clients_per_round": 10, "model": {"name": "cnn"}, "algorithm": {"batch_size": 32, "local_steps": 10}},
-    "b": {"data": {"num_clients": 1000, "partition": "iid", "train_samples": 50000, "label_ratio": 1.0},
-          "clients_per_round": 50, "model": {"name": "cnn"}, "algorithm": {"batch_size": 10, "local_steps": 5}},
-    "c": {"data": {"num_clients": 10, "partition": "iid", "label_ratio": 1.0},
-          "clients_per_round": 10, "model": {"name": "resnet18"}, "algorithm": {"batch_size": 32, "local_steps": 10}},
-}  # fmt: skip
+    "a": {
+        "data": {"num_clients": 100, "partition": "dirichlet", "alpha": 0.1, "label_ratio": 1.0},
+        "clients_per_round": 10,
+        "model": {"name": "cnn"},
+        "algorithm": {"batch_size": 32, "local_steps": 10},
+    },
+    "b": {
+        "data": {
+            "num_clients": 1000,
+            "partition": "iid",
+            "train_samples": 50000,
+            "label_ratio": 1.0,
+        },
+        "clients_per_round": 50,
+        "model": {"name": "cnn"},
+        "algorithm": {"batch_size": 10, "local_steps": 5},
+    },
+    "c": {
+        "data": {"num_clients": 10, "partition": "iid", "label_ratio": 1.0},
+        "clients_per_round": 10,
+        "model": {"name": "resnet18"},
+        "algorithm": {"batch_size": 32, "local_steps": 10},
+    },
+}
 DESCRIPTION = {
     "a": "100 clients, 10/round, CNN, 10 x batch 32",
     "b": "1000 clients, 50/round, CNN, 5 x batch 10",
     "c": "10 clients, 10/round, ResNet-18, 10 x batch 32",
 }
-NOMINAL_FP32_TFLOPS = {"H100 80GB HBM3": 66.9, "H100 PCIe": 51.2, "H200": 66.9, "A100": 19.5, "L4": 30.3}
+NOMINAL_FP32_TFLOPS = {
+    "H100 80GB HBM3": 66.9,
+    "H100 PCIe": 51.2,
+    "H200": 66.9,
+    "A100": 19.5,
+    "L4": 30.3,
+}
 
 
-def workload_values(name: str, engine: str, *, rounds: int, device: str, data_root: str, out: str) -> dict:
+def workload_values(
+    name: str, engine: str, *, rounds: int, device: str, data_root: str, out: str
+) -> dict:
     """The nested config of a workload on an engine (the same dict the CLI builds)."""
     from fedlabel.config import Config, config_to_dict
 
@@ -67,8 +93,16 @@ def workload_values(name: str, engine: str, *, rounds: int, device: str, data_ro
     values["algorithm"] = {"name": "fedavg", **w["algorithm"]}
     values["data"].update(w["data"], root=data_root, download=False)
     values["model"].update(w["model"])
-    values.update(clients_per_round=w["clients_per_round"], rounds=rounds, eval_every=rounds, device=device, output_dir=out)
-    values["engine"]["name"] = "inprocess" if engine == "floor" or engine.startswith("inprocess-w") else engine
+    values.update(
+        clients_per_round=w["clients_per_round"],
+        rounds=rounds,
+        eval_every=rounds,
+        device=device,
+        output_dir=out,
+    )
+    values["engine"]["name"] = (
+        "inprocess" if engine == "floor" or engine.startswith("inprocess-w") else engine
+    )
     if engine.startswith("inprocess-w"):
         values["engine"]["workers"] = int(engine[len("inprocess-w") :])
     if engine == "flower":
@@ -169,14 +203,21 @@ def floor_rounds(cfg, fed, device, on_round=lambda t: None) -> list[float]:
     from fedlabel.training import to_float
 
     p = cfg.algorithm
-    model, _ = initial_model(cfg, in_channels=fed.in_channels, num_classes=fed.num_classes, image_size=fed.image_size)
+    model, _ = initial_model(
+        cfg, in_channels=fed.in_channels, num_classes=fed.num_classes, image_size=fed.image_size
+    )
     model.to(device)
     global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     gen = torch.Generator().manual_seed(cfg.seed)
     seconds = []
     for rnd in range(1, cfg.rounds + 1):
         start = time.perf_counter()
-        cohort = sample_cohort(seed=cfg.seed, round=rnd, num_clients=cfg.data.num_clients, clients_per_round=cfg.clients_per_round)
+        cohort = sample_cohort(
+            seed=cfg.seed,
+            round=rnd,
+            num_clients=cfg.data.num_clients,
+            clients_per_round=cfg.clients_per_round,
+        )
         weights = {c: fed.clients[c].num_labeled for c in cohort}
         total = sum(weights.values())
         step = {k: torch.zeros_like(v) for k, v in global_state.items()}
@@ -185,10 +226,16 @@ def floor_rounds(cfg, fed, device, on_round=lambda t: None) -> list[float]:
             x, y = data.labeled_images.to(device), data.labeled_labels.to(device)
             n = len(y)
             model.load_state_dict(global_state)
-            opt = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+            opt = torch.optim.SGD(
+                model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
+            )
             for _ in range(p.local_steps if n else 0):
                 idx = torch.randperm(n, generator=gen)[: min(p.batch_size, n)].to(device)
-                xb = weak_augment(to_float(x[idx]), generator=gen, max_shift=p.weak_shift) if p.weak_shift else to_float(x[idx])
+                xb = (
+                    weak_augment(to_float(x[idx]), generator=gen, max_shift=p.weak_shift)
+                    if p.weak_shift
+                    else to_float(x[idx])
+                )
                 loss = F.cross_entropy(model(xb), y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -212,7 +259,12 @@ def flops_per_sample(cfg, fed, device) -> float:
 
     from fedlabel.models import build_model
 
-    model = build_model(cfg.model.name, in_channels=fed.in_channels, num_classes=fed.num_classes, image_size=fed.image_size).to(device)
+    model = build_model(
+        cfg.model.name,
+        in_channels=fed.in_channels,
+        num_classes=fed.num_classes,
+        image_size=fed.image_size,
+    ).to(device)
     b = 8
     x = torch.rand(b, fed.in_channels, fed.image_size, fed.image_size, device=device)
     y = torch.zeros(b, dtype=torch.long, device=device)
@@ -230,8 +282,14 @@ def run_single(args) -> dict:
     from fedlabel.training import resolve_device
 
     with tempfile.TemporaryDirectory(prefix="fedlabel-bench-") as tmp:
-        values = workload_values(args.single[0], args.single[1], rounds=args.rounds, device=args.device,
-                                 data_root=args.data_root, out=str(Path(tmp) / "run"))  # fmt: skip
+        values = workload_values(
+            args.single[0],
+            args.single[1],
+            rounds=args.rounds,
+            device=args.device,
+            data_root=args.data_root,
+            out=str(Path(tmp) / "run"),
+        )
         cfg = config_from_dict(values)
         device = resolve_device(cfg.device)
         if device.type == "cuda":
@@ -249,14 +307,21 @@ def run_single(args) -> dict:
     timed = list(range(2, cfg.rounds)) if cfg.rounds >= 3 else [cfg.rounds]
     updates = samples = 0
     for rnd in timed:
-        for cid in sample_cohort(seed=cfg.seed, round=rnd, num_clients=cfg.data.num_clients, clients_per_round=cfg.clients_per_round):
+        for cid in sample_cohort(
+            seed=cfg.seed,
+            round=rnd,
+            num_clients=cfg.data.num_clients,
+            clients_per_round=cfg.clients_per_round,
+        ):
             n = fed.clients[cid].num_labeled
             updates += 1
             samples += p.local_steps * min(p.batch_size, n) if n else 0
     secs = sum(seconds[r - 1] for r in timed)
     # CPU seconds of the process tree over the timed rounds (in-process engines and floor only):
     # steadier than wall time on a shared machine
-    cpu_secs = cpu[timed[-1] - 1] - cpu[timed[0] - 2] if len(cpu) == cfg.rounds and timed[0] >= 2 else None
+    cpu_secs = (
+        cpu[timed[-1] - 1] - cpu[timed[0] - 2] if len(cpu) == cfg.rounds and timed[0] >= 2 else None
+    )
     return {
         "workload": args.single[0],
         "engine": args.single[1],
@@ -296,10 +361,24 @@ def device_info(device: str) -> dict:
         name = torch.cuda.get_device_name(dev)
         nominal = next((v * 1e12 for k, v in NOMINAL_FP32_TFLOPS.items() if k in name), None)
     else:
-        model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), platform.processor())
+        model = next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")
+            ),
+            platform.processor(),
+        )
         name, nominal = f"CPU {model}, {os.cpu_count()} cores", None
-    return {"name": name, "device": device, "threads": torch.get_num_threads(), "matmul_fp32_flops": measured,
-            "nominal_fp32_flops": nominal, "torch": torch.__version__, "load_average": os.getloadavg()[0]}  # fmt: skip
+    return {
+        "name": name,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "matmul_fp32_flops": measured,
+        "nominal_fp32_flops": nominal,
+        "torch": torch.__version__,
+        "load_average": os.getloadavg()[0],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,21 +405,46 @@ def run_all(args) -> list[dict]:
         for engine in args.engines:
             left = deadline - time.monotonic()
             if left < 10:
-                results.append({"workload": w, "engine": engine, "error": f"not run: --budget-s {args.budget_s:.0f} s spent"})
+                results.append(
+                    {
+                        "workload": w,
+                        "engine": engine,
+                        "error": f"not run: --budget-s {args.budget_s:.0f} s spent",
+                    }
+                )
                 continue
-            cmd = [sys.executable, __file__, "--single", w, engine, "--rounds", str(args.rounds), "--device", args.device,
-                   "--data-root", args.data_root]  # fmt: skip
+            cmd = [
+                sys.executable,
+                __file__,
+                "--single",
+                w,
+                engine,
+                "--rounds",
+                str(args.rounds),
+                "--device",
+                args.device,
+                "--data-root",
+                args.data_root,
+            ]
             print(f"[{w}/{engine}] {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
             limit = min(args.timeout_s, left)
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, cwd=ROOT)
             except subprocess.TimeoutExpired:
-                results.append({"workload": w, "engine": engine, "error": f"timed out after {limit:.0f} s"})
+                results.append(
+                    {"workload": w, "engine": engine, "error": f"timed out after {limit:.0f} s"}
+                )
                 continue
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             if proc.returncode or not lines:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-                results.append({"workload": w, "engine": engine, "error": f"exit {proc.returncode}: {' | '.join(tail)}"})
+                results.append(
+                    {
+                        "workload": w,
+                        "engine": engine,
+                        "error": f"exit {proc.returncode}: {' | '.join(tail)}",
+                    }
+                )
             else:
                 results.append(json.loads(lines[-1]))
             print(f"[{w}/{engine}] {results[-1]}", file=sys.stderr, flush=True)
@@ -349,18 +453,29 @@ def run_all(args) -> list[dict]:
 
 def table(results: list[dict], info: dict) -> str:
     peak = info["matmul_fp32_flops"]
-    rows = ["| workload | engine | client updates/s | samples/s | GFLOP/s | % of matmul peak | peak memory | time / floor | speed-up vs flower | CPU s / update (/ floor) | cores used |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows = [
+        (
+            "| workload | engine | client updates/s | samples/s | GFLOP/s | % of matmul peak | peak"
+            " memory | time / floor | speed-up vs flower | CPU s / update (/ floor) | cores used |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     by = {(r["workload"], r["engine"]): r for r in results}
     for r in results:
         w, e = r["workload"], r["engine"]
         if "error" in r:
             rows.append(f"| {w} | {e} | {r['error']} | | | | | | | | |")
             continue
-        rate = lambda x: x / r["seconds"]  # noqa: E731
+        rate = lambda x, r=r: x / r["seconds"]  # noqa: E731
         floor, flower = by.get((w, "floor")), by.get((w, "flower"))
-        ratio_floor = f"{r['seconds'] / floor['seconds']:.2f}x" if floor and "error" not in floor else "n/a"
-        vs_flower = f"{flower['seconds'] / r['seconds']:.2f}x" if flower and "error" not in flower else "n/a"
+        ratio_floor = (
+            f"{r['seconds'] / floor['seconds']:.2f}x" if floor and "error" not in floor else "n/a"
+        )
+        vs_flower = (
+            f"{flower['seconds'] / r['seconds']:.2f}x"
+            if flower and "error" not in flower
+            else "n/a"
+        )
         mem = f"{r['peak_rss_bytes'] / 2**30:.2f} GiB RSS"
         if r.get("peak_cuda_bytes"):
             mem += f", {r['peak_cuda_bytes'] / 2**30:.2f} GiB CUDA"
@@ -372,22 +487,34 @@ def table(results: list[dict], info: dict) -> str:
             cpu = f"{r['cpu_seconds'] / r['updates']:.3f}"
             if floor and floor.get("cpu_seconds"):
                 cpu += f" ({r['cpu_seconds'] / floor['cpu_seconds']:.2f}x)"
-        rows.append(f"| {w} | {e} | {rate(r['updates']):.1f} | {rate(r['samples']):.0f} | {rate(r['flops']) / 1e9:.1f} | "
-                    f"{100 * rate(r['flops']) / peak:.1f}% | {mem} | {ratio_floor} | {vs_flower} | {cpu} | {used} |")  # fmt: skip
+        rows.append(
+            f"| {w} | {e} | {rate(r['updates']):.1f} | {rate(r['samples']):.0f} |"
+            f" {rate(r['flops']) / 1e9:.1f} | {100 * rate(r['flops']) / peak:.1f}% | {mem} |"
+            f" {ratio_floor} | {vs_flower} | {cpu} | {used} |"
+        )
     return "\n".join(rows)
 
 
 def section(results: list[dict], info: dict, argv: list[str]) -> str:
-    nominal = f", nominal float32 {info['nominal_fp32_flops'] / 1e12:.1f} TFLOP/s" if info["nominal_fp32_flops"] else ""
+    nominal = (
+        f", nominal float32 {info['nominal_fp32_flops'] / 1e12:.1f} TFLOP/s"
+        if info["nominal_fp32_flops"]
+        else ""
+    )
     timed = sorted({r["rounds_timed"] for r in results if "rounds_timed" in r})
     lines = [
         f"### {info['name']} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
-        f"`python benchmarks/throughput.py {' '.join(argv)}`; torch {info['torch']}, {info['threads']} threads, "
-        f"measured float32 matmul {info['matmul_fp32_flops'] / 1e9:.0f} GFLOP/s{nominal}; load average at start "
-        f"{info['load_average']:.1f}; {'/'.join(map(str, timed))} timed rounds per run.",
+        (
+            f"`python benchmarks/throughput.py {' '.join(argv)}`; torch {info['torch']},"
+            f" {info['threads']} threads, measured float32 matmul"
+            f" {info['matmul_fp32_flops'] / 1e9:.0f} GFLOP/s{nominal}; load average at start"
+            f" {info['load_average']:.1f}; {'/'.join(map(str, timed))} timed rounds per run."
+        ),
         "",
-        "Workloads: " + "; ".join(f"({w}) {DESCRIPTION[w]}" for w in sorted({r['workload'] for r in results})) + ".",
+        "Workloads: "
+        + "; ".join(f"({w}) {DESCRIPTION[w]}" for w in sorted({r["workload"] for r in results}))
+        + ".",
         "",
         table(results, info),
         "",
@@ -397,15 +524,39 @@ def section(results: list[dict], info: dict, argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--workloads", default="a,b", help="comma-separated from a,b,c (default a,b)")
-    ap.add_argument("--engines", default="", help="comma-separated from floor,inprocess,inprocess-wN,vectorized,flower (default: what runs here)")
-    ap.add_argument("--rounds", type=int, default=4, help="rounds per run; rounds 2..R-1 are timed (default 4)")
+    ap.add_argument(
+        "--engines",
+        default="",
+        help=(
+            "comma-separated from floor,inprocess,inprocess-wN,vectorized,flower (default: what"
+            " runs here)"
+        ),
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=4, help="rounds per run; rounds 2..R-1 are timed (default 4)"
+    )
     ap.add_argument("--device", default="", help="cpu or cuda (default: cuda if available)")
-    ap.add_argument("--data-root", default="", help="directory with the four Fashion-MNIST .gz files (default: search)")
-    ap.add_argument("--timeout-s", type=float, default=1800, help="limit per (workload, engine) run")
-    ap.add_argument("--budget-s", type=float, default=0, help="start no run after this many seconds (0 = no limit)")
-    ap.add_argument("--doc", default="", help="append a section with the results to this markdown file")
+    ap.add_argument(
+        "--data-root",
+        default="",
+        help="directory with the four Fashion-MNIST .gz files (default: search)",
+    )
+    ap.add_argument(
+        "--timeout-s", type=float, default=1800, help="limit per (workload, engine) run"
+    )
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=0,
+        help="start no run after this many seconds (0 = no limit)",
+    )
+    ap.add_argument(
+        "--doc", default="", help="append a section with the results to this markdown file"
+    )
     ap.add_argument("--json", default="", help="write the raw results here")
     ap.add_argument("--single", nargs=2, metavar=("WORKLOAD", "ENGINE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -419,7 +570,10 @@ def main(argv: list[str] | None = None) -> int:
     args.engines = [e for e in args.engines.split(",") if e] or default_engines(args.device)
     known = ("floor", "inprocess", "vectorized", "flower")
     bad = [w for w in args.workloads if w not in WORKLOADS] + [
-        e for e in args.engines if e not in known and not (e.startswith("inprocess-w") and e[len("inprocess-w") :].isdigit())
+        e
+        for e in args.engines
+        if e not in known
+        and not (e.startswith("inprocess-w") and e[len("inprocess-w") :].isdigit())
     ]
     if bad or args.rounds < 1:
         ap.error(f"unknown workload/engine {bad} or rounds < 1")
@@ -439,5 +593,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-

@@ -42,12 +42,22 @@ def _federated(data: DataConfig, seed: int) -> FederatedData:
 @functools.lru_cache(maxsize=2)
 def _model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """A resident model skeleton per worker process; its parameters come with each message."""
-    return build_model(name, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+    return build_model(
+        name, in_channels=in_channels, num_classes=num_classes, image_size=image_size
+    )
 
 
 @functools.lru_cache(maxsize=2)
-def _site(site_dir: str, client_id: int, in_channels: int, image_size: int, num_classes: int) -> ClientData:
-    return load_site(site_dir, in_channels=in_channels, image_size=image_size, num_classes=num_classes, client_id=client_id)
+def _site(
+    site_dir: str, client_id: int, in_channels: int, image_size: int, num_classes: int
+) -> ClientData:
+    return load_site(
+        site_dir,
+        in_channels=in_channels,
+        image_size=image_size,
+        num_classes=num_classes,
+        client_id=client_id,
+    )
 
 
 def _client_id(request: codec.Request, context: Context) -> int:
@@ -64,19 +74,26 @@ def _setup(msg: Message, context: Context) -> tuple[Config, ClientData, codec.Sh
     request = codec.decode_request(msg.content)
     cid = _client_id(request, context)
     if keys.SITE_DIR in context.node_config:
-        cfg = deployed(cfg)  # DP noise from the site's OS entropy, whatever the server's run config says
+        cfg = deployed(
+            cfg
+        )  # DP noise from the site's OS entropy, whatever the server's run config says
         channels, classes, size = request.shape
         site = _site(str(context.node_config[keys.SITE_DIR]), cid, channels, size, classes)
         return cfg, site, request.shape
     fed = _federated(cfg.data, cfg.seed)
     if not 0 <= cid < len(fed.clients):
-        raise ValueError(f"node_config {keys.PARTITION_ID}={cid} is outside 0..{len(fed.clients) - 1}")
+        raise ValueError(
+            f"node_config {keys.PARTITION_ID}={cid} is outside 0..{len(fed.clients) - 1}"
+        )
     return cfg, fed.clients[cid], codec.Shape(fed.in_channels, fed.num_classes, fed.image_size)
 
 
 def site_name(node_config) -> str:
     """A deployed site's name: node config site-id, else the name of its site directory."""
-    name = node_config.get(keys.SITE_ID) or Path(str(node_config[keys.SITE_DIR])).expanduser().resolve().name
+    name = (
+        node_config.get(keys.SITE_ID)
+        or Path(str(node_config[keys.SITE_DIR])).expanduser().resolve().name
+    )
     return str(name)
 
 

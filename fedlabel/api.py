@@ -137,8 +137,12 @@ def check_device(cfg: Config) -> None:
         return
     index = int(cfg.device.split(":", 1)[1]) if ":" in cfg.device else 0
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    check(index < count, "device", f"{cfg.device} but torch {torch.__version__} sees {count} CUDA "
-          "device(s) here; use device=auto or device=cpu")  # fmt: skip
+    check(
+        index < count,
+        "device",
+        f"{cfg.device} but torch {torch.__version__} sees {count} CUDA "
+        "device(s) here; use device=auto or device=cpu",
+    )
 
 
 def one_line(err: BaseException) -> str:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -92,11 +93,15 @@ class WeakDraws:
     @staticmethod
     def cat(draws: list[WeakDraws]) -> WeakDraws:
         """One set of draws for the concatenation of the images the parts were drawn for."""
-        flips = None if draws[0].flips is None else torch.cat([d.flips for d in draws])
+        flips = (
+            None if draws[0].flips is None else torch.cat([cast(Tensor, d.flips) for d in draws])
+        )
         return WeakDraws(draws[0].max_shift, torch.cat([d.offsets for d in draws]), flips)
 
 
-def draw_weak(n: int, *, generator: torch.Generator, max_shift: int = 2, flip: bool = False) -> WeakDraws:
+def draw_weak(
+    n: int, *, generator: torch.Generator, max_shift: int = 2, flip: bool = False
+) -> WeakDraws:
     """Draw :func:`weak_augment`'s choices for ``n`` images, in its order, from ``generator``."""
     _check_generator(generator)
     if max_shift < 0:
@@ -239,7 +244,12 @@ def strong_augment(
     ``cutout`` square filled with 0.5 (see the module docstring for ops and ranges)."""
     _check_images(x)
     n, _, h, w = x.shape
-    return apply_strong(x, draw_strong(n, h, w, generator=generator, num_ops=num_ops, magnitude=magnitude, cutout=cutout))
+    return apply_strong(
+        x,
+        draw_strong(
+            n, h, w, generator=generator, num_ops=num_ops, magnitude=magnitude, cutout=cutout
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -254,14 +264,26 @@ class StrongDraws:
     @staticmethod
     def cat(draws: list[StrongDraws]) -> StrongDraws:
         """One set of draws for the concatenation of the images the parts were drawn for."""
-        cutout = None if draws[0].cutout is None else torch.cat([d.cutout for d in draws])
+        cutout = (
+            None if draws[0].cutout is None else torch.cat([cast(Tensor, d.cutout) for d in draws])
+        )
         return StrongDraws(
-            draws[0].magnitude, torch.cat([d.ops for d in draws]), torch.cat([d.signs for d in draws]), cutout
+            draws[0].magnitude,
+            torch.cat([d.ops for d in draws]),
+            torch.cat([d.signs for d in draws]),
+            cutout,
         )
 
 
 def draw_strong(
-    n: int, h: int, w: int, *, generator: torch.Generator, num_ops: int = 1, magnitude: int = 10, cutout: int = 10
+    n: int,
+    h: int,
+    w: int,
+    *,
+    generator: torch.Generator,
+    num_ops: int = 1,
+    magnitude: int = 10,
+    cutout: int = 10,
 ) -> StrongDraws:
     """Draw :func:`strong_augment`'s choices for ``n`` images of ``h x w``, in its order."""
     _check_generator(generator)

@@ -27,12 +27,28 @@ FORMAT = 1
 # vectorized engine with its own per-client random streams), so a run resumed on another engine
 # is not bitwise the run that would have gone on where it started.
 # stop and mlflow only decide when the run ends and where it is logged.
-MAY_DIFFER = {"rounds", "output_dir", "checkpoint_every", "resume", "overwrite", "eval_every", "eval_last", "tensorboard",
-              "engine", "device", "stop", "mlflow"}  # fmt: skip
+MAY_DIFFER = {
+    "rounds",
+    "output_dir",
+    "checkpoint_every",
+    "resume",
+    "overwrite",
+    "eval_every",
+    "eval_last",
+    "tensorboard",
+    "engine",
+    "device",
+    "stop",
+    "mlflow",
+}
 
 
 def rng_states() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
@@ -81,7 +97,10 @@ def load_checkpoint(output_dir: str | Path) -> dict[str, Any]:
     """Read output_dir/checkpoint.pt; ConfigError if there is none or it cannot be read."""
     path = Path(output_dir) / FILE
     if not path.is_file():
-        raise ConfigError(f"resume: {path} does not exist; resume=true continues a run in output_dir from its checkpoint")
+        raise ConfigError(
+            f"resume: {path} does not exist; resume=true continues a run in output_dir from its"
+            " checkpoint"
+        )
     try:
         # weights_only=False: the checkpoint also holds numpy/python RNG states; it is our own file.
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -116,7 +135,12 @@ def check_resumable(state: dict, current: dict) -> None:
         raise ConfigError(f"resume: the config differs from the checkpoint's in {'; '.join(diffs)}")
     again = state.get("stop_reason") and stop_reason(state["rounds"], **current["stop"])
     if again:
-        raise ConfigError(f"resume: the run stopped early after round {state['round']} and is finished ({again}); "
-                          "to train on, change stop.patience or stop.target_accuracy")  # fmt: skip
+        raise ConfigError(
+            f"resume: the run stopped early after round {state['round']} and is finished ({again});"
+            " to train on, change stop.patience or stop.target_accuracy"
+        )
     if current["rounds"] < state["round"]:
-        raise ConfigError(f"rounds: {current['rounds']} is fewer than the {state['round']} rounds already in the checkpoint")
+        raise ConfigError(
+            f"rounds: {current['rounds']} is fewer than the {state['round']} rounds already in the"
+            " checkpoint"
+        )

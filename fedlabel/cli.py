@@ -1,13 +1,13 @@
 """`fedlabel` command line.
 
-  fedlabel simulate [hydra overrides]   run a simulation (engine=flower by default)
-  fedlabel flower-config [--write]      print (or rewrite in pyproject.toml) the
-                                        [tool.flwr.app.config] section from the schema
-  fedlabel deploy <command> ...         run on real sites (server, join, submit, ...;
-                                        `fedlabel deploy -h`, docs/deploy.md)
-  fedlabel privacy-sweep [options] [overrides]
-                                        privacy-utility sweep -> docs/privacy.md
-                                        (`fedlabel privacy-sweep --help`)
+fedlabel simulate [hydra overrides]   run a simulation (engine=flower by default)
+fedlabel flower-config [--write]      print (or rewrite in pyproject.toml) the
+                                      [tool.flwr.app.config] section from the schema
+fedlabel deploy <command> ...         run on real sites (server, join, submit, ...;
+                                      `fedlabel deploy -h`, docs/deploy.md)
+fedlabel privacy-sweep [options] [overrides]
+                                      privacy-utility sweep -> docs/privacy.md
+                                      (`fedlabel privacy-sweep --help`)
 """
 
 from __future__ import annotations
@@ -37,11 +37,15 @@ def _precheck(argv: list[str]) -> str | None:
     if not given:
         return None  # a new timestamped folder
     try:
-        Path(given[-1]).expanduser().mkdir(parents=True, exist_ok=True)  # Hydra would, with a traceback
+        Path(given[-1]).expanduser().mkdir(
+            parents=True, exist_ok=True
+        )  # Hydra would, with a traceback
     except OSError as err:
         return f"output_dir: cannot create {given[-1]} ({err.strerror or err})"
     try:
-        check_claimable(Path(given[-1]), resume=bool(cfg.get("resume")), overwrite=bool(cfg.get("overwrite")))
+        check_claimable(
+            Path(given[-1]), resume=bool(cfg.get("resume")), overwrite=bool(cfg.get("overwrite"))
+        )
     except ConfigError as err:
         return str(err)
     return None
@@ -72,12 +76,27 @@ def _simulate(argv: list[str]) -> int:
         try:
             summary = run(values)
         except (ConfigError, DataError, FlowerRunError, RoundFailed, RunStopped) as err:
-            kind = next(k for t, k in ((ConfigError, "config"), (DataError, "data"), (FlowerRunError, "flower"),
-                                       (RoundFailed, "run"), (RunStopped, "run")) if isinstance(err, t))  # fmt: skip
-            print(f"fedlabel: {kind} {'stopped' if isinstance(err, RunStopped) else 'error'}: {err}", file=sys.stderr)
+            kind = next(
+                k
+                for t, k in (
+                    (ConfigError, "config"),
+                    (DataError, "data"),
+                    (FlowerRunError, "flower"),
+                    (RoundFailed, "run"),
+                    (RunStopped, "run"),
+                )
+                if isinstance(err, t)
+            )
+            print(
+                f"fedlabel: {kind} {'stopped' if isinstance(err, RunStopped) else 'error'}: {err}",
+                file=sys.stderr,
+            )
             if isinstance(err, (RoundFailed, RunStopped)):
-                print("fedlabel: the rounds before it are in summary.json; resume=true continues from the last checkpoint",
-                      file=sys.stderr)  # fmt: skip
+                print(
+                    "fedlabel: the rounds before it are in summary.json; resume=true continues from"
+                    " the last checkpoint",
+                    file=sys.stderr,
+                )
             status["code"] = 128 + err.signum if isinstance(err, RunStopped) else 2
             return
         print(format_table(summary["rounds"]))
@@ -87,8 +106,10 @@ def _simulate(argv: list[str]) -> int:
         if acc is None:
             print("final accuracy: n/a")
         else:
-            print(f"final accuracy: {acc:.4f}  (mean of the last {len(evaluated)} evaluations: "
-                  f"{sum(evaluated) / len(evaluated):.4f}; {summary['wall_seconds']:.1f} s)")
+            print(
+                f"final accuracy: {acc:.4f}  (mean of the last {len(evaluated)} evaluations: "
+                f"{sum(evaluated) / len(evaluated):.4f}; {summary['wall_seconds']:.1f} s)"
+            )
         print(privacy_line(summary) or "", end="")
         print(f"outputs: {out}/summary.json, rounds.csv, accuracy.png, clients.json, model.pt")
 
@@ -102,7 +123,8 @@ def _simulate(argv: list[str]) -> int:
 
 
 def privacy_line(summary: dict[str, Any]) -> str | None:
-    """'privacy: epsilon 2.91 at delta 1e-05 (dpsgd); bag counts: epsilon 1 (label-DP)\n', or None."""
+    """'privacy: epsilon 2.91 at delta 1e-05 (dpsgd); bag counts: epsilon 1 (label-DP)\n', or
+    None."""
     last = summary["rounds"][-1] if summary["rounds"] else {}
     parts = []
     if last.get("epsilon") is not None:
@@ -123,7 +145,9 @@ def flower_config_toml() -> str:
     return tomli_w.dumps({"tool": {"flwr": {"app": {"config": unflatten(default_run_config())}}}})
 
 
-FLOWER_CONFIG_MARK = "# Generated from the schema by `fedlabel flower-config --write` (a test checks it).\n"
+FLOWER_CONFIG_MARK = (
+    "# Generated from the schema by `fedlabel flower-config --write` (a test checks it).\n"
+)
 
 
 def write_flower_config(pyproject: Path) -> None:
@@ -131,9 +155,15 @@ def write_flower_config(pyproject: Path) -> None:
     text = pyproject.read_text()
     start = text.index(FLOWER_CONFIG_MARK)
     rest = text[start + len(FLOWER_CONFIG_MARK) :]
-    tables = [i for i in range(len(rest)) if rest.startswith("\n[tool.", i) and not rest.startswith("\n[tool.flwr.app.config", i)]
+    tables = [
+        i
+        for i in range(len(rest))
+        if rest.startswith("\n[tool.", i) and not rest.startswith("\n[tool.flwr.app.config", i)
+    ]
     end = tables[0] + 1 if tables else len(rest)
-    pyproject.write_text(text[:start] + FLOWER_CONFIG_MARK + flower_config_toml() + "\n" + rest[end:])
+    pyproject.write_text(
+        text[:start] + FLOWER_CONFIG_MARK + flower_config_toml() + "\n" + rest[end:]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

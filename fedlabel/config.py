@@ -46,7 +46,9 @@ class DataConfig:
     bag_key: str = ""
     llp_method: str = "dllp"  # dllp (proportion loss) | bp (belief-propagation pseudo-labels)
     proportion_epsilon: float = 0.0  # > 0: label-DP noise on each bag's counts; 0 = exact counts
-    proportion_noise: str = "laplace"  # laplace (pure epsilon) | gaussian (epsilon, proportion_delta)
+    proportion_noise: str = (
+        "laplace"  # laplace (pure epsilon) | gaussian (epsilon, proportion_delta)
+    )
     proportion_delta: float = 1e-5
     bp_neighbors: int = 5  # kNN edges per instance
     bp_lambda_similarity: float = 10.0
@@ -95,7 +97,9 @@ class FaultsConfig:
     crash_prob: float = 0.0
     dropout_prob: float = 0.0
     straggler_prob: float = 0.0
-    round_deadline_s: float = 0.0  # the server waits this long for replies; 0 = wait for every reply
+    round_deadline_s: float = (
+        0.0  # the server waits this long for replies; 0 = wait for every reply
+    )
     # Fewer accepted updates than this fails the round, and with it the run (status "failed", the
     # last checkpoint kept, so `resume=true` continues from there).
     min_clients: int = 1
@@ -116,7 +120,8 @@ ROBUST_RULES = ("none", "trimmed_mean", "median", "krum")
 
 @dataclass(frozen=True)
 class AggregationConfig:
-    """How the server bounds each accepted update's influence and combines them (fedlabel/robust.py).
+    """How the server bounds each accepted update's influence and combines them
+    (fedlabel/robust.py).
 
     Every round, before aggregation: an update whose L2 norm exceeds clip_to_median x the lower
     median norm of the round's accepted updates is scaled down to that norm, and a weight r_k
@@ -151,7 +156,8 @@ class PrivacyConfig:
     delta: float = 1e-5  # epsilon is reported at this delta
     clipping: str = "server"  # central_dp: server | client (who clips each update)
     accountant: str = "rdp"  # rdp | prv (Opacus accountants)
-    # Draw every DP noise value (DP-SGD noise and Poisson batches, central-DP noise, bag-count noise)
+    # Draw every DP noise value (DP-SGD noise and Poisson batches, central-DP noise, bag-count
+    # noise)
     # from generators seeded by the OS's entropy instead of the run's seed, so nobody who knows the
     # config can regenerate the noise (fedlabel/privacy/noise.py). Always on at deployed sites.
     secure_noise: bool = False
@@ -190,12 +196,15 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_every: int = 1  # central test-set evaluation every N rounds (and after the last)
-    eval_last: int = 0  # also evaluate every round of the last N rounds (final means stay per round)
+    eval_last: int = (
+        0  # also evaluate every round of the last N rounds (final means stay per round)
+    )
     output_dir: str = "outputs/run"
     checkpoint_every: int = 1  # write output_dir/checkpoint.pt every N rounds (and after the last)
     resume: bool = False  # continue the run in output_dir from its checkpoint
     overwrite: bool = False  # replace the run in output_dir (its files are removed first)
-    tensorboard: bool = False  # also log every round to output_dir/tensorboard (pip install 'fedlabel[tensorboard]')
+    # also log every round to output_dir/tensorboard (pip install 'fedlabel[tensorboard]')
+    tensorboard: bool = False
     stop: StopConfig = field(default_factory=StopConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
@@ -257,12 +266,17 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     algo = dict(algo)
     name = algo.get("name", "fedlabel")
     if not isinstance(name, str) or name not in ALGORITHMS:
-        raise ConfigError(f"algorithm.name: unknown algorithm {name!r}; choose from {sorted(ALGORITHMS)}")
+        raise ConfigError(
+            f"algorithm.name: unknown algorithm {name!r}; choose from {sorted(ALGORITHMS)}"
+        )
     preset = ALGORITHMS[name]
     params = preset.params(**_fields(preset.algorithm.Params, algo, "algorithm."))
     stop = values.get("stop")
     if isinstance(stop, dict) and "target_accuracy" in stop and stop["target_accuracy"] is None:
-        values["stop"] = {**stop, "target_accuracy": 0.0}  # null = off, as 0 (run_config has no null)
+        values["stop"] = {
+            **stop,
+            "target_accuracy": 0.0,
+        }  # null = off, as 0 (run_config has no null)
     cfg = _build(Config, values, "")
     cfg = dataclasses.replace(cfg, algorithm=params)
     validate(cfg)
@@ -309,10 +323,13 @@ def _algorithm_run_config(params: AlgorithmParams) -> dict[str, Any]:
 
 
 def to_run_config(cfg: Config) -> dict[str, Any]:
-    """Config -> the flat run_config that `flwr run --run-config` takes (only its algorithm's keys)."""
+    """Config -> the flat run_config that `flwr run --run-config` takes (only its algorithm's
+    keys)."""
     flat: dict[str, Any] = {}
     for key, value in config_to_dict(cfg).items():
-        flat.update(_algorithm_run_config(cfg.algorithm) if key == "algorithm" else flatten({key: value}))
+        flat.update(
+            _algorithm_run_config(cfg.algorithm) if key == "algorithm" else flatten({key: value})
+        )
     return flat
 
 
@@ -333,7 +350,13 @@ def default_run_config() -> dict[str, Any]:
     defaults, with every algorithm name's own keys and defaults in its section."""
     flat = to_run_config(Config())
     for preset in ALGORITHMS.values():
-        flat.update({k: v for k, v in _algorithm_run_config(preset.params()).items() if k != "algorithm.name"})
+        flat.update(
+            {
+                k: v
+                for k, v in _algorithm_run_config(preset.params()).items()
+                if k != "algorithm.name"
+            }
+        )
     return flat
 
 
@@ -349,27 +372,59 @@ def _validate_bags(d: DataConfig, algorithm: str) -> None:
         f"algorithm {algorithm} trains on instance labels in its own loop; bags (LLP) work with "
         f"{', '.join(sorted(n for n, p in ALGORITHMS.items() if p.algorithm.trains_on_bags))}",
     )
-    check(not (d.bag_size and d.bag_key), "data.bag_key", "set either data.bag_size (random bags) or data.bag_key (given bags), not both")
-    check(not d.bag_key or d.name == "npz", "data.bag_key", "bag ids come from an .npz array; needs data.name=npz")
-    check(d.llp_method in ("dllp", "bp"), "data.llp_method", f"unknown LLP method {d.llp_method!r}; choose dllp or bp")
-    check(d.proportion_epsilon >= 0, "data.proportion_epsilon", f"must be >= 0 (0 = exact proportions), got {d.proportion_epsilon}")
+    check(
+        not (d.bag_size and d.bag_key),
+        "data.bag_key",
+        "set either data.bag_size (random bags) or data.bag_key (given bags), not both",
+    )
+    check(
+        not d.bag_key or d.name == "npz",
+        "data.bag_key",
+        "bag ids come from an .npz array; needs data.name=npz",
+    )
+    check(
+        d.llp_method in ("dllp", "bp"),
+        "data.llp_method",
+        f"unknown LLP method {d.llp_method!r}; choose dllp or bp",
+    )
+    check(
+        d.proportion_epsilon >= 0,
+        "data.proportion_epsilon",
+        f"must be >= 0 (0 = exact proportions), got {d.proportion_epsilon}",
+    )
     check(
         d.proportion_epsilon == 0 or bool(d.bag_size or d.bag_key),
         "data.proportion_epsilon",
         "noise on bag proportions needs bags: set data.bag_size or data.bag_key",
     )
-    check(d.proportion_noise in ("laplace", "gaussian"), "data.proportion_noise", f"unknown mechanism {d.proportion_noise!r}; choose laplace or gaussian")
-    check(0 < d.proportion_delta < 1, "data.proportion_delta", f"must be in (0, 1), got {d.proportion_delta}")
+    check(
+        d.proportion_noise in ("laplace", "gaussian"),
+        "data.proportion_noise",
+        f"unknown mechanism {d.proportion_noise!r}; choose laplace or gaussian",
+    )
+    check(
+        0 < d.proportion_delta < 1,
+        "data.proportion_delta",
+        f"must be in (0, 1), got {d.proportion_delta}",
+    )
     check(d.bp_neighbors >= 1, "data.bp_neighbors", f"must be >= 1, got {d.bp_neighbors}")
-    check(d.bp_lambda_similarity >= 0, "data.bp_lambda_similarity", f"must be >= 0, got {d.bp_lambda_similarity}")
+    check(
+        d.bp_lambda_similarity >= 0,
+        "data.bp_lambda_similarity",
+        f"must be >= 0, got {d.bp_lambda_similarity}",
+    )
     check(d.bp_lambda_bag >= 0, "data.bp_lambda_bag", f"must be >= 0, got {d.bp_lambda_bag}")
     check(d.bp_iterations >= 1, "data.bp_iterations", f"must be >= 1, got {d.bp_iterations}")
     check(0 <= d.bp_damping < 1, "data.bp_damping", f"must be in [0, 1), got {d.bp_damping}")
-    check(d.bp_bag_loss_weight >= 0, "data.bp_bag_loss_weight", f"must be >= 0, got {d.bp_bag_loss_weight}")
+    check(
+        d.bp_bag_loss_weight >= 0,
+        "data.bp_bag_loss_weight",
+        f"must be >= 0, got {d.bp_bag_loss_weight}",
+    )
 
 
 def _is_ray_address(address: str) -> bool:
-    """"", "auto" or host:port (Ray Client's ray:// addresses are not supported: the simulation
+    """ "", "auto" or host:port (Ray Client's ray:// addresses are not supported: the simulation
     runtime drives its actors as a Ray driver on a node of the cluster)."""
     if address in ("", "auto"):
         return True
@@ -380,33 +435,87 @@ def _is_ray_address(address: str) -> bool:
 def validate(cfg: Config) -> None:
     """Raise ConfigError naming the first impossible field; called before any work starts."""
     d = cfg.data
-    check(d.name in ("fashion_mnist", "npz"), "data.name", f"unknown data set {d.name!r}; choose fashion_mnist or npz")
-    check(d.name != "npz" or bool(d.root), "data.root", "data.name=npz needs data.root=<path to the .npz file>")
-    check(d.partition in ("iid", "dirichlet"), "data.partition", f"unknown partition {d.partition!r}; choose iid or dirichlet")
+    check(
+        d.name in ("fashion_mnist", "npz"),
+        "data.name",
+        f"unknown data set {d.name!r}; choose fashion_mnist or npz",
+    )
+    check(
+        d.name != "npz" or bool(d.root),
+        "data.root",
+        "data.name=npz needs data.root=<path to the .npz file>",
+    )
+    check(
+        d.partition in ("iid", "dirichlet"),
+        "data.partition",
+        f"unknown partition {d.partition!r}; choose iid or dirichlet",
+    )
     check(d.alpha > 0, "data.alpha", f"must be > 0, got {d.alpha}")
     check(0 < d.label_ratio <= 1, "data.label_ratio", f"must be in (0, 1], got {d.label_ratio}")
-    check(d.labeled_class_alpha >= 0, "data.labeled_class_alpha", f"must be >= 0 (0 = uniform split), got {d.labeled_class_alpha}")
+    check(
+        d.labeled_class_alpha >= 0,
+        "data.labeled_class_alpha",
+        f"must be >= 0 (0 = uniform split), got {d.labeled_class_alpha}",
+    )
     check(d.num_clients >= 1, "data.num_clients", f"must be >= 1, got {d.num_clients}")
-    check(d.train_samples >= 0, "data.train_samples", f"must be >= 0 (0 = all), got {d.train_samples}")
+    check(
+        d.train_samples >= 0, "data.train_samples", f"must be >= 0 (0 = all), got {d.train_samples}"
+    )
     check(d.min_client_size >= 1, "data.min_client_size", f"must be >= 1, got {d.min_client_size}")
     _validate_bags(d, cfg.algorithm.name)
-    check(cfg.model.name in ("cnn", "resnet18"), "model.name", f"unknown model {cfg.model.name!r}; choose cnn or resnet18")
+    check(
+        cfg.model.name in ("cnn", "resnet18"),
+        "model.name",
+        f"unknown model {cfg.model.name!r}; choose cnn or resnet18",
+    )
     e = cfg.engine
-    check(e.name in ENGINES, "engine.name", f"unknown engine {e.name!r}; choose from {list(ENGINES)}")
+    check(
+        e.name in ENGINES, "engine.name", f"unknown engine {e.name!r}; choose from {list(ENGINES)}"
+    )
     check(e.workers >= 1, "engine.workers", f"must be >= 1, got {e.workers}")
-    check(e.chunk_clients >= 0, "engine.chunk_clients", f"must be >= 0 (0 = fit to memory), got {e.chunk_clients}")
-    check(e.num_cpus_per_client >= 1, "engine.num_cpus_per_client", f"must be >= 1, got {e.num_cpus_per_client}")
-    check(e.num_gpus_per_client >= 0, "engine.num_gpus_per_client", f"must be >= 0, got {e.num_gpus_per_client}")
-    check(0 <= e.superlink_port < 65536, "engine.superlink_port", f"must be a port number, got {e.superlink_port}")
-    check(e.workers == 1 or not (d.bag_size or d.bag_key), "engine.workers",
-          "worker processes need instance labels; with bags (data.bag_size/data.bag_key) use engine.workers=1")  # fmt: skip
-    check(_is_ray_address(e.ray_address), "engine.ray_address",
-          f'must be "" (local Ray), "auto" or host:port of a Ray head, got {e.ray_address!r}')  # fmt: skip
+    check(
+        e.chunk_clients >= 0,
+        "engine.chunk_clients",
+        f"must be >= 0 (0 = fit to memory), got {e.chunk_clients}",
+    )
+    check(
+        e.num_cpus_per_client >= 1,
+        "engine.num_cpus_per_client",
+        f"must be >= 1, got {e.num_cpus_per_client}",
+    )
+    check(
+        e.num_gpus_per_client >= 0,
+        "engine.num_gpus_per_client",
+        f"must be >= 0, got {e.num_gpus_per_client}",
+    )
+    check(
+        0 <= e.superlink_port < 65536,
+        "engine.superlink_port",
+        f"must be a port number, got {e.superlink_port}",
+    )
+    check(
+        e.workers == 1 or not (d.bag_size or d.bag_key),
+        "engine.workers",
+        "worker processes need instance labels; with bags (data.bag_size/data.bag_key) use"
+        " engine.workers=1",
+    )
+    check(
+        _is_ray_address(e.ray_address),
+        "engine.ray_address",
+        f'must be "" (local Ray), "auto" or host:port of a Ray head, got {e.ray_address!r}',
+    )
     check(cfg.rounds >= 1, "rounds", f"must be >= 1, got {cfg.rounds}")
     check(0 <= cfg.seed < 2**63, "seed", f"must be in [0, 2**63), got {cfg.seed}")
-    check(not (cfg.resume and cfg.overwrite), "overwrite", "resume=true continues the run in output_dir; "
-          "overwrite=true replaces it: set one of them")  # fmt: skip
-    check(cfg.clients_per_round >= 1, "clients_per_round", f"must be >= 1, got {cfg.clients_per_round}")
+    check(
+        not (cfg.resume and cfg.overwrite),
+        "overwrite",
+        "resume=true continues the run in output_dir; overwrite=true replaces it: set one of them",
+    )
+    check(
+        cfg.clients_per_round >= 1,
+        "clients_per_round",
+        f"must be >= 1, got {cfg.clients_per_round}",
+    )
     check(
         cfg.clients_per_round <= d.num_clients,
         "clients_per_round",
@@ -420,12 +529,18 @@ def validate(cfg: Config) -> None:
         f"unknown device {cfg.device!r}; choose auto, cpu or cuda[:N]",
     )
     check(bool(cfg.output_dir), "output_dir", "must not be empty")
-    check(cfg.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {cfg.checkpoint_every}")
+    check(
+        cfg.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {cfg.checkpoint_every}"
+    )
     _validate_faults(cfg.faults, cfg.clients_per_round)
     _validate_attack(cfg)
     _validate_aggregation(cfg)
-    check(not cfg.tensorboard or importlib.util.find_spec("tensorboard") is not None, "tensorboard",
-          "needs the optional package tensorboard: pip install 'fedlabel[tensorboard]' (or tensorboard=false)")  # fmt: skip
+    check(
+        not cfg.tensorboard or importlib.util.find_spec("tensorboard") is not None,
+        "tensorboard",
+        "needs the optional package tensorboard: pip install 'fedlabel[tensorboard]' (or"
+        " tensorboard=false)",
+    )
     _validate_tracking(cfg)
     validate_privacy(cfg)
     ALGORITHMS[cfg.algorithm.name].check(cfg.algorithm)
@@ -436,80 +551,161 @@ def validate(cfg: Config) -> None:
 def _validate_tracking(cfg: Config) -> None:
     s, m = cfg.stop, cfg.mlflow
     check(s.patience >= 0, "stop.patience", f"must be >= 0 (0 = off), got {s.patience}")
-    check(0 <= s.target_accuracy <= 1, "stop.target_accuracy", f"must be in [0, 1] (0 = off), got {s.target_accuracy}")
-    check(not m.enabled or importlib.util.find_spec("mlflow") is not None, "mlflow.enabled",
-          "needs the optional package mlflow: pip install 'fedlabel[mlflow]' (or mlflow.enabled=false)")  # fmt: skip
+    check(
+        0 <= s.target_accuracy <= 1,
+        "stop.target_accuracy",
+        f"must be in [0, 1] (0 = off), got {s.target_accuracy}",
+    )
+    check(
+        not m.enabled or importlib.util.find_spec("mlflow") is not None,
+        "mlflow.enabled",
+        "needs the optional package mlflow: pip install 'fedlabel[mlflow]' (or"
+        " mlflow.enabled=false)",
+    )
     check(bool(m.experiment), "mlflow.experiment", "must not be empty")
 
 
 def validate_privacy(cfg: Config) -> None:
     p = cfg.privacy
-    check(p.name in PRIVACY_MECHANISMS, "privacy.name", f"unknown mechanism {p.name!r}; choose from {list(PRIVACY_MECHANISMS)}")
-    check(p.noise_multiplier > 0, "privacy.noise_multiplier", f"must be > 0, got {p.noise_multiplier}")
+    check(
+        p.name in PRIVACY_MECHANISMS,
+        "privacy.name",
+        f"unknown mechanism {p.name!r}; choose from {list(PRIVACY_MECHANISMS)}",
+    )
+    check(
+        p.noise_multiplier > 0, "privacy.noise_multiplier", f"must be > 0, got {p.noise_multiplier}"
+    )
     check(p.max_grad_norm > 0, "privacy.max_grad_norm", f"must be > 0, got {p.max_grad_norm}")
     check(0 < p.delta < 1, "privacy.delta", f"must be in (0, 1), got {p.delta}")
-    check(p.clipping in ("server", "client"), "privacy.clipping", f"unknown side {p.clipping!r}; choose server or client")
-    check(p.accountant in ("rdp", "prv"), "privacy.accountant", f"unknown accountant {p.accountant!r}; choose rdp or prv")
+    check(
+        p.clipping in ("server", "client"),
+        "privacy.clipping",
+        f"unknown side {p.clipping!r}; choose server or client",
+    )
+    check(
+        p.accountant in ("rdp", "prv"),
+        "privacy.accountant",
+        f"unknown accountant {p.accountant!r}; choose rdp or prv",
+    )
     if p.name == "dpsgd":
         supported = sorted(n for n, p in ALGORITHMS.items() if p.algorithm.dpsgd_supported)
         check(
             ALGORITHMS[cfg.algorithm.name].algorithm.dpsgd_supported,
             "privacy.name",
-            f"privacy=dpsgd covers algorithms that train on one record set per SGD step ({', '.join(supported)}); "
-            f"{cfg.algorithm.name} trains on labeled and unlabeled records in one step or with its own SGD loop",
+            "privacy=dpsgd covers algorithms that train on one record set per SGD step"
+            f" ({', '.join(supported)}); {cfg.algorithm.name} trains on labeled and unlabeled"
+            " records in one step or with its own SGD loop",
         )
         check(
             not (cfg.data.bag_size or cfg.data.bag_key),
             "privacy.name",
-            "privacy=dpsgd with bags (data.bag_size/data.bag_key) is not supported: a bag's loss couples its "
-            "images, so per-image clipping bounds no bag's influence; use data.proportion_epsilon or central_dp",
+            "privacy=dpsgd with bags (data.bag_size/data.bag_key) is not supported: a bag's loss"
+            " couples its images, so per-image clipping bounds no bag's influence; use"
+            " data.proportion_epsilon or central_dp",
         )
     if p.name == "central_dp":
         conflict = ALGORITHMS[cfg.algorithm.name].algorithm.central_dp_conflict
-        check(not conflict, "privacy.name", f"central_dp cannot run algorithm.name={cfg.algorithm.name}: its private "
-              f"aggregation replaces the algorithm's own, which {conflict}")  # fmt: skip
-        check(cfg.aggregation.robust == "none", "aggregation.robust",
-              f"{cfg.aggregation.robust} with privacy.name=central_dp: the noise is calibrated to the mean of "
-              "clipped updates, which a robust rule would replace")  # fmt: skip
+        check(
+            not conflict,
+            "privacy.name",
+            f"central_dp cannot run algorithm.name={cfg.algorithm.name}: its private "
+            f"aggregation replaces the algorithm's own, which {conflict}",
+        )
+        check(
+            cfg.aggregation.robust == "none",
+            "aggregation.robust",
+            f"{cfg.aggregation.robust} with privacy.name=central_dp: the noise is calibrated to the"
+            " mean of clipped updates, which a robust rule would replace",
+        )
     check(
         not (p.secure_noise and cfg.data.proportion_epsilon > 0 and cfg.engine.name == "flower"),
         "privacy.secure_noise",
-        "true with data.proportion_epsilon > 0 needs engine=inprocess or vectorized: engine=flower rebuilds "
-        "every client's bags in each worker, so each would release fresh noisy counts (epsilon spent again)",
+        "true with data.proportion_epsilon > 0 needs engine=inprocess or vectorized: engine=flower"
+        " rebuilds every client's bags in each worker, so each would release fresh noisy counts"
+        " (epsilon spent again)",
     )
 
 
 def _validate_attack(cfg: Config) -> None:
     f = cfg.faults
-    check(f.attack in ATTACKS, "faults.attack", f"unknown attack {f.attack!r}; choose from {list(ATTACKS)}")
+    check(
+        f.attack in ATTACKS,
+        "faults.attack",
+        f"unknown attack {f.attack!r}; choose from {list(ATTACKS)}",
+    )
     if f.attack == "none":
         return
-    check(cfg.engine.name != "flower", "faults.attack",
-          f"{f.attack}: a dishonest site is simulated by engine=inprocess or vectorized only")  # fmt: skip
-    check(0 <= f.attack_client < cfg.data.num_clients, "faults.attack_client",
-          f"must be a client id in [0, data.num_clients={cfg.data.num_clients}), got {f.attack_client}")  # fmt: skip
-    check(math.isfinite(f.attack_scale) and f.attack_scale > 0, "faults.attack_scale",
-          f"must be a finite number > 0, got {f.attack_scale}")  # fmt: skip
-    check(f.attack != "norm" or f.max_update_norm > 0, "faults.attack",
-          "norm scales the update to faults.attack_scale x faults.max_update_norm, which is 0 (no bound)")  # fmt: skip
+    check(
+        cfg.engine.name != "flower",
+        "faults.attack",
+        f"{f.attack}: a dishonest site is simulated by engine=inprocess or vectorized only",
+    )
+    check(
+        0 <= f.attack_client < cfg.data.num_clients,
+        "faults.attack_client",
+        f"must be a client id in [0, data.num_clients={cfg.data.num_clients}), got"
+        f" {f.attack_client}",
+    )
+    check(
+        math.isfinite(f.attack_scale) and f.attack_scale > 0,
+        "faults.attack_scale",
+        f"must be a finite number > 0, got {f.attack_scale}",
+    )
+    check(
+        f.attack != "norm" or f.max_update_norm > 0,
+        "faults.attack",
+        "norm scales the update to faults.attack_scale x faults.max_update_norm, which is 0 (no"
+        " bound)",
+    )
 
 
 def _validate_aggregation(cfg: Config) -> None:
     a, n = cfg.aggregation, cfg.clients_per_round
-    check(a.clip_to_median >= 0, "aggregation.clip_to_median", f"must be >= 0 (0 = off), got {a.clip_to_median}")
-    check(a.weight_to_median >= 0, "aggregation.weight_to_median", f"must be >= 0 (0 = off), got {a.weight_to_median}")
-    check(a.robust in ROBUST_RULES, "aggregation.robust",
-          f"unknown rule {a.robust!r}; choose from {list(ROBUST_RULES)}")  # fmt: skip
+    check(
+        a.clip_to_median >= 0,
+        "aggregation.clip_to_median",
+        f"must be >= 0 (0 = off), got {a.clip_to_median}",
+    )
+    check(
+        a.weight_to_median >= 0,
+        "aggregation.weight_to_median",
+        f"must be >= 0 (0 = off), got {a.weight_to_median}",
+    )
+    check(
+        a.robust in ROBUST_RULES,
+        "aggregation.robust",
+        f"unknown rule {a.robust!r}; choose from {list(ROBUST_RULES)}",
+    )
     if a.robust == "trimmed_mean":
-        check(0 <= a.trim_fraction < 0.5, "aggregation.trim_fraction", f"must be in [0, 0.5), got {a.trim_fraction}")
-        check(int(a.trim_fraction * n) >= 1, "aggregation.trim_fraction",
-              f"{a.trim_fraction} trims no update of a cohort of clients_per_round={n} (needs >= {1 / n:.3g})")
+        check(
+            0 <= a.trim_fraction < 0.5,
+            "aggregation.trim_fraction",
+            f"must be in [0, 0.5), got {a.trim_fraction}",
+        )
+        check(
+            int(a.trim_fraction * n) >= 1,
+            "aggregation.trim_fraction",
+            f"{a.trim_fraction} trims no update of a cohort of clients_per_round={n} (needs >="
+            f" {1 / n:.3g})",
+        )
     if a.robust == "krum":
-        check(a.krum_malicious >= 0, "aggregation.krum_malicious", f"must be >= 0, got {a.krum_malicious}")
-        check(n > 2 * a.krum_malicious + 2, "aggregation.krum_malicious",
-              f"Krum needs clients_per_round > 2 x krum_malicious + 2; got {n} clients for {a.krum_malicious}")
-        check(1 <= a.krum_select <= n - a.krum_malicious, "aggregation.krum_select",
-              f"must be in [1, clients_per_round - krum_malicious = {n - a.krum_malicious}], got {a.krum_select}")
+        check(
+            a.krum_malicious >= 0,
+            "aggregation.krum_malicious",
+            f"must be >= 0, got {a.krum_malicious}",
+        )
+        check(
+            n > 2 * a.krum_malicious + 2,
+            "aggregation.krum_malicious",
+            f"Krum needs clients_per_round > 2 x krum_malicious + 2; got {n} clients for"
+            f" {a.krum_malicious}",
+        )
+        check(
+            1 <= a.krum_select <= n - a.krum_malicious,
+            "aggregation.krum_select",
+            f"must be in [1, clients_per_round - krum_malicious = {n - a.krum_malicious}], got"
+            f" {a.krum_select}",
+        )
 
 
 def _validate_faults(f: FaultsConfig, clients_per_round: int) -> None:
@@ -517,8 +713,16 @@ def _validate_faults(f: FaultsConfig, clients_per_round: int) -> None:
         value = getattr(f, name)
         check(0 <= value <= 1, f"faults.{name}", f"must be a probability in [0, 1], got {value}")
     total = f.crash_prob + f.dropout_prob + f.straggler_prob
-    check(total <= 1, "faults", f"crash_prob + dropout_prob + straggler_prob must be <= 1, got {total}")
-    check(f.round_deadline_s >= 0, "faults.round_deadline_s", f"must be >= 0 (0 = no deadline), got {f.round_deadline_s}")
+    check(
+        total <= 1,
+        "faults",
+        f"crash_prob + dropout_prob + straggler_prob must be <= 1, got {total}",
+    )
+    check(
+        f.round_deadline_s >= 0,
+        "faults.round_deadline_s",
+        f"must be >= 0 (0 = no deadline), got {f.round_deadline_s}",
+    )
     check(
         f.round_deadline_s > 0 or f.dropout_prob + f.straggler_prob == 0,
         "faults.round_deadline_s",
@@ -529,4 +733,8 @@ def _validate_faults(f: FaultsConfig, clients_per_round: int) -> None:
         "faults.min_clients",
         f"must be in [1, clients_per_round={clients_per_round}], got {f.min_clients}",
     )
-    check(f.max_update_norm >= 0, "faults.max_update_norm", f"must be >= 0 (0 = no bound), got {f.max_update_norm}")
+    check(
+        f.max_update_norm >= 0,
+        "faults.max_update_norm",
+        f"must be >= 0 (0 = no bound), got {f.max_update_norm}",
+    )

@@ -68,18 +68,30 @@ class LocalFederation:
         self.procs: dict[str, subprocess.Popen] = {}
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"  # nginx: what sites, the admin and outsiders reach
-        self.local_address = f"127.0.0.1:{free_port()}"  # the SuperLink itself: only the server machine
+        self.local_address = (  # the SuperLink itself: only the server machine
+            f"127.0.0.1:{free_port()}"
+        )
         self.certs = self.work / "certs"
         self.node_ids: dict[str, int] = {}
 
     def make_certs(self, sites: int) -> None:
-        subprocess.run(["bash", str(ROOT / "scripts" / "make-certs.sh"), str(self.certs), str(sites)], check=True, capture_output=True)
+        subprocess.run(
+            ["bash", str(ROOT / "scripts" / "make-certs.sh"), str(self.certs), str(sites)],
+            check=True,
+            capture_output=True,
+        )
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
         env = {**self.env, "FLWR_HOME": str(self.work / f"home-{name}")}
         with open(self.work / f"{name}.log", "w") as log:
-            proc = subprocess.Popen([FEDLABEL, "deploy", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    cwd=self.work, start_new_session=True)  # fmt: skip
+            proc = subprocess.Popen(
+                [FEDLABEL, "deploy", *args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.work,
+                start_new_session=True,
+            )
         self.procs[name] = proc
         return proc
 
@@ -88,34 +100,74 @@ class LocalFederation:
 
     def start_server(self, timeout: float = 120) -> None:
         """Start the SuperLink, wait until it answers over TLS, point the admin flwr CLI at it."""
-        proc = self._start("superlink", ["server", "--certs", str(self.certs), "--state", str(self.work / "state"),
-                                         "--host", "127.0.0.1", "--port", str(self.port),
-                                         "--local-port", self.local_address.rsplit(":", 1)[1]])  # fmt: skip
-        deploy.write_connection(superlink=self.address, ca=self.certs / "ca.crt", cert=self.certs / "admin.pem",
-                                key=self.certs / "admin.key", sign_key=self.certs / "admin-sign.key",
-                                env=self.env)  # fmt: skip
+        proc = self._start(
+            "superlink",
+            [
+                "server",
+                "--certs",
+                str(self.certs),
+                "--state",
+                str(self.work / "state"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--local-port",
+                self.local_address.rsplit(":", 1)[1],
+            ],
+        )
+        deploy.write_connection(
+            superlink=self.address,
+            ca=self.certs / "ca.crt",
+            cert=self.certs / "admin.pem",
+            key=self.certs / "admin.key",
+            sign_key=self.certs / "admin-sign.key",
+            env=self.env,
+        )
         context = ssl.create_default_context(cafile=str(self.certs / "ca.crt"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"SuperLink exited with code {proc.returncode}:\n{self.log('superlink')[-2000:]}")
+                raise RuntimeError(
+                    "SuperLink exited with code"
+                    f" {proc.returncode}:\n{self.log('superlink')[-2000:]}"
+                )
             try:
-                with urllib.request.urlopen(f"https://{self.address}/health", timeout=1, context=context):
+                with urllib.request.urlopen(
+                    f"https://{self.address}/health", timeout=1, context=context
+                ):
                     return
             except OSError:
                 time.sleep(0.3)
-        raise RuntimeError(f"SuperLink not healthy within {timeout} s:\n{self.log('superlink')[-2000:]}")
+        raise RuntimeError(
+            f"SuperLink not healthy within {timeout} s:\n{self.log('superlink')[-2000:]}"
+        )
 
     def register(self, site: str) -> int:
         self.node_ids[site] = deploy.register(self.certs / f"{site}.key.pub", env=self.env)
         return self.node_ids[site]
 
     def join(self, site: str, *, key: str = "", data: str = "") -> subprocess.Popen:
-        """Start site's SuperNode with certs/<key or site>.key and the data directory work/<data or site>."""
-        return self._start(site, ["join", "--superlink", self.address, "--ca", str(self.certs / "ca.crt"),
-                                  "--key", str(self.certs / f"{key or site}.key"), "--site-dir", str(self.work / (data or site)),
-                                  "--trust", str(self.certs / "admin-sign.key.pub"),
-                                  "--port", str(free_port())])  # fmt: skip
+        """Start site's SuperNode with certs/<key or site>.key and the data directory work/<data or
+        site>."""
+        return self._start(
+            site,
+            [
+                "join",
+                "--superlink",
+                self.address,
+                "--ca",
+                str(self.certs / "ca.crt"),
+                "--key",
+                str(self.certs / f"{key or site}.key"),
+                "--site-dir",
+                str(self.work / (data or site)),
+                "--trust",
+                str(self.certs / "admin-sign.key.pub"),
+                "--port",
+                str(free_port()),
+            ],
+        )
 
     def wait_online(self, count: int, timeout: float = 120) -> list[dict]:
         deadline = time.monotonic() + timeout
@@ -124,7 +176,9 @@ class LocalFederation:
             if sum(n["status"] == "online" for n in nodes) >= count:
                 return nodes
             if time.monotonic() > deadline:
-                raise RuntimeError(f"fewer than {count} SuperNodes online after {timeout} s: {nodes}")
+                raise RuntimeError(
+                    f"fewer than {count} SuperNodes online after {timeout} s: {nodes}"
+                )
             time.sleep(0.5)
 
     def stop(self) -> None:

@@ -25,8 +25,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-NGINX_MISSING = ("nginx is not installed (Debian: apt-get install nginx); "
-                 "`fedlabel deploy server` runs the SuperLink behind it")
+NGINX_MISSING = (
+    "nginx is not installed (Debian: apt-get install nginx); "
+    "`fedlabel deploy server` runs the SuperLink behind it"
+)
 
 NGINX_CONF = """\
 daemon off;
@@ -90,46 +92,77 @@ def loopback_certificate(state: Path) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
-    )  # fmt: skip
+    )
     old = os.umask(0o077)
     try:
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))  # fmt: skip
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
     finally:
         os.umask(old)
     crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return crt, key_path
 
 
-def nginx_config(*, state: Path, certs: dict[str, str], host: str, port: int, local_port: int,
-                 loopback_crt: Path) -> Path:
+def nginx_config(
+    *, state: Path, certs: dict[str, str], host: str, port: int, local_port: int, loopback_crt: Path
+) -> Path:
     run = state / "nginx"
     run.mkdir(parents=True, exist_ok=True)
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     path = run / "nginx.conf"
-    path.write_text(NGINX_CONF.format(run=run, loopback_crt=loopback_crt, listen=listen, local_port=local_port,
-                                      server_pem=certs["server.pem"], server_key=certs["server.key"],
-                                      admin_ca=certs["admin-ca.crt"]))  # fmt: skip
+    path.write_text(
+        NGINX_CONF.format(
+            run=run,
+            loopback_crt=loopback_crt,
+            listen=listen,
+            local_port=local_port,
+            server_pem=certs["server.pem"],
+            server_key=certs["server.key"],
+            admin_ca=certs["admin-ca.crt"],
+        )
+    )
     return path
 
 
 def _healthy(local_port: int, loopback_crt: Path) -> bool:
     context = ssl.create_default_context(cafile=str(loopback_crt))
     try:
-        with urllib.request.urlopen(f"https://localhost:{local_port}/health", timeout=1, context=context):
+        with urllib.request.urlopen(
+            f"https://localhost:{local_port}/health", timeout=1, context=context
+        ):
             return True
     except OSError:
         return False
 
 
-def serve(superlink: list[str], nginx_conf: Path, *, local_port: int, loopback_crt: Path, env: dict[str, str]) -> int:
+def serve(
+    superlink: list[str],
+    nginx_conf: Path,
+    *,
+    local_port: int,
+    loopback_crt: Path,
+    env: dict[str, str],
+) -> int:
     """Run the SuperLink, then (once it answers on 127.0.0.1) nginx, until one of them exits or
     we are told to stop (SIGTERM, SIGINT); then stop the other. Returns the exit code of the one
     that ended first."""
@@ -152,7 +185,10 @@ def serve(superlink: list[str], nginx_conf: Path, *, local_port: int, loopback_c
             time.sleep(0.2)
         ended = next(p for p in procs if p.poll() is not None)
         code = ended.returncode
-        print(f"fedlabel deploy server: {Path(ended.args[0]).name} exited with code {code}", file=sys.stderr)
+        print(
+            f"fedlabel deploy server: {Path(ended.args[0]).name} exited with code {code}",
+            file=sys.stderr,
+        )
     except SystemExit as stopped:
         code = int(stopped.code or 0)
     finally:

@@ -2,7 +2,8 @@
 site's check of that signature before any of an app's code runs there (docs/deploy.md).
 
   python -m fedlabel.deploy_trust flwr ARGS...               Flower's `flwr` CLI as the admin
-  python -m fedlabel.deploy_trust supernode KEY.pub... -- ARGS  `flower-supernode` that runs signed apps only
+  python -m fedlabel.deploy_trust supernode KEY.pub... -- ARGS
+      `flower-supernode` that runs signed apps only
 
 Flower 1.42's own CLI cannot present a client certificate and its SuperNode verifies only apps
 signed through Flower Hub, so both wrappers add one thing to Flower's unchanged commands:
@@ -14,7 +15,8 @@ signed through Flower Hub, so both wrappers add one thing to Flower's unchanged 
 - `flower-supernode`: started with Flower's `--trusted-entities` (the site's trusted keys), so
   Flower runs its FAB check for every new run before the run's ClientApp is installed or started;
   the check is this module's :func:`signer`, and a refused run gets Flower's error reply.
-The admin's credential files are named in $FLWR_HOME/fedlabel-admin.toml (`fedlabel deploy connect`).
+The admin's credential files are named in $FLWR_HOME/fedlabel-admin.toml (`fedlabel deploy
+connect`).
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ def _message(fab: bytes, signed_at: int) -> bytes:
 
 def key_id(public_key: ed25519.Ed25519PublicKey) -> str:
     """The key's OpenSSH fingerprint, SHA256:<base64> (as `ssh-keygen -l` prints it)."""
-    openssh = public_key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    openssh = public_key.public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
     blob = base64.b64decode(openssh.split()[1])
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
@@ -63,7 +67,10 @@ def load_public_key(path: str | Path) -> ed25519.Ed25519PublicKey:
     except (OSError, ValueError) as err:
         raise TrustError(f"{path}: not an OpenSSH public key ({err})") from None
     if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise TrustError(f"{path}: app-signing keys must be Ed25519 (ssh-keygen -t ed25519), got {type(key).__name__}")
+        raise TrustError(
+            f"{path}: app-signing keys must be Ed25519 (ssh-keygen -t ed25519), got"
+            f" {type(key).__name__}"
+        )
     return key
 
 
@@ -73,7 +80,10 @@ def load_private_key(path: str | Path) -> ed25519.Ed25519PrivateKey:
     except (OSError, ValueError) as err:
         raise TrustError(f"{path}: not an unencrypted OpenSSH private key ({err})") from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise TrustError(f"{path}: app-signing keys must be Ed25519 (ssh-keygen -t ed25519), got {type(key).__name__}")
+        raise TrustError(
+            f"{path}: app-signing keys must be Ed25519 (ssh-keygen -t ed25519), got"
+            f" {type(key).__name__}"
+        )
     return key
 
 
@@ -83,8 +93,14 @@ def sign_fab(fab: bytes, key: ed25519.Ed25519PrivateKey) -> bytes:
         raise TrustError("the FAB already has a zip comment: cannot sign it")
     signed_at = int(time.time())
     signature = base64.urlsafe_b64encode(key.sign(_message(fab, signed_at))).decode()
-    comment = json.dumps({"format": SIGNATURE_FORMAT, "key": key_id(key.public_key()), "signed_at": signed_at,
-                          "signature": signature})
+    comment = json.dumps(
+        {
+            "format": SIGNATURE_FORMAT,
+            "key": key_id(key.public_key()),
+            "signed_at": signed_at,
+            "signature": signature,
+        }
+    )
     return fab[:-2] + len(comment).to_bytes(2, "little") + comment.encode()
 
 
@@ -124,7 +140,9 @@ def _flwr_as_admin(argv: list[str]) -> int:
 
         def init_with_client_cert(self, base_url, *, verify=True, **kwargs):
             if not isinstance(verify, ssl.SSLContext):
-                verify = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+                verify = ssl.create_default_context(
+                    cafile=verify if isinstance(verify, str) else None
+                )
             verify.load_cert_chain(admin["cert"], admin["key"])
             init(self, base_url, verify=verify, **kwargs)
 
@@ -149,9 +167,13 @@ def _supernode_running_signed_apps_only(public_keys: list[str], argv: list[str])
     if not public_keys:
         raise TrustError("no trusted app-signing key given")
     trusted = {key_id(k): k for k in map(load_public_key, public_keys)}
-    entities = Path(os.environ.get("FLWR_HOME", "~/.flwr")).expanduser() / "fedlabel-trusted-apps.yaml"
+    entities = (
+        Path(os.environ.get("FLWR_HOME", "~/.flwr")).expanduser() / "fedlabel-trusted-apps.yaml"
+    )
     entities.parent.mkdir(parents=True, exist_ok=True)
-    entities.write_text(yaml.safe_dump({kid: Path(p).read_text().strip() for kid, p in zip(trusted, public_keys)}))
+    entities.write_text(
+        yaml.safe_dump({kid: Path(p).read_text().strip() for kid, p in zip(trusted, public_keys)})
+    )
     pull = sci._pull_and_store_message
 
     def pull_for_check(*, get_fab, **kwargs):
@@ -166,7 +188,12 @@ def _supernode_running_signed_apps_only(public_keys: list[str], argv: list[str])
     def verify_fab(fab: Fab, _trusted_entities: dict[str, str]) -> bool:
         key, found = signer(fab.content, trusted)
         if key is None:
-            log(ERROR, "fedlabel: REFUSED app %s: %s; none of its code runs at this site", fab.hash_str[:12], found)
+            log(
+                ERROR,
+                "fedlabel: REFUSED app %s: %s; none of its code runs at this site",
+                fab.hash_str[:12],
+                found,
+            )
         else:
             log(INFO, "fedlabel: accepted app %s: %s", fab.hash_str[:12], found)
         return key is not None

@@ -53,7 +53,11 @@ def draw_fault(faults: FaultsConfig, *, seed: int, round: int, client_id: int) -
     if faults.crash_prob + faults.dropout_prob + faults.straggler_prob == 0:
         return None
     u = np.random.default_rng(np.random.SeedSequence([seed, 3, round, client_id])).random()
-    for kind, prob in ((CRASH, faults.crash_prob), (DROPOUT, faults.dropout_prob), (STRAGGLER, faults.straggler_prob)):
+    for kind, prob in (
+        (CRASH, faults.crash_prob),
+        (DROPOUT, faults.dropout_prob),
+        (STRAGGLER, faults.straggler_prob),
+    ):
         if u < prob:
             return kind
         u -= prob
@@ -81,13 +85,21 @@ def tamper(faults: FaultsConfig, update: ClientUpdate) -> ClientUpdate:
         return update
     if faults.attack in (SCALE, NORM):
         norm = update_norm(update.deltas)
-        scale = faults.attack_scale if faults.attack == SCALE else faults.attack_scale * faults.max_update_norm / norm
-        deltas = {name: {k: v * scale for k, v in delta.items()} for name, delta in update.deltas.items()}
+        scale = (
+            faults.attack_scale
+            if faults.attack == SCALE
+            else faults.attack_scale * faults.max_update_norm / norm
+        )
+        deltas = {
+            name: {k: v * scale for k, v in delta.items()} for name, delta in update.deltas.items()
+        }
         return dataclasses.replace(update, deltas=deltas)
     if faults.attack == WEIGHT:
         return dataclasses.replace(update, weight=faults.attack_scale)
     if faults.attack == COUNTERS:
-        return dataclasses.replace(update, metrics={**update.metrics, "num_kept": 1e9, "loss_labeled": -1e30})
+        return dataclasses.replace(
+            update, metrics={**update.metrics, "num_kept": 1e9, "loss_labeled": -1e30}
+        )
     raise ValueError(f"unknown faults.attack {faults.attack!r}")
 
 

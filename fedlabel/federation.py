@@ -37,11 +37,14 @@ log = logging.getLogger("fedlabel.server")
 # One result per sampled client: its update, why it sent none, or why the transport rejected it.
 CohortResult = ClientUpdate | ClientFailure | Rejection
 # (round, cohort, global state, per-client extras from Algorithm.client_payload) -> results
-TrainCohort = Callable[[int, list[int], Params, dict[int, dict[str, StateDict]]], list[CohortResult]]
+TrainCohort = Callable[
+    [int, list[int], Params, dict[int, dict[str, StateDict]]], list[CohortResult]
+]
 
 
 class RoundFailed(RuntimeError):
-    """Fewer accepted updates than faults.min_clients: the round does not count and the run stops."""
+    """Fewer accepted updates than faults.min_clients: the round does not count and the run
+    stops."""
 
 
 def sample_cohort(*, seed: int, round: int, num_clients: int, clients_per_round: int) -> list[int]:
@@ -52,13 +55,17 @@ def sample_cohort(*, seed: int, round: int, num_clients: int, clients_per_round:
 
 def client_generator(*, seed: int, round: int, client_id: int) -> torch.Generator:
     """The one source of randomness of a client's update in a round (batches, augmentation)."""
-    state = np.random.SeedSequence([seed, 2, round, client_id]).generate_state(1, dtype=np.uint64)[0]
+    state = np.random.SeedSequence([seed, 2, round, client_id]).generate_state(1, dtype=np.uint64)[
+        0
+    ]
     return torch.Generator().manual_seed(int(state))
 
 
 def load_dataset(cfg: Config) -> ImageDataset:
     d = cfg.data
-    return load_images(name=d.name, root=d.root, cache_dir=d.cache_dir, download=d.download, bag_key=d.bag_key)
+    return load_images(
+        name=d.name, root=d.root, cache_dir=d.cache_dir, download=d.download, bag_key=d.bag_key
+    )
 
 
 def load_federated(cfg: Config, dataset: ImageDataset | None = None) -> FederatedData:
@@ -78,20 +85,26 @@ def load_federated(cfg: Config, dataset: ImageDataset | None = None) -> Federate
     )
 
 
-def initial_model(cfg: Config, *, in_channels: int, num_classes: int, image_size: int) -> tuple[nn.Module, Params]:
+def initial_model(
+    cfg: Config, *, in_channels: int, num_classes: int, image_size: int
+) -> tuple[nn.Module, Params]:
     """The model skeleton and the seeded initial global parameters."""
     torch.manual_seed(cfg.seed)
     try:
-        model = build_model(cfg.model.name, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+        model = build_model(
+            cfg.model.name, in_channels=in_channels, num_classes=num_classes, image_size=image_size
+        )
     except ValueError as err:
         raise DataError(
-            f"model.name={cfg.model.name} cannot take this data ({in_channels} x {image_size} x {image_size} images, "
-            f"{num_classes} classes): {err}"
+            f"model.name={cfg.model.name} cannot take this data ({in_channels} x {image_size} x"
+            f" {image_size} images, {num_classes} classes): {err}"
         ) from err
     return model, get_params(model)
 
 
-def open_recorder(cfg: Config, *, progress: bool, on_round: Callable[[dict], None] | None = None) -> RunRecorder:
+def open_recorder(
+    cfg: Config, *, progress: bool, on_round: Callable[[dict], None] | None = None
+) -> RunRecorder:
     """The run's recorder. With cfg.resume, the checkpoint in cfg.output_dir is checked against
     cfg (ConfigError naming the differing fields, or saying that the run stopped early and
     would stop there again) and its rounds are restored; nothing is written or shown before that
@@ -101,8 +114,15 @@ def open_recorder(cfg: Config, *, progress: bool, on_round: Callable[[dict], Non
     if cfg.resume:
         state = load_checkpoint(cfg.output_dir)
         check_resumable(state, config)
-    recorder = RunRecorder(cfg.output_dir, config=config, total_rounds=cfg.rounds, progress=progress,
-                           resume=cfg.resume, on_round=on_round, fields=round_fields(ROUND_FIELDS))  # fmt: skip
+    recorder = RunRecorder(
+        cfg.output_dir,
+        config=config,
+        total_rounds=cfg.rounds,
+        progress=progress,
+        resume=cfg.resume,
+        on_round=on_round,
+        fields=round_fields(ROUND_FIELDS),
+    )
     if state is not None:
         recorder.restore(state["rounds"], wall_seconds=state["wall_seconds"])
     return recorder
@@ -131,14 +151,30 @@ def run_federation(
     algorithm = build_algorithm(cfg.algorithm)
     privacy = ServerPrivacy(cfg)
     setup = ServerSetup(model=model, seed=cfg.seed, input_shape=tuple(test_images.shape[1:]))
-    run = Run(cfg, algorithm, algorithm.init_global({k: v.to(device) for k, v in params.items()}, setup=setup))
-    callbacks = default_callbacks(cfg, recorder=recorder, privacy=privacy, model=model, test_images=test_images,
-                                  test_labels=test_labels, device=device)  # fmt: skip
+    run = Run(
+        cfg,
+        algorithm,
+        algorithm.init_global({k: v.to(device) for k, v in params.items()}, setup=setup),
+    )
+    callbacks = default_callbacks(
+        cfg,
+        recorder=recorder,
+        privacy=privacy,
+        model=model,
+        test_images=test_images,
+        test_labels=test_labels,
+        device=device,
+    )
     try:
         for callback in callbacks:
             callback.on_start(run)
-        _rounds(run, callbacks, train_cohort=train_cohort, privacy=privacy, client_sizes=client_sizes)
-        torch.save({k: v.cpu() for k, v in algorithm.eval_params(run.params).items()}, recorder.dir / "model.pt")
+        _rounds(
+            run, callbacks, train_cohort=train_cohort, privacy=privacy, client_sizes=client_sizes
+        )
+        torch.save(
+            {k: v.cpu() for k, v in algorithm.eval_params(run.params).items()},
+            recorder.dir / "model.pt",
+        )
     except RunStopped as err:
         _end(run, callbacks, status="stopped", error=str(err))
         raise
@@ -154,25 +190,45 @@ def _end(run: Run, callbacks: list[Callback], *, status: str, error: str | None)
         callback.on_end(run, status=status, error=error)
 
 
-def _rounds(run: Run, callbacks: list[Callback], *, train_cohort: TrainCohort, privacy: ServerPrivacy,
-            client_sizes: dict[int, int] | None) -> None:  # fmt: skip
+def _rounds(
+    run: Run,
+    callbacks: list[Callback],
+    *,
+    train_cohort: TrainCohort,
+    privacy: ServerPrivacy,
+    client_sizes: dict[int, int] | None,
+) -> None:
     cfg, algorithm = run.cfg, run.algorithm
     a = cfg.aggregation
-    combine = combiner(a.robust, trim_fraction=a.trim_fraction, krum_malicious=a.krum_malicious,
-                       krum_select=a.krum_select)  # fmt: skip
+    combine = combiner(
+        a.robust,
+        trim_fraction=a.trim_fraction,
+        krum_malicious=a.krum_malicious,
+        krum_select=a.krum_select,
+    )
     for number in range(run.first_round, cfg.rounds + 1):
         started = time.perf_counter()
         cohort = sample_cohort(
-            seed=cfg.seed, round=number, num_clients=cfg.data.num_clients, clients_per_round=cfg.clients_per_round
+            seed=cfg.seed,
+            round=number,
+            num_clients=cfg.data.num_clients,
+            clients_per_round=cfg.clients_per_round,
         )
-        results = train_cohort(number, cohort, run.params, algorithm.client_payload(number, cohort, run.params))
-        accepted, failed, rejected = screen_round(cfg, algorithm, number, cohort, results, run.params,
-                                                  client_sizes=client_sizes)  # fmt: skip
+        results = train_cohort(
+            number, cohort, run.params, algorithm.client_payload(number, cohort, run.params)
+        )
+        accepted, failed, rejected = screen_round(
+            cfg, algorithm, number, cohort, results, run.params, client_sizes=client_sizes
+        )
         bounded, limits = bound_round(cfg, number, accepted)
-        run.params = privacy.aggregate(algorithm, run.params, bounded, round=number, combine=combine)
+        run.params = privacy.aggregate(
+            algorithm, run.params, bounded, round=number, combine=combine
+        )
         record = {
             "round": number,
-            **dict.fromkeys(ROUND_FIELDS),  # every algorithm's columns, None unless this one reports them
+            **dict.fromkeys(
+                ROUND_FIELDS
+            ),  # every algorithm's columns, None unless this one reports them
             **algorithm.pool_metrics(accepted),
             "failed_clients": len(failed),
             "rejected_updates": len(rejected),
@@ -188,16 +244,24 @@ def _rounds(run: Run, callbacks: list[Callback], *, train_cohort: TrainCohort, p
             return
 
 
-def bound_round(cfg: Config, rnd: int, accepted: list[ClientUpdate]) -> tuple[list[ClientUpdate], list[Limit]]:
-    """The accepted updates with each one's influence bounded relative to the cohort (cfg.aggregation;
-    fedlabel.robust), logging every bound applied. Not under privacy=central_dp, whose fixed clipping
+def bound_round(
+    cfg: Config, rnd: int, accepted: list[ClientUpdate]
+) -> tuple[list[ClientUpdate], list[Limit]]:
+    """The accepted updates with each one's influence bounded relative to the cohort
+    (cfg.aggregation;
+    fedlabel.robust), logging every bound applied. Not under privacy=central_dp, whose fixed
+    clipping
     and equal weights bound each update (a cohort-relative bound would raise its sensitivity)."""
     if cfg.privacy.name == "central_dp":
         return accepted, []
     a = cfg.aggregation
-    bounded, limits = bound_influence(accepted, clip_to_median=a.clip_to_median, weight_to_median=a.weight_to_median)
+    bounded, limits = bound_influence(
+        accepted, clip_to_median=a.clip_to_median, weight_to_median=a.weight_to_median
+    )
     for b in limits:
-        log.warning("round %d: update of client %d bounded (%s): %s", rnd, b.client_id, b.kind, b.detail)
+        log.warning(
+            "round %d: update of client %d bounded (%s): %s", rnd, b.client_id, b.kind, b.detail
+        )
     return bounded, limits
 
 
@@ -217,21 +281,28 @@ def screen_round(
     rejected = [r for r in results if isinstance(r, Rejection)]
     updates = [r for r in results if isinstance(r, ClientUpdate)]
     accepted, bad = screen_updates(
-        updates, global_params, cohort=cohort, delta_names=algorithm.delta_names(),
-        max_update_norm=cfg.faults.max_update_norm, client_sizes=client_sizes,
+        updates,
+        global_params,
+        cohort=cohort,
+        delta_names=algorithm.delta_names(),
+        max_update_norm=cfg.faults.max_update_norm,
+        client_sizes=client_sizes,
         unlabeled_passes=cfg.algorithm.local_steps if algorithm.counts_unlabeled_per_step else 1,
-    )  # fmt: skip
+    )
     rejected += bad
     heard = {r.client_id for r in results}
     failed += [ClientFailure(cid, TIMEOUT, "no result") for cid in cohort if cid not in heard]
     for f in failed:
         log.warning("round %d: client %d failed (%s) %s", rnd, f.client_id, f.reason, f.detail)
     for r in rejected:
-        log.warning("round %d: update of client %d rejected (%s): %s", rnd, r.client_id, r.reason, r.detail)
+        log.warning(
+            "round %d: update of client %d rejected (%s): %s", rnd, r.client_id, r.reason, r.detail
+        )
     if len(accepted) < cfg.faults.min_clients:
         raise RoundFailed(
-            f"round {rnd}: {len(accepted)} of {len(cohort)} sampled clients sent an accepted update, fewer than "
-            f"faults.min_clients={cfg.faults.min_clients} (failed: {[(f.client_id, f.reason) for f in failed]}; "
-            f"rejected: {[(r.client_id, r.reason) for r in rejected]})"
+            f"round {rnd}: {len(accepted)} of {len(cohort)} sampled clients sent an accepted"
+            f" update, fewer than faults.min_clients={cfg.faults.min_clients} (failed:"
+            f" {[(f.client_id, f.reason) for f in failed]}; rejected:"
+            f" {[(r.client_id, r.reason) for r in rejected]})"
         )
     return accepted, failed, rejected

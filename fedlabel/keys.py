@@ -4,7 +4,9 @@ ARRAYS = "arrays"  # global parameters, server -> client
 CONFIG = "config"  # ConfigRecord, server -> client
 METRICS = "metrics"  # MetricRecord, client -> server
 DELTA_PREFIX = "delta."  # one ArrayRecord per named delta, client -> server
-EXTRA_PREFIX = "extra."  # one ArrayRecord per named extra of Algorithm.client_payload, server -> client
+EXTRA_PREFIX = (  # one ArrayRecord per named extra of Algorithm.client_payload, server -> client
+    "extra."
+)
 STATS = "stats"  # MetricRecord of a client's data statistics (query reply)
 
 ROUND = "round"
@@ -24,4 +26,6 @@ NUM_CLASSES = "num-classes"
 DP_NOISE_MULTIPLIERS = "dp-noise-multipliers"
 DP_SAMPLE_RATES = "dp-sample-rates"
 DP_STEPS = "dp-steps"
-CLIPPED_PARAMS = "clipped-params"  # central DP, client-side clipping: w + clip(Delta), client -> server
+CLIPPED_PARAMS = (  # central DP, client-side clipping: w + clip(Delta), client -> server
+    "clipped-params"
+)

@@ -24,8 +24,19 @@ from fedlabel.errors import ConfigError
 LOCK_FILE = ".lock"
 # Everything a run writes into its output_dir (Hydra's .hydra/ and cli.log belong to the
 # command that is starting now, so they are not an old run's files).
-RUN_FILES = ("summary.json", "rounds.csv", "accuracy.png", "clients.json", "model.pt", "checkpoint.pt",
-             "checkpoint.pt.tmp", "summary.json.tmp", "rounds.csv.tmp", "flower", "tensorboard")  # fmt: skip
+RUN_FILES = (
+    "summary.json",
+    "rounds.csv",
+    "accuracy.png",
+    "clients.json",
+    "model.pt",
+    "checkpoint.pt",
+    "checkpoint.pt.tmp",
+    "summary.json.tmp",
+    "rounds.csv.tmp",
+    "flower",
+    "tensorboard",
+)
 # Set by the process that holds the lock for the processes it starts (the Flower engine's
 # ServerApp), which then write into the folder without claiming it again.
 LOCK_ENV = "FEDLABEL_OUTPUT_LOCKED"
@@ -35,7 +46,8 @@ _held: dict[Path, int] = {}
 
 class RunStopped(BaseException):
     """The run was asked to stop by signal ``signum``; raised in the main thread. A
-    BaseException, like KeyboardInterrupt, so that no ``except Exception`` of a round swallows it."""
+    BaseException, like KeyboardInterrupt, so that no ``except Exception`` of a round swallows it.
+    """
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name}")
@@ -50,7 +62,9 @@ def describe_run(out: Path) -> str | None:
         return None
     try:
         s = json.loads(summary.read_text())
-        status = s.get("status", "?") + (" but its process is gone" if s.get("status") == "running" else "")
+        status = s.get("status", "?") + (
+            " but its process is gone" if s.get("status") == "running" else ""
+        )
         return f"status {status}, {len(s.get('rounds', []))} of {s['config']['rounds']} rounds"
     except (OSError, ValueError, KeyError, TypeError):
         return "a checkpoint.pt" if checkpoint.exists() else "an unreadable summary.json"
@@ -60,8 +74,10 @@ def check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     """ConfigError if ``out`` holds a run and neither resume nor overwrite says what to do."""
     held = describe_run(out)
     if held and not resume and not overwrite:
-        raise ConfigError(f"output_dir: {out} already holds a run ({held}); resume=true continues it, "
-                          "overwrite=true replaces it, or choose another output_dir")  # fmt: skip
+        raise ConfigError(
+            f"output_dir: {out} already holds a run ({held}); resume=true continues it, "
+            "overwrite=true replaces it, or choose another output_dir"
+        )
 
 
 def _lock(out: Path) -> int:
@@ -77,8 +93,10 @@ def _lock(out: Path) -> int:
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise ConfigError(f"output_dir: {out} is in use by a running fedlabel run (pid {holder}); "
-                          f"wait for it, stop it (kill {holder}) or choose another output_dir") from None  # fmt: skip
+        raise ConfigError(
+            f"output_dir: {out} is in use by a running fedlabel run (pid {holder}); "
+            f"wait for it, stop it (kill {holder}) or choose another output_dir"
+        ) from None
     return fd
 
 

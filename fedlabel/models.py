@@ -28,7 +28,8 @@ def _group_norm(channels: int, *, max_groups: int = 32) -> nn.GroupNorm:
 
 
 class _MaxPool2x2(nn.MaxPool2d):
-    """2x2 max-pool, stride 2. Without autograd (evaluation, pseudo-labeling) it takes the maximum of
+    """2x2 max-pool, stride 2. Without autograd (evaluation, pseudo-labeling) it takes the maximum
+    of
     the four strided views, which gives the same values bitwise and is 5-10x faster on CPU than
     ``max_pool2d``; with autograd it is ``max_pool2d`` (whose backward is the faster one)."""
 

@@ -32,33 +32,97 @@ def _floats(text: str) -> list[float]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="fedlabel privacy-sweep", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--noise", type=_floats, default=[], help="DP-SGD noise multipliers, e.g. 0.5,1,2,4")
-    ap.add_argument("--central-noise", type=_floats, default=[], help="central-DP noise multipliers")
-    ap.add_argument("--bag-sizes", type=lambda s: [int(v) for v in _floats(s)], default=[], help="e.g. 1,8,32,128")
-    ap.add_argument("--proportion-epsilons", type=_floats, default=[], help="label-DP epsilons on bag proportions")
-    ap.add_argument("--proportion-bag-size", type=int, default=8, help="bag size of the proportion-epsilon series")
-    ap.add_argument("--last", type=int, default=5, help="accuracy = mean of the last N evaluations (and the final one)")
-    ap.add_argument("--workdir", default="", help="run outputs (default outputs/privacy-sweep/<time>)")
-    ap.add_argument("--report", default="docs/privacy.md", help="markdown file to write the section into")
-    ap.add_argument("--section", default="DP", help="the section heading (and marker) this sweep owns")
-    ap.add_argument("--render-only", action="store_true", help="rewrite the report from --workdir's results.json, run nothing")
-    ap.add_argument("overrides", nargs="*", help="base Hydra overrides for every run, e.g. rounds=10 data.train_samples=6000")
+    ap = argparse.ArgumentParser(
+        prog="fedlabel privacy-sweep", description=__doc__.split("\n\n")[0]
+    )
+    ap.add_argument(
+        "--noise", type=_floats, default=[], help="DP-SGD noise multipliers, e.g. 0.5,1,2,4"
+    )
+    ap.add_argument(
+        "--central-noise", type=_floats, default=[], help="central-DP noise multipliers"
+    )
+    ap.add_argument(
+        "--bag-sizes",
+        type=lambda s: [int(v) for v in _floats(s)],
+        default=[],
+        help="e.g. 1,8,32,128",
+    )
+    ap.add_argument(
+        "--proportion-epsilons",
+        type=_floats,
+        default=[],
+        help="label-DP epsilons on bag proportions",
+    )
+    ap.add_argument(
+        "--proportion-bag-size",
+        type=int,
+        default=8,
+        help="bag size of the proportion-epsilon series",
+    )
+    ap.add_argument(
+        "--last",
+        type=int,
+        default=5,
+        help="accuracy = mean of the last N evaluations (and the final one)",
+    )
+    ap.add_argument(
+        "--workdir", default="", help="run outputs (default outputs/privacy-sweep/<time>)"
+    )
+    ap.add_argument(
+        "--report", default="docs/privacy.md", help="markdown file to write the section into"
+    )
+    ap.add_argument(
+        "--section", default="DP", help="the section heading (and marker) this sweep owns"
+    )
+    ap.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite the report from --workdir's results.json, run nothing",
+    )
+    ap.add_argument(
+        "overrides",
+        nargs="*",
+        help="base Hydra overrides for every run, e.g. rounds=10 data.train_samples=6000",
+    )
     args = ap.parse_args(argv)
     if not (args.noise or args.central_noise or args.bag_sizes or args.proportion_epsilons):
-        ap.error("nothing to sweep: give --noise, --central-noise, --bag-sizes or --proportion-epsilons")
+        ap.error(
+            "nothing to sweep: give --noise, --central-noise, --bag-sizes or --proportion-epsilons"
+        )
     return args
 
 
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every run of the sweep: series name, x value, overrides on top of the base ones."""
     runs = [{"series": "baseline", "x": None, "overrides": ["privacy=none"]}]
-    runs += [{"series": "noise", "x": z, "overrides": ["privacy=dpsgd", f"privacy.noise_multiplier={z}"]} for z in args.noise]
-    runs += [{"series": "central", "x": z, "overrides": ["privacy=central_dp", f"privacy.noise_multiplier={z}"]}
-             for z in args.central_noise]  # fmt: skip
-    runs += [{"series": "bag_size", "x": k, "overrides": ["privacy=none", f"data.bag_size={k}"]} for k in args.bag_sizes]
-    runs += [{"series": "proportion", "x": e, "overrides": ["privacy=none", f"data.bag_size={args.proportion_bag_size}",
-              f"data.proportion_epsilon={e}"]} for e in args.proportion_epsilons]  # fmt: skip
+    runs += [
+        {"series": "noise", "x": z, "overrides": ["privacy=dpsgd", f"privacy.noise_multiplier={z}"]}
+        for z in args.noise
+    ]
+    runs += [
+        {
+            "series": "central",
+            "x": z,
+            "overrides": ["privacy=central_dp", f"privacy.noise_multiplier={z}"],
+        }
+        for z in args.central_noise
+    ]
+    runs += [
+        {"series": "bag_size", "x": k, "overrides": ["privacy=none", f"data.bag_size={k}"]}
+        for k in args.bag_sizes
+    ]
+    runs += [
+        {
+            "series": "proportion",
+            "x": e,
+            "overrides": [
+                "privacy=none",
+                f"data.bag_size={args.proportion_bag_size}",
+                f"data.proportion_epsilon={e}",
+            ],
+        }
+        for e in args.proportion_epsilons
+    ]
     return runs
 
 
@@ -72,11 +136,20 @@ def run_one(run: dict[str, Any], base: list[str], workdir: Path, *, last: int) -
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     evaluated = [r["accuracy"] for r in summary["rounds"] if r["accuracy"] is not None]
     privacy = summary.get("privacy") or {}
-    return {**run, "label": label, "final_accuracy": summary["final_accuracy"],
-            "mean_accuracy": sum(evaluated[-last:]) / len(evaluated[-last:]),
-            "epsilon": summary["rounds"][-1].get("epsilon"), "delta": privacy.get("delta"),
-            "round_seconds": sum(r["seconds"] for r in summary["rounds"]), "wall_seconds": wall, "cpu_seconds": cpu,
-            "command": "fedlabel simulate " + shlex.join([*base, *run["overrides"], "engine=inprocess"])}  # fmt: skip
+    return {
+        **run,
+        "label": label,
+        "final_accuracy": summary["final_accuracy"],
+        "mean_accuracy": sum(evaluated[-last:]) / len(evaluated[-last:]),
+        "epsilon": summary["rounds"][-1].get("epsilon"),
+        "delta": privacy.get("delta"),
+        "round_seconds": sum(r["seconds"] for r in summary["rounds"]),
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "command": (
+            "fedlabel simulate " + shlex.join([*base, *run["overrides"], "engine=inprocess"])
+        ),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,10 +163,18 @@ def _plot(results: list[dict], series: str, xlabel: str, path: Path, *, logx: bo
     import matplotlib.pyplot as plt
 
     base = next(r for r in results if r["series"] == "baseline")
-    pts = sorted((r["epsilon"] if series in ("noise", "central") else r["x"], r["mean_accuracy"])
-                 for r in results if r["series"] == series)  # fmt: skip
+    pts = sorted(
+        (r["epsilon"] if series in ("noise", "central") else r["x"], r["mean_accuracy"])
+        for r in results
+        if r["series"] == series
+    )
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    labels = {"noise": "DP-SGD", "central": "central DP", "bag_size": "bags", "proportion": "noisy proportions"}
+    labels = {
+        "noise": "DP-SGD",
+        "central": "central DP",
+        "bag_size": "bags",
+        "proportion": "noisy proportions",
+    }
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=labels[series])
     ax.axhline(base["mean_accuracy"], color="grey", linestyle="--", label="no privacy")
     if logx:
@@ -112,44 +193,84 @@ def _plot(results: list[dict], series: str, xlabel: str, path: Path, *, logx: bo
 
 def _table(results: list[dict], series: str, xname: str, base: dict) -> list[str]:
     dp = series in ("noise", "central")
-    head = f"| {xname} | " + ("epsilon | " if dp else "") + "final acc | mean acc | round time (s) | CPU time (s) | CPU slowdown | wall (s) |"
+    head = (
+        f"| {xname} | "
+        + ("epsilon | " if dp else "")
+        + "final acc | mean acc | round time (s) | CPU time (s) | CPU slowdown | wall (s) |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in [base] + [r for r in results if r["series"] == series]:
         x = "none" if r["series"] == "baseline" else f"{r['x']:g}"
         eps = "" if not dp else ("inf | " if r["epsilon"] is None else f"{r['epsilon']:.2f} | ")
-        lines.append(f"| {x} | {eps}{r['final_accuracy']:.4f} | {r['mean_accuracy']:.4f} | {r['round_seconds']:.1f} | "
-                     f"{r['cpu_seconds']:.1f} | {r['cpu_seconds'] / base['cpu_seconds']:.2f}x | {r['wall_seconds']:.1f} |")  # fmt: skip
+        lines.append(
+            f"| {x} | {eps}{r['final_accuracy']:.4f} | {r['mean_accuracy']:.4f} |"
+            f" {r['round_seconds']:.1f} | {r['cpu_seconds']:.1f} |"
+            f" {r['cpu_seconds'] / base['cpu_seconds']:.2f}x | {r['wall_seconds']:.1f} |"
+        )
     return lines
 
 
-def render(results: list[dict], args: argparse.Namespace, *, images: Path, report_dir: Path, total: float) -> str:
+def render(
+    results: list[dict], args: argparse.Namespace, *, images: Path, report_dir: Path, total: float
+) -> str:
     base = next(r for r in results if r["series"] == "baseline")
     delta = next((r["delta"] for r in results if r["delta"] is not None), None)
-    out = [f"## {args.section}", "",
-           f"Measured {datetime.now():%Y-%m-%d} with `fedlabel privacy-sweep {shlex.join(_argv(args))}` "
-           f"({len(results)} runs, {total / 60:.1f} min wall in all, on the in-process engine). Base overrides of every run: "
-           f"`{' '.join(args.overrides) or '(defaults)'}`; accuracy = the final evaluation and the mean of the last "
-           f"{args.last} evaluations; {f'epsilon at delta = {delta}; ' if delta is not None else ''}round time = the sum of the rounds' wall seconds "
-           f"(training, aggregation, evaluation; no start-up); CPU time = this process's CPU seconds for the whole run "
-           f"(robust to other jobs on the machine), CPU slowdown = against the non-private run.", ""]  # fmt: skip
-    specs = [("noise", "DP-SGD noise multiplier z", "epsilon", True), ("central", "central-DP noise multiplier z", "epsilon", True),
-             ("bag_size", "bag size", "bag size", True), ("proportion", "proportion epsilon", "proportion epsilon", True)]  # fmt: skip
+    out = [
+        f"## {args.section}",
+        "",
+        (
+            f"Measured {datetime.now():%Y-%m-%d} with `fedlabel privacy-sweep"
+            f" {shlex.join(_argv(args))}` ({len(results)} runs, {total / 60:.1f} min wall in all,"
+            " on the in-process engine). Base overrides of every run:"
+            f" `{' '.join(args.overrides) or '(defaults)'}`; accuracy = the final evaluation and"
+            f" the mean of the last {args.last} evaluations;"
+            f" {f'epsilon at delta = {delta}; ' if delta is not None else ''}round time = the sum"
+            " of the rounds' wall seconds (training, aggregation, evaluation; no start-up); CPU"
+            " time = this process's CPU seconds for the whole run (robust to other jobs on the"
+            " machine), CPU slowdown = against the non-private run."
+        ),
+        "",
+    ]
+    specs = [
+        ("noise", "DP-SGD noise multiplier z", "epsilon", True),
+        ("central", "central-DP noise multiplier z", "epsilon", True),
+        ("bag_size", "bag size", "bag size", True),
+        ("proportion", "proportion epsilon", "proportion epsilon", True),
+    ]
     for series, xname, xlabel, logx in specs:
         if not any(r["series"] == series for r in results):
             continue
         slug = "".join(c if c.isalnum() else "-" for c in args.section.lower()).strip("-")
         png = images / f"privacy-{slug}-{series}.png"
         _plot(results, series, xlabel, png, logx=logx)
-        out += [f"### {xname}", "", *_table(results, series, xname, base), "",
-                f"![accuracy against {xlabel}]({png.relative_to(report_dir) if png.is_relative_to(report_dir) else png})", ""]  # fmt: skip
-    out += ["Each run alone (same seed):", "", "```bash", *sorted({r["command"] for r in results}), "```", ""]
+        shown = png.relative_to(report_dir) if png.is_relative_to(report_dir) else png
+        out += [
+            f"### {xname}",
+            "",
+            *_table(results, series, xname, base),
+            "",
+            f"![accuracy against {xlabel}]({shown})",
+            "",
+        ]
+    out += [
+        "Each run alone (same seed):",
+        "",
+        "```bash",
+        *sorted({r["command"] for r in results}),
+        "```",
+        "",
+    ]
     return "\n".join(out)
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
     argv = []
-    for flag, values in (("--noise", args.noise), ("--central-noise", args.central_noise),
-                         ("--bag-sizes", args.bag_sizes), ("--proportion-epsilons", args.proportion_epsilons)):  # fmt: skip
+    for flag, values in (
+        ("--noise", args.noise),
+        ("--central-noise", args.central_noise),
+        ("--bag-sizes", args.bag_sizes),
+        ("--proportion-epsilons", args.proportion_epsilons),
+    ):
         if values:
             argv += [flag, ",".join(f"{v:g}" for v in values)]
     if args.section != "DP":
@@ -191,7 +312,9 @@ def main(argv: list[str]) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    workdir = Path(args.workdir or f"outputs/privacy-sweep/{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
+    workdir = Path(
+        args.workdir or f"outputs/privacy-sweep/{datetime.now():%Y-%m-%d_%H-%M-%S}"
+    ).resolve()
     if args.render_only:
         results = json.loads((workdir / "results.json").read_text())
         total = sum(r["wall_seconds"] for r in results)
@@ -199,7 +322,11 @@ def _sweep(args: argparse.Namespace) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         start, results = time.perf_counter(), []
         for run in plan(args):
-            print(f"privacy-sweep: {run['series']} {'' if run['x'] is None else run['x']}", file=sys.stderr, flush=True)
+            print(
+                f"privacy-sweep: {run['series']} {'' if run['x'] is None else run['x']}",
+                file=sys.stderr,
+                flush=True,
+            )
             results.append(run_one(run, list(args.overrides), workdir, last=args.last))
             (workdir / "results.json").write_text(json.dumps(results, indent=2))
         total = time.perf_counter() - start

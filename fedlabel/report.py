@@ -17,13 +17,25 @@ from typing import Any
 from tqdm import tqdm
 
 
-
 def round_fields(algorithm_fields: Sequence[str] = ()) -> list[str]:
     """rounds.csv's columns: the round, its central evaluation, the pooled metrics every
     algorithm reports with ``algorithm_fields`` (the algorithms' own) among them, the round's
     failures, epsilon, and seconds (always last)."""
-    return ["round", "accuracy", "loss", "pseudo_label_coverage", "pseudo_label_accuracy", *algorithm_fields,
-            "loss_labeled", "loss_unlabeled", "clients", "failed_clients", "rejected_updates", "epsilon", "seconds"]  # fmt: skip
+    return [
+        "round",
+        "accuracy",
+        "loss",
+        "pseudo_label_coverage",
+        "pseudo_label_accuracy",
+        *algorithm_fields,
+        "loss_labeled",
+        "loss_unlabeled",
+        "clients",
+        "failed_clients",
+        "rejected_updates",
+        "epsilon",
+        "seconds",
+    ]
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -49,13 +61,18 @@ def environment() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu
+            )
     except OSError:
         pass
     return {
-        "host": platform.node(), "python": platform.python_version(), "torch": torch.__version__, "cpu": cpu,
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": cpu,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }  # fmt: skip
+    }
 
 
 class RunRecorder:
@@ -86,7 +103,14 @@ class RunRecorder:
         self.extra: dict[str, Any] = {"environment": [environment()]}
         self.start = time.perf_counter()
         self.csv_path = self.dir / "rounds.csv"
-        self.bar = tqdm(total=total_rounds, desc="rounds", unit="round", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total_rounds,
+            desc="rounds",
+            unit="round",
+            disable=not progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
         if not resume:
             self.restore([], wall_seconds=0.0)
 
@@ -132,9 +156,19 @@ class RunRecorder:
         with open(self.csv_path, "a", newline="") as fh:
             csv.writer(fh).writerow(self._csv_row(record))
         self._write_summary(status="running")
-        fields = (("acc", "accuracy", ".4f"), ("coverage", "pseudo_label_coverage", ".2f"), ("eps", "epsilon", ".2f"))
-        self.bar.set_postfix({name: format(record[key], fmt) for name, key, fmt in fields if record.get(key) is not None},
-                             refresh=False)  # fmt: skip
+        fields = (
+            ("acc", "accuracy", ".4f"),
+            ("coverage", "pseudo_label_coverage", ".2f"),
+            ("eps", "epsilon", ".2f"),
+        )
+        self.bar.set_postfix(
+            {
+                name: format(record[key], fmt)
+                for name, key, fmt in fields
+                if record.get(key) is not None
+            },
+            refresh=False,
+        )
         self.bar.update(1)
         if self.on_round is not None:
             self.on_round(record)
@@ -143,7 +177,9 @@ class RunRecorder:
         evaluated = [r["accuracy"] for r in self.rounds if r.get("accuracy") is not None]
         return evaluated[-1] if evaluated else None
 
-    def _write_summary(self, *, status: str, error: str | None = None, stop_reason: str | None = None) -> None:
+    def _write_summary(
+        self, *, status: str, error: str | None = None, stop_reason: str | None = None
+    ) -> None:
         summary = {
             "status": status,
             "final_accuracy": self.final_accuracy(),
@@ -158,14 +194,28 @@ class RunRecorder:
             summary["stop_reason"] = stop_reason
         write_json_atomic(self.dir / "summary.json", summary)
 
-    def finish(self, *, error: str | None = None, stopped: bool = False, stop_reason: str | None = None) -> dict[str, Any]:
+    def finish(
+        self, *, error: str | None = None, stopped: bool = False, stop_reason: str | None = None
+    ) -> dict[str, Any]:
         """Close the summary: completed, failed (``error``), stopped (``error`` says by what) or
         stopped_early (``stop_reason`` says why)."""
         self.bar.close()
-        status = "stopped" if stopped else "failed" if error else "stopped_early" if stop_reason else "completed"
+        status = (
+            "stopped"
+            if stopped
+            else "failed"
+            if error
+            else "stopped_early"
+            if stop_reason
+            else "completed"
+        )
         self._write_summary(status=status, error=error, stop_reason=None if error else stop_reason)
         if self.rounds:
-            plot_accuracy(self.rounds, self.dir / "accuracy.png", title=str(self.config.get("algorithm", {}).get("name", "")))
+            plot_accuracy(
+                self.rounds,
+                self.dir / "accuracy.png",
+                title=str(self.config.get("algorithm", {}).get("name", "")),
+            )
         return json.loads((self.dir / "summary.json").read_text())
 
 
@@ -190,20 +240,36 @@ def plot_accuracy(rounds: list[dict[str, Any]], path: Path, *, title: str = "") 
 def round_line(record: dict[str, Any], total: int) -> str:
     """One line per round for logs: 'round 3/30: accuracy 0.6123, loss 1.0312, coverage 0.41,
     eps 2.31, clients 10 (failed 0, rejected 0)'; fields without a value are left out."""
-    parts = [f"{name} {format(record[key], fmt)}" for name, key, fmt in
-             (("accuracy", "accuracy", ".4f"), ("loss", "loss", ".4f"), ("coverage", "pseudo_label_coverage", ".3f"),
-              ("eps", "epsilon", ".3g"), ("proportion eps", "proportion_epsilon", ".3g"))
-             if record.get(key) is not None]  # fmt: skip
-    clients = f"clients {record.get('clients', 0)} (failed {record.get('failed_clients', 0)}, " \
-              f"rejected {record.get('rejected_updates', 0)})"
+    parts = [
+        f"{name} {format(record[key], fmt)}"
+        for name, key, fmt in (
+            ("accuracy", "accuracy", ".4f"),
+            ("loss", "loss", ".4f"),
+            ("coverage", "pseudo_label_coverage", ".3f"),
+            ("eps", "epsilon", ".3g"),
+            ("proportion eps", "proportion_epsilon", ".3g"),
+        )
+        if record.get(key) is not None
+    ]
+    clients = (
+        f"clients {record.get('clients', 0)} (failed {record.get('failed_clients', 0)}, "
+        f"rejected {record.get('rejected_updates', 0)})"
+    )
     return f"round {record['round']}/{total}: " + ", ".join([*parts, clients])
 
 
 def format_table(rounds: list[dict[str, Any]], *, max_rows: int = 12) -> str:
     """A compact console table of selected rounds (evenly spaced, always the last); an ``eps``
     column when a privacy mechanism reports epsilon (DP-SGD, central DP, label-DP proportions)."""
-    cols = [("round", "{:>5}"), ("accuracy", "{:>8.4f}"), ("loss", "{:>7.4f}"), ("pseudo_label_coverage", "{:>8.3f}"),
-            ("pseudo_label_accuracy", "{:>8.3f}"), ("global_expert_share", "{:>8.3f}"), ("seconds", "{:>7.2f}")]
+    cols = [
+        ("round", "{:>5}"),
+        ("accuracy", "{:>8.4f}"),
+        ("loss", "{:>7.4f}"),
+        ("pseudo_label_coverage", "{:>8.3f}"),
+        ("pseudo_label_accuracy", "{:>8.3f}"),
+        ("global_expert_share", "{:>8.3f}"),
+        ("seconds", "{:>7.2f}"),
+    ]
     heads = ["round", "accuracy", "loss", "coverage", "pl_acc", "glob_exp", "sec"]
     for key in ("epsilon", "proportion_epsilon"):
         if any(r.get(key) is not None for r in rounds):
@@ -218,6 +284,8 @@ def format_table(rounds: list[dict[str, Any]], *, max_rows: int = 12) -> str:
         cells = []
         for (key, fmt), h in zip(cols, heads):
             v = r.get(key)
-            cells.append(f"{'-':>{max(5, len(h))}}" if v is None else f"{fmt.format(v):>{max(5, len(h))}}")
+            cells.append(
+                f"{'-':>{max(5, len(h))}}" if v is None else f"{fmt.format(v):>{max(5, len(h))}}"
+            )
         lines.append("  ".join(cells))
     return "\n".join(lines)

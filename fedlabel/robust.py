@@ -44,7 +44,11 @@ WEIGHT = "weight"  # a weight lowered to weight_to_median x the median weight
 
 def update_norm(deltas: dict[str, Params]) -> float:
     """L2 norm over every tensor of every named delta, in float64 (no float32 overflow)."""
-    squares = (float(torch.linalg.vector_norm(v.double())) ** 2 for d in deltas.values() for v in d.values())
+    squares = (
+        float(torch.linalg.vector_norm(v.double())) ** 2
+        for d in deltas.values()
+        for v in d.values()
+    )
     return math.sqrt(sum(squares))
 
 
@@ -76,16 +80,26 @@ def bound_influence(
     norms = [update_norm(u.deltas) for u in updates]
     norm_bound = clip_to_median * lower_median(norms) if clip_to_median > 0 else math.inf
     positive = [u.weight for u in updates if u.weight > 0]
-    weight_bound = weight_to_median * lower_median(positive) if weight_to_median > 0 and positive else math.inf
+    weight_bound = (
+        weight_to_median * lower_median(positive) if weight_to_median > 0 and positive else math.inf
+    )
     out = []
     for u, norm in zip(updates, norms):
         if norm > norm_bound:
             scale = norm_bound / norm
-            u = dataclasses.replace(u, deltas={n: {k: v * scale for k, v in d.items()} for n, d in u.deltas.items()})
-            detail = f"norm {norm:.4g} clipped to {norm_bound:.4g} ({clip_to_median:g} x the median norm)"
+            u = dataclasses.replace(
+                u, deltas={n: {k: v * scale for k, v in d.items()} for n, d in u.deltas.items()}
+            )
+            detail = (
+                f"norm {norm:.4g} clipped to {norm_bound:.4g} ({clip_to_median:g} x the median"
+                " norm)"
+            )
             limits.append(Limit(u.client_id, NORM, detail))
         if u.weight > weight_bound:
-            detail = f"weight {u.weight:.4g} capped at {weight_bound:.4g} ({weight_to_median:g} x the median weight)"
+            detail = (
+                f"weight {u.weight:.4g} capped at {weight_bound:.4g} ({weight_to_median:g} x the"
+                " median weight)"
+            )
             limits.append(Limit(u.client_id, WEIGHT, detail))
             u = dataclasses.replace(u, weight=weight_bound)
         out.append(u)
@@ -127,7 +141,10 @@ def trimmed_mean(fraction: float) -> Combine:
     def combine(template: Params, deltas: list[Params], weights: list[float]) -> Params:
         n = len(deltas)
         cut = int(fraction * n)
-        return {k: _stacked(template, deltas, k).sort(dim=0).values[cut : n - cut].mean(dim=0) for k in template}
+        return {
+            k: _stacked(template, deltas, k).sort(dim=0).values[cut : n - cut].mean(dim=0)
+            for k in template
+        }
 
     return combine
 
@@ -135,7 +152,9 @@ def trimmed_mean(fraction: float) -> Combine:
 def krum_scores(deltas: list[Params], *, malicious: int) -> list[float]:
     """Krum's score of each delta (Blanchard et al., NeurIPS 2017): the sum of its squared L2
     distances to its n - f - 2 nearest other deltas (at least 1), f = ``malicious``."""
-    flat = torch.stack([torch.cat([v.double().flatten().cpu() for v in d.values()]) for d in deltas])
+    flat = torch.stack(
+        [torch.cat([v.double().flatten().cpu() for v in d.values()]) for d in deltas]
+    )
     distances = torch.cdist(flat, flat).pow(2)
     closest = max(1, len(deltas) - malicious - 2)
     return [float(row.sort().values[1 : closest + 1].sum()) for row in distances]
@@ -153,7 +172,9 @@ def krum(*, malicious: int, select: int) -> Combine:
     return combine
 
 
-def combiner(robust: str, *, trim_fraction: float, krum_malicious: int, krum_select: int) -> Combine:
+def combiner(
+    robust: str, *, trim_fraction: float, krum_malicious: int, krum_select: int
+) -> Combine:
     """The combine rule named by aggregation.robust."""
     rules: dict[str, Callable[[], Combine]] = {
         "none": lambda: weighted_mean,

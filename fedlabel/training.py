@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,9 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
-def batch_indices(n: int, *, batch_size: int, steps: int, generator: torch.Generator) -> list[torch.Tensor]:
+def batch_indices(
+    n: int, *, batch_size: int, steps: int, generator: torch.Generator
+) -> list[torch.Tensor]:
     """`steps` minibatches of min(batch_size, n) indices, drawn epoch by epoch without
     replacement from a fresh permutation (the last partial batch of an epoch is dropped)."""
     if n == 0 or steps == 0:
@@ -70,7 +72,7 @@ def batch_indices(n: int, *, batch_size: int, steps: int, generator: torch.Gener
 
 def proximal_term(params: Params, center: Params, *, mu: float) -> torch.Tensor:
     """FedProx's proximal term mu/2 ||w - w_center||^2 (Li et al., MLSys 2020, eq. 2)."""
-    return 0.5 * mu * sum(((params[k] - center[k]) ** 2).sum() for k in params)
+    return 0.5 * mu * cast(torch.Tensor, sum(((params[k] - center[k]) ** 2).sum() for k in params))
 
 
 LossFn = Callable[[Callable[[torch.Tensor], torch.Tensor], Any], torch.Tensor]
@@ -118,11 +120,21 @@ class Sgd:
     """How a client trains without DP: shuffled minibatches (:func:`batch_indices`) and plain
     SGD steps (:func:`sgd_train`)."""
 
-    def batches(self, n: int, *, batch_size: int, steps: int, generator: torch.Generator) -> list[torch.Tensor]:
+    def batches(
+        self, n: int, *, batch_size: int, steps: int, generator: torch.Generator
+    ) -> list[torch.Tensor]:
         return batch_indices(n, batch_size=batch_size, steps=steps, generator=generator)
 
-    def train(self, model: nn.Module, params: Params, *, batches: list, loss_fn: LossFn, sgd: SgdConfig,
-              prox_mu: float = 0.0) -> tuple[Params, float]:  # fmt: skip
+    def train(
+        self,
+        model: nn.Module,
+        params: Params,
+        *,
+        batches: list,
+        loss_fn: LossFn,
+        sgd: SgdConfig,
+        prox_mu: float = 0.0,
+    ) -> tuple[Params, float]:
         return sgd_train(model, params, batches=batches, loss_fn=loss_fn, sgd=sgd, prox_mu=prox_mu)
 
 
@@ -139,23 +151,52 @@ class ClientContext:
         """``steps`` batches of record indices out of n (shuffled; Poisson under DP-SGD)."""
         return self.trainer.batches(n, batch_size=batch_size, steps=steps, generator=self.generator)
 
-    def train(self, model: nn.Module, params: Params, *, batches: list, loss_fn: LossFn, sgd: SgdConfig,
-              prox_mu: float = 0.0) -> tuple[Params, float]:  # fmt: skip
+    def train(
+        self,
+        model: nn.Module,
+        params: Params,
+        *,
+        batches: list,
+        loss_fn: LossFn,
+        sgd: SgdConfig,
+        prox_mu: float = 0.0,
+    ) -> tuple[Params, float]:
         """One step per batch of ``batches`` (from :meth:`batches`) from ``params``."""
-        return self.trainer.train(model, params, batches=batches, loss_fn=loss_fn, sgd=sgd, prox_mu=prox_mu)
+        return self.trainer.train(
+            model, params, batches=batches, loss_fn=loss_fn, sgd=sgd, prox_mu=prox_mu
+        )
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, params: Params, images: torch.Tensor, *, device: torch.device, chunk: int = 256) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module,
+    params: Params,
+    images: torch.Tensor,
+    *,
+    device: torch.device,
+    chunk: int = 256,
+) -> torch.Tensor:
     """Logits for uint8 images, computed in chunks on ``device``; returned on ``device``."""
     if len(images) == 0:
-        return forward(model, params, torch.zeros(1, *images.shape[1:], device=device))[:0]  # N x C with N = 0
-    outs = [forward(model, params, to_float(images[i : i + chunk].to(device))) for i in range(0, len(images), chunk)]
+        return forward(model, params, torch.zeros(1, *images.shape[1:], device=device))[
+            :0
+        ]  # N x C with N = 0
+    outs = [
+        forward(model, params, to_float(images[i : i + chunk].to(device)))
+        for i in range(0, len(images), chunk)
+    ]
     return torch.cat(outs)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, params: Params, images: torch.Tensor, labels: torch.Tensor, *, device: torch.device) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module,
+    params: Params,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    device: torch.device,
+) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) on a labeled set."""
     logits = predict_logits(model, params, images, device=device)
     labels = labels.to(device)

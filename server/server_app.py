@@ -22,7 +22,13 @@ from flwr.superlink.grid import InMemoryGrid
 from fedlabel.config import config_from_run_config
 from fedlabel.errors import check
 from fedlabel.faults import CRASHED, TIMEOUT, ClientFailure
-from fedlabel.federation import CohortResult, initial_model, load_dataset, open_recorder, run_federation
+from fedlabel.federation import (
+    CohortResult,
+    initial_model,
+    load_dataset,
+    open_recorder,
+    run_federation,
+)
 from fedlabel.lifecycle import claim_output_dir
 from fedlabel.privacy.noise import deployed
 from fedlabel.report import round_line
@@ -77,9 +83,15 @@ def discover_clients(
     Deployment: each node reports its site name; the server waits for num_clients sites and uses
     all that answer, numbered 0..K-1 in name order (see :func:`assign_client_ids`)."""
     node_ids = list(grid.get_node_ids())
-    if isinstance(grid, InMemoryGrid) and len(node_ids) != num_clients:  # simulation: all nodes exist at start
-        raise RuntimeError(f"the simulation has {len(node_ids)} nodes but data.num_clients={num_clients}: run with "
-                           f'--federation-config "num-supernodes={num_clients}" or set data.num_clients={len(node_ids)}')  # fmt: skip
+    if (
+        isinstance(grid, InMemoryGrid) and len(node_ids) != num_clients
+    ):  # simulation: all nodes exist at start
+        raise RuntimeError(
+            f"the simulation has {len(node_ids)} nodes but data.num_clients={num_clients}: run"
+            " with "
+            f'--federation-config "num-supernodes={num_clients}" or set'
+            f" data.num_clients={len(node_ids)}"
+        )
     deadline = time.monotonic() + NODE_WAIT_S
     while len(node_ids) < num_clients and time.monotonic() < deadline:
         say(f"waiting for sites: {len(node_ids)} of data.num_clients={num_clients} connected")
@@ -109,9 +121,11 @@ def discover_clients(
     nodes = {int(record["client_id"]): node for node, record in answers.items()}
     missing = sorted(set(range(num_clients)) - set(nodes))
     if missing:
-        raise RuntimeError(f"no node answered for partition(s) {missing[:10]}{'...' if len(missing) > 10 else ''}; "
-                           f"{len(node_ids)} nodes connected, data.num_clients={num_clients}"
-                           + (f"; failures: {'; '.join(failures)}" if failures else ""))  # fmt: skip
+        raise RuntimeError(
+            f"no node answered for partition(s) {missing[:10]}{'...' if len(missing) > 10 else ''};"
+            f" {len(node_ids)} nodes connected, data.num_clients={num_clients}"
+            + (f"; failures: {'; '.join(failures)}" if failures else "")
+        )
     return nodes, sorted(answers.values(), key=lambda s: s["client_id"])
 
 
@@ -122,26 +136,44 @@ def assign_client_ids(sites: dict[int, str]) -> dict[int, int]:
     names = sorted(sites.values())
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise RuntimeError(f"several nodes report the same site name {', '.join(map(repr, duplicates))}; "
-                           "give each SuperNode its own site-id in its node config")  # fmt: skip
+        raise RuntimeError(
+            f"several nodes report the same site name {', '.join(map(repr, duplicates))}; "
+            "give each SuperNode its own site-id in its node config"
+        )
     by_name = {name: node for node, name in sites.items()}
     return {cid: by_name[name] for cid, name in enumerate(names)}
 
 
-def _deployed_sites(answers: dict[int, dict], sites: dict[int, str], num_clients: int, failures: list[str]):
+def _deployed_sites(
+    answers: dict[int, dict], sites: dict[int, str], num_clients: int, failures: list[str]
+):
     if len(sites) != len(answers):
-        raise RuntimeError("some nodes report a site directory and others a simulated partition; "
-                           "a run is either simulated or deployed")  # fmt: skip
+        raise RuntimeError(
+            "some nodes report a site directory and others a simulated partition; "
+            "a run is either simulated or deployed"
+        )
     if len(sites) < num_clients:
-        raise RuntimeError(f"{len(sites)} site(s) answered ({', '.join(sorted(sites.values()))}) but the run waits for "
-                           f"data.num_clients={num_clients}" + (f"; failures: {'; '.join(failures)}" if failures else ""))  # fmt: skip
+        raise RuntimeError(
+            f"{len(sites)} site(s) answered ({', '.join(sorted(sites.values()))}) but the run waits"
+            f" for data.num_clients={num_clients}"
+            + (f"; failures: {'; '.join(failures)}" if failures else "")
+        )
     nodes = assign_client_ids(sites)
-    stats = [{"client_id": cid, "site": sites[node], **answers[node]} for cid, node in nodes.items()]
+    stats = [
+        {"client_id": cid, "site": sites[node], **answers[node]} for cid, node in nodes.items()
+    ]
     return nodes, stats
 
 
-def collect_replies(replies: list[Message], cohort: list[int], nodes: dict[int, int], *, deadline_s: float,
-                    global_params: Params | None = None, sent: dict[str, int] | None = None) -> list[CohortResult]:  # fmt: skip
+def collect_replies(
+    replies: list[Message],
+    cohort: list[int],
+    nodes: dict[int, int],
+    *,
+    deadline_s: float,
+    global_params: Params | None = None,
+    sent: dict[str, int] | None = None,
+) -> list[CohortResult]:
     """One result per sampled client: its decoded update, a failure (error reply, or no reply
     before the deadline), or a rejection (a reply that cannot be decoded, or that claims to come
     from another client). Never raises on what a client sent. ``sent`` maps the ids of the
@@ -151,7 +183,9 @@ def collect_replies(replies: list[Message], cohort: list[int], nodes: dict[int, 
     sent = sent or {}
     results: list[CohortResult] = []
     for reply in replies:
-        cid = client_of.get(reply.metadata.src_node_id, sent.get(reply.metadata.reply_to_message_id, -1))
+        cid = client_of.get(
+            reply.metadata.src_node_id, sent.get(reply.metadata.reply_to_message_id, -1)
+        )
         if reply.has_error():
             results.append(ClientFailure(cid, CRASHED, codec.error_reason(reply)[-300:]))
             continue
@@ -161,7 +195,13 @@ def collect_replies(replies: list[Message], cohort: list[int], nodes: dict[int, 
             results.append(Rejection(cid, UNDECODABLE, f"{type(err).__name__}: {err}"[:300]))
             continue
         if update.client_id != cid:
-            results.append(Rejection(cid, CLIENT, f"the node of client {cid} sent an update as client {update.client_id}"))
+            results.append(
+                Rejection(
+                    cid,
+                    CLIENT,
+                    f"the node of client {cid} sent an update as client {update.client_id}",
+                )
+            )
         else:
             results.append(update)
     heard = {r.client_id for r in results}
@@ -172,30 +212,46 @@ def collect_replies(replies: list[Message], cohort: list[int], nodes: dict[int, 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = config_from_run_config(context.run_config)
-    claim_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite)  # `flwr run` without fedlabel
+    claim_output_dir(
+        cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite
+    )  # `flwr run` without fedlabel
     device = resolve_device(cfg.device)
     say("loading the server's test set")
     dataset = load_dataset(cfg)
     model, params = initial_model(
-        cfg, in_channels=dataset.in_channels, num_classes=dataset.num_classes, image_size=dataset.image_size
+        cfg,
+        in_channels=dataset.in_channels,
+        num_classes=dataset.num_classes,
+        image_size=dataset.image_size,
     )
-    recorder = open_recorder(cfg, progress=False, on_round=lambda record: say(round_line(record, cfg.rounds)))
+    recorder = open_recorder(
+        cfg, progress=False, on_round=lambda record: say(round_line(record, cfg.rounds))
+    )
     shape = codec.Shape(dataset.in_channels, dataset.num_classes, dataset.image_size)
     try:
         nodes, stats = discover_clients(grid, cfg.data.num_clients, shape)
         if "site" in stats[0]:  # deployment: the federation is the sites that answered
             grid = PollingGrid(grid)
-            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_clients=len(nodes)))
-            cfg = deployed(cfg)  # central-DP noise from the OS's entropy; summary.json's privacy.noise_source says so
-            check(cfg.clients_per_round <= len(nodes), "clients_per_round",
-                  f"{cfg.clients_per_round} is more than the {len(nodes)} site(s) that answered")  # fmt: skip
+            cfg = dataclasses.replace(
+                cfg, data=dataclasses.replace(cfg.data, num_clients=len(nodes))
+            )
+            cfg = deployed(
+                cfg
+            )  # central-DP noise from the OS's entropy; summary.json's privacy.noise_source says so
+            check(
+                cfg.clients_per_round <= len(nodes),
+                "clients_per_round",
+                f"{cfg.clients_per_round} is more than the {len(nodes)} site(s) that answered",
+            )
     except Exception as err:
         recorder.finish(error=f"{type(err).__name__}: {err}")
         raise
     recorder.write_json("clients.json", stats)
     say(f"{len(nodes)} clients ready; round 1 of {cfg.rounds} starts")
 
-    def train_cohort(rnd: int, cohort: list[int], global_params: Params, extras: dict) -> list[CohortResult]:
+    def train_cohort(
+        rnd: int, cohort: list[int], global_params: Params, extras: dict
+    ) -> list[CohortResult]:
         arrays = codec.encode_params(global_params)
         client_clips = cfg.privacy.name == "central_dp" and cfg.privacy.clipping == "client"
         norm = cfg.privacy.max_grad_norm if client_clips else None
@@ -213,8 +269,12 @@ def main(grid: Grid, context: Context) -> None:
         ]
         deadline = cfg.faults.round_deadline_s
         replies = list(grid.send_and_receive(msgs, timeout=deadline if deadline > 0 else None))
-        sent = {msg.metadata.message_id: cid for msg, cid in zip(msgs, cohort)}  # ids are set when pushed
-        return collect_replies(replies, cohort, nodes, deadline_s=deadline, global_params=global_params, sent=sent)
+        sent = {
+            msg.metadata.message_id: cid for msg, cid in zip(msgs, cohort)
+        }  # ids are set when pushed
+        return collect_replies(
+            replies, cohort, nodes, deadline_s=deadline, global_params=global_params, sent=sent
+        )
 
     run_federation(
         cfg,
@@ -225,5 +285,7 @@ def main(grid: Grid, context: Context) -> None:
         train_cohort=train_cohort,
         recorder=recorder,
         device=device,
-        client_sizes={int(s["client_id"]): int(s["num_labeled"]) + int(s["num_unlabeled"]) for s in stats},
+        client_sizes={
+            int(s["client_id"]): int(s["num_labeled"]) + int(s["num_unlabeled"]) for s in stats
+        },
     )

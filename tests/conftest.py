@@ -18,7 +18,9 @@ def shared_ray(tmp_path_factory):
     the default path (a run's private Ray: faults, signals, resume) do not use it."""
     if not RAY.is_file():
         pytest.skip(f"Ray's command-line tool is not installed at {RAY}")
-    temp_dir = tempfile.mkdtemp(prefix="fl-ray-", dir="/tmp")  # short: Ray's socket paths live in it
+    temp_dir = tempfile.mkdtemp(
+        prefix="fl-ray-", dir="/tmp"
+    )  # short: Ray's socket paths live in it
     address = f"127.0.0.1:{free_port()}"
     log = tmp_path_factory.mktemp("shared-ray") / "ray-head.log"
     head = start_node(temp_dir, log, *head_args(address), num_cpus=os.cpu_count() or 1)

@@ -25,22 +25,56 @@ def ray_env() -> dict[str, str]:
 
 def start_node(temp_dir: str, log: Path, *extra: str, num_cpus: int = 1) -> subprocess.Popen:
     """`ray start --block` for one node with num_cpus CPUs; extra: --head ... or --address ..."""
-    ports = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-             "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port"]  # fmt: skip
-    args = [str(RAY), "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus),
-            "--num-gpus", "0", "--object-store-memory", str(100 * 2**20), "--min-worker-port", "0",
-            "--max-worker-port", "0", "--temp-dir", temp_dir, "--disable-usage-stats",
-            "--include-log-monitor", "false", *extra]  # fmt: skip
+    ports = [
+        "--node-manager-port",
+        "--object-manager-port",
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port",
+        "--metrics-export-port",
+    ]
+    args = [
+        str(RAY),
+        "start",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--num-cpus",
+        str(num_cpus),
+        "--num-gpus",
+        "0",
+        "--object-store-memory",
+        str(100 * 2**20),
+        "--min-worker-port",
+        "0",
+        "--max-worker-port",
+        "0",
+        "--temp-dir",
+        temp_dir,
+        "--disable-usage-stats",
+        "--include-log-monitor",
+        "false",
+        *extra,
+    ]
     for flag in ports:
         args += [flag, str(free_port())]
     with open(log, "w") as out:
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=ray_env(), start_new_session=True)
+        return subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, env=ray_env(), start_new_session=True
+        )
 
 
 def head_args(address: str) -> list[str]:
     """The extra `ray start` arguments of a head node listening on address (127.0.0.1:port)."""
-    return ["--head", "--port", address.split(":")[1], "--include-dashboard", "false",
-            "--ray-client-server-port", str(free_port())]  # fmt: skip
+    return [
+        "--head",
+        "--port",
+        address.split(":")[1],
+        "--include-dashboard",
+        "false",
+        "--ray-client-server-port",
+        str(free_port()),
+    ]
 
 
 def _session_members(sid: int) -> list[int]:

@@ -10,8 +10,15 @@ import fedlabel
 from fedlabel.config import config_from_dict
 from fedlabel.errors import ConfigError
 
-SMOKE = ["experiment=smoke", "engine=inprocess", "device=cpu", "rounds=1", "tensorboard=false",
-         "algorithm=fedavg", "algorithm.local_steps=2"]  # fmt: skip
+SMOKE = [
+    "experiment=smoke",
+    "engine=inprocess",
+    "device=cpu",
+    "rounds=1",
+    "tensorboard=false",
+    "algorithm=fedavg",
+    "algorithm.local_steps=2",
+]
 
 
 def _metrics(summary: dict) -> list:

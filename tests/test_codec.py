@@ -122,9 +122,17 @@ def test_update_reply_for_client_side_clipping_carries_w_plus_delta():
 
 
 def _error_reply(reason: str) -> Message:
-    meta = Metadata(run_id=1, message_id="", src_node_id=1, dst_node_id=0, reply_to_message_id="m",
-                    group_id="", created_at=0.0, ttl=60.0,
-                    message_type=MessageType.TRAIN)  # fmt: skip
+    meta = Metadata(
+        run_id=1,
+        message_id="",
+        src_node_id=1,
+        dst_node_id=0,
+        reply_to_message_id="m",
+        group_id="",
+        created_at=0.0,
+        ttl=60.0,
+        message_type=MessageType.TRAIN,
+    )
     return make_message(meta, error=Error(code=1, reason=reason))
 
 

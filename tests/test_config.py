@@ -45,16 +45,40 @@ ROOT = Path(__file__).resolve().parents[1]
         ({"aggregation": {"robust": "bulyan"}}, "aggregation.robust"),
         ({"aggregation": {"clip_to_median": -1.0}}, "aggregation.clip_to_median"),
         ({"aggregation": {"weight_to_median": -1.0}}, "aggregation.weight_to_median"),
-        ({"aggregation": {"robust": "trimmed_mean", "trim_fraction": 0.5}}, "aggregation.trim_fraction"),
-        ({"aggregation": {"robust": "trimmed_mean", "trim_fraction": 0.05}}, "aggregation.trim_fraction"),  # trims none of 10
-        ({"aggregation": {"robust": "krum", "krum_malicious": 4}}, "aggregation.krum_malicious"),  # 10 <= 2 x 4 + 2
+        (
+            {"aggregation": {"robust": "trimmed_mean", "trim_fraction": 0.5}},
+            "aggregation.trim_fraction",
+        ),
+        (
+            {"aggregation": {"robust": "trimmed_mean", "trim_fraction": 0.05}},
+            "aggregation.trim_fraction",
+        ),  # trims none of 10
+        (
+            {"aggregation": {"robust": "krum", "krum_malicious": 4}},
+            "aggregation.krum_malicious",
+        ),  # 10 <= 2 x 4 + 2
         ({"aggregation": {"robust": "krum", "krum_select": 0}}, "aggregation.krum_select"),
-        ({"aggregation": {"robust": "median"}, "algorithm": {"name": "fedlabel", "aggregation": "split"}}, "aggregation.robust"),
+        (
+            {
+                "aggregation": {"robust": "median"},
+                "algorithm": {"name": "fedlabel", "aggregation": "split"},
+            },
+            "aggregation.robust",
+        ),
         ({"faults": {"attack": "sybil"}}, "faults.attack"),
         ({"faults": {"attack": "scale"}, "engine": {"name": "flower"}}, "faults.attack"),
-        ({"faults": {"attack": "scale", "attack_client": 100}, "engine": {"name": "inprocess"}}, "faults.attack_client"),
-        ({"faults": {"attack": "scale", "attack_scale": 0.0}, "engine": {"name": "inprocess"}}, "faults.attack_scale"),
-        ({"faults": {"attack": "norm", "max_update_norm": 0.0}, "engine": {"name": "inprocess"}}, "faults.attack"),
+        (
+            {"faults": {"attack": "scale", "attack_client": 100}, "engine": {"name": "inprocess"}},
+            "faults.attack_client",
+        ),
+        (
+            {"faults": {"attack": "scale", "attack_scale": 0.0}, "engine": {"name": "inprocess"}},
+            "faults.attack_scale",
+        ),
+        (
+            {"faults": {"attack": "norm", "max_update_norm": 0.0}, "engine": {"name": "inprocess"}},
+            "faults.attack",
+        ),
         ({"stop": {"patience": -1}}, "stop.patience"),
         ({"stop": {"target_accuracy": 1.5}}, "stop.target_accuracy"),
         ({"stop": {"target_accuracy": -0.1}}, "stop.target_accuracy"),
@@ -71,8 +95,12 @@ def test_stop_and_mlflow_errors_are_one_line(monkeypatch):
     with pytest.raises(ConfigError) as err:
         config_from_dict({"stop": {"patience": -2}})
     assert "\n" not in str(err.value) and "got -2" in str(err.value)
-    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "mlflow" else object())
-    with pytest.raises(ConfigError, match=r"mlflow\.enabled.*pip install 'fedlabel\[mlflow\]'") as err:
+    monkeypatch.setattr(
+        "importlib.util.find_spec", lambda name, *a: None if name == "mlflow" else object()
+    )
+    with pytest.raises(
+        ConfigError, match=r"mlflow\.enabled.*pip install 'fedlabel\[mlflow\]'"
+    ) as err:
         config_from_dict({"mlflow": {"enabled": True}})
     assert "\n" not in str(err.value)
 
@@ -80,7 +108,14 @@ def test_stop_and_mlflow_errors_are_one_line(monkeypatch):
 def test_hydra_composes_the_aggregation_settings():
     register_configs()
     with initialize_config_module(config_module="fedlabel._configs", version_base="1.3"):
-        hcfg = compose(config_name="config", overrides=["aggregation.robust=median", "aggregation.clip_to_median=2.5", "output_dir=x"])
+        hcfg = compose(
+            config_name="config",
+            overrides=[
+                "aggregation.robust=median",
+                "aggregation.clip_to_median=2.5",
+                "output_dir=x",
+            ],
+        )
     cfg = config_from_dict(OmegaConf.to_container(hcfg, resolve=True))
     assert cfg.aggregation.robust == "median" and cfg.aggregation.clip_to_median == 2.5
     assert Config().aggregation.clip_to_median == 3.0 and Config().aggregation.robust == "none"
@@ -91,7 +126,13 @@ def test_label_ratio_one_is_allowed():
 
 
 def test_run_config_round_trip():
-    cfg = config_from_dict({"algorithm": {"name": "fedavg", "lr": 0.1}, "data": {"num_clients": 7}, "clients_per_round": 3})
+    cfg = config_from_dict(
+        {
+            "algorithm": {"name": "fedavg", "lr": 0.1},
+            "data": {"num_clients": 7},
+            "clients_per_round": 3,
+        }
+    )
     assert config_from_run_config(flatten(config_to_dict(cfg))) == cfg
 
 
@@ -113,14 +154,25 @@ def test_pyproject_flower_config_matches_schema():
 @pytest.mark.parametrize("engine", ["flower", "inprocess"])
 def test_hydra_composes_every_group(algorithm, data, model, engine):
     register_configs()
-    overrides = [f"algorithm={algorithm}", f"data={data}", f"model={model}", f"engine={engine}", "output_dir=/tmp/x"]
+    overrides = [
+        f"algorithm={algorithm}",
+        f"data={data}",
+        f"model={model}",
+        f"engine={engine}",
+        "output_dir=/tmp/x",
+    ]
     if data == "npz":
         overrides.append("data.root=/tmp/organamnist.npz")
     with initialize_config_module(config_module="fedlabel._configs", version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     values = OmegaConf.to_container(cfg, resolve=True)
     built = config_from_dict(values)
-    assert (built.algorithm.name, built.data.name, built.model.name, built.engine.name) == (algorithm, data, model, engine)
+    assert (built.algorithm.name, built.data.name, built.model.name, built.engine.name) == (
+        algorithm,
+        data,
+        model,
+        engine,
+    )
     assert built.rounds == Config().rounds
 
 
@@ -128,16 +180,27 @@ def test_experiment_files_compose():
     register_configs()
     for path in sorted((ROOT / "configs" / "experiment").glob("*.yaml")):
         with initialize_config_module(config_module="fedlabel._configs", version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[f"experiment={path.stem}", "output_dir=/tmp/x"])
+            cfg = compose(
+                config_name="config", overrides=[f"experiment={path.stem}", "output_dir=/tmp/x"]
+            )
         config_from_dict(OmegaConf.to_container(cfg, resolve=True))
 
 
 def test_cli_rejects_bad_value_before_any_work(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "fedlabel.cli", "simulate", "data.label_ratio=1.5", f"output_dir={out}"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "fedlabel.cli",
+            "simulate",
+            "data.label_ratio=1.5",
+            f"output_dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "data.label_ratio" in proc.stderr
     assert not (out / "summary.json").exists() and not (out / "clients.json").exists()

@@ -46,9 +46,17 @@ def test_fault_injection_mod(monkeypatch, kind):
     node = {"partition-id": cid}
     context = Context(1, 1, node_config=node, state=RecordDict(), run_config=run_config)
     request = codec.Request(codec.Shape(1, 10, 28), round=rnd, client_id=cid)
-    meta = Metadata(run_id=1, message_id="m", src_node_id=0, dst_node_id=1, reply_to_message_id="",
-                    group_id="", created_at=0.0, ttl=60.0,
-                    message_type=MessageType.TRAIN)  # fmt: skip
+    meta = Metadata(
+        run_id=1,
+        message_id="m",
+        src_node_id=0,
+        dst_node_id=1,
+        reply_to_message_id="",
+        group_id="",
+        created_at=0.0,
+        ttl=60.0,
+        message_type=MessageType.TRAIN,
+    )
     msg = make_message(meta, content=codec.encode_train(request, codec.encode_params({}), {}))
     trained = []
 

@@ -30,13 +30,34 @@ def test_client_generator_depends_on_seed_round_and_client_only():
 
 
 def _update(cid, weight, **metrics):
-    return ClientUpdate(client_id=cid, deltas={"model": {"w": torch.full((2,), float(cid))}}, weight=weight, metrics=metrics)
+    return ClientUpdate(
+        client_id=cid,
+        deltas={"model": {"w": torch.full((2,), float(cid))}},
+        weight=weight,
+        metrics=metrics,
+    )
 
 
 def test_pool_metrics_pools_counters_not_ratios():
     ups = [
-        _update(0, 10, num_unlabeled=100, num_kept=50, num_kept_global=10, num_kept_correct=40, num_kept_global_correct=5),
-        _update(1, 10, num_unlabeled=10, num_kept=10, num_kept_global=0, num_kept_correct=10, num_kept_global_correct=0),
+        _update(
+            0,
+            10,
+            num_unlabeled=100,
+            num_kept=50,
+            num_kept_global=10,
+            num_kept_correct=40,
+            num_kept_global_correct=5,
+        ),
+        _update(
+            1,
+            10,
+            num_unlabeled=10,
+            num_kept=10,
+            num_kept_global=0,
+            num_kept_correct=10,
+            num_kept_global_correct=0,
+        ),
     ]
     m = FedLabel(FedLabelParams()).pool_metrics(ups)
     assert m["pseudo_label_coverage"] == pytest.approx(60 / 110)

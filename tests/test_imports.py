@@ -37,8 +37,9 @@ def _parents(name: str) -> set[str]:
     return {".".join(parts[:i]) for i in range(1, len(parts))}
 
 
-def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool,
-             known: set[str]) -> set[str]:  # fmt: skip
+def _targets(
+    node: ast.Import | ast.ImportFrom, module: str, is_package: bool, known: set[str]
+) -> set[str]:
     """What an import statement loads: modules, and for `from x import y` x.y if that is a
     module, else x (y is then a name defined in x)."""
     if isinstance(node, ast.Import):
@@ -56,8 +57,11 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
     graph = {}
     for module, path in files.items():
         tree = ast.parse(path.read_text(), str(path))
-        guards = [n for n in ast.walk(tree) if isinstance(n, ast.If)
-                  and "TYPE_CHECKING" in ast.unparse(n.test)]  # fmt: skip
+        guards = [
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)
+        ]
         typing_only = {id(n) for guard in guards for n in ast.walk(guard)}
         deps = set()
         for node in ast.walk(tree):
@@ -69,7 +73,8 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
 
 
 def package_of(module: str) -> str:
-    """fedlabel.data.bags -> fedlabel.data; server.server_app -> server; throughput -> benchmarks."""
+    """fedlabel.data.bags -> fedlabel.data; server.server_app -> server; throughput ->
+    benchmarks."""
     parts = module.split(".")
     if parts[0] == "fedlabel":
         return ".".join(parts[:2])
@@ -116,7 +121,9 @@ def test_the_graph_sees_lazy_imports_and_skips_type_checking_ones() -> None:
     graph = import_graph()
     assert "fedlabel.engines.flower" in graph["fedlabel.api"]  # imported inside run()
     assert graph["fedlabel"] == {"fedlabel.api"} and "fedlabel" in graph["attacks"]
-    assert "fedlabel.config" in graph["server.server_app"] and "throughput" in graph["client_overhead"]
+    assert (
+        "fedlabel.config" in graph["server.server_app"] and "throughput" in graph["client_overhead"]
+    )
     assert "fedlabel.config" not in graph["fedlabel.privacy.noise"]  # under TYPE_CHECKING
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [("a", "b", "c")]
 

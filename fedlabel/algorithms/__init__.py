@@ -42,7 +42,9 @@ class Preset:
 
     def params(self, **values: Any) -> AlgorithmParams:
         """This name's Params: its defaults and fixed values, then ``values``."""
-        params = self.algorithm.Params(**{**self.defaults, **self.fixed, **values, "name": self.name})
+        params = self.algorithm.Params(
+            **{**self.defaults, **self.fixed, **values, "name": self.name}
+        )
         self.check(params)
         return params
 
@@ -51,9 +53,15 @@ class Preset:
         for key, value in self.fixed.items():
             got = getattr(params, key)
             if got != value:
-                free = next(n for n, p in ALGORITHMS.items() if p.algorithm is self.algorithm and not p.fixed)
-                raise ConfigError(f"algorithm.{key}: {self.name} fixes it to {value!r}, got {got!r}; "
-                                  f"use algorithm={free} to choose it")  # fmt: skip
+                free = next(
+                    n
+                    for n, p in ALGORITHMS.items()
+                    if p.algorithm is self.algorithm and not p.fixed
+                )
+                raise ConfigError(
+                    f"algorithm.{key}: {self.name} fixes it to {value!r}, got {got!r}; "
+                    f"use algorithm={free} to choose it"
+                )
 
 
 FEDPROX = {"mu": FEDPROX_MU}
@@ -77,7 +85,9 @@ ALGORITHMS: dict[str, Preset] = {
 
 # Every algorithm's own rounds.csv columns, in registry order: each run's records carry all of
 # them (None where its algorithm reports none), so runs of different algorithms line up.
-ROUND_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(f for p in ALGORITHMS.values() for f in p.algorithm.round_fields))
+ROUND_FIELDS: tuple[str, ...] = tuple(
+    dict.fromkeys(f for p in ALGORITHMS.values() for f in p.algorithm.round_fields)
+)
 
 
 def build_algorithm(params: AlgorithmParams) -> Algorithm:
@@ -85,4 +95,12 @@ def build_algorithm(params: AlgorithmParams) -> Algorithm:
     return ALGORITHMS[params.name].algorithm(params)
 
 
-__all__ = ["ALGORITHMS", "ROUND_FIELDS", "Algorithm", "AlgorithmParams", "ClientUpdate", "Preset", "build_algorithm"]
+__all__ = [
+    "ALGORITHMS",
+    "ROUND_FIELDS",
+    "Algorithm",
+    "AlgorithmParams",
+    "ClientUpdate",
+    "Preset",
+    "build_algorithm",
+]

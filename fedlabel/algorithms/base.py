@@ -50,10 +50,18 @@ class AlgorithmParams:
 
     def validate(self) -> None:
         check(self.lr > 0, "algorithm.lr", f"must be > 0, got {self.lr}")
-        check(0 <= self.momentum < 1, "algorithm.momentum", f"must be in [0, 1), got {self.momentum}")
-        check(self.weight_decay >= 0, "algorithm.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(
+            0 <= self.momentum < 1, "algorithm.momentum", f"must be in [0, 1), got {self.momentum}"
+        )
+        check(
+            self.weight_decay >= 0,
+            "algorithm.weight_decay",
+            f"must be >= 0, got {self.weight_decay}",
+        )
         check(self.batch_size >= 1, "algorithm.batch_size", f"must be >= 1, got {self.batch_size}")
-        check(self.local_steps >= 0, "algorithm.local_steps", f"must be >= 0, got {self.local_steps}")
+        check(
+            self.local_steps >= 0, "algorithm.local_steps", f"must be >= 0, got {self.local_steps}"
+        )
         check(self.weak_shift >= 0, "algorithm.weak_shift", f"must be >= 0, got {self.weak_shift}")
 
 
@@ -84,7 +92,9 @@ def total(updates: list[ClientUpdate], key: str) -> float:
 
 def knows_truth(updates: list[ClientUpdate]) -> bool:
     """Every client counted its correct pseudo-labels (simulation: it knows the true labels)."""
-    return all("num_kept_correct" in u.metrics for u in updates) and any("num_kept" in u.metrics for u in updates)
+    return all("num_kept_correct" in u.metrics for u in updates) and any(
+        "num_kept" in u.metrics for u in updates
+    )
 
 
 def mean(updates: list[ClientUpdate], key: str) -> float | None:
@@ -152,7 +162,9 @@ class Algorithm:
         return {
             "clients": len(updates),
             "pseudo_label_coverage": kept / n_u if n_u else None,
-            "pseudo_label_accuracy": total(updates, "num_kept_correct") / kept if kept and has_truth else None,
+            "pseudo_label_accuracy": (
+                total(updates, "num_kept_correct") / kept if kept and has_truth else None
+            ),
             "loss_labeled": mean(updates, "loss_labeled"),
             "loss_unlabeled": mean(updates, "loss_unlabeled"),
         }
@@ -169,7 +181,9 @@ class Algorithm:
         """The model parameters the central evaluation runs (and model.pt stores)."""
         return global_params
 
-    def client_payload(self, rnd: int, cohort: list[int], global_params: Params) -> dict[int, dict[str, StateDict]]:
+    def client_payload(
+        self, rnd: int, cohort: list[int], global_params: Params
+    ) -> dict[int, dict[str, StateDict]]:
         """Extra named arrays per client id, sent with the train message of round ``rnd``."""
         return {}
 
@@ -180,13 +194,20 @@ class Algorithm:
     def load_state_dict(self, state: dict) -> None:
         """Restore what ``state_dict`` returned."""
 
-    def aggregate(self, global_params: Params, updates: list[ClientUpdate], *,
-                  combine: Combine = weighted_mean) -> Params:  # fmt: skip
+    def aggregate(
+        self,
+        global_params: Params,
+        updates: list[ClientUpdate],
+        *,
+        combine: Combine = weighted_mean,
+    ) -> Params:
         """w + combine(Delta_k, r_k) over the updates with r_k > 0, in client-id order so every
         engine does identical arithmetic; the default is FedAvg with server learning rate 1,
         w + sum_k (r_k / sum_j r_j) Delta_k (fedlabel.robust for the robust rules)."""
         updates = sorted((u for u in updates if u.weight > 0), key=lambda u: u.client_id)
         if not updates:
             return {k: v.clone() for k, v in global_params.items()}
-        step = combine(global_params, [u.deltas["model"] for u in updates], [u.weight for u in updates])
+        step = combine(
+            global_params, [u.deltas["model"] for u in updates], [u.weight for u in updates]
+        )
         return {k: global_params[k] + step[k] for k in global_params}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -33,17 +34,30 @@ Stacked = dict[str, Tensor]  # parameter name -> C x (parameter shape)
 
 # what a batched version reproduces: a subclass that overrides none of these (it changes only
 # parameters) shares its parent's batched version
-PROTOCOL = ("client_update", "init_global", "client_payload", "eval_params", "aggregate", "delta_names")
+PROTOCOL = (
+    "client_update",
+    "init_global",
+    "client_payload",
+    "eval_params",
+    "aggregate",
+    "delta_names",
+)
 
 
 class ClientImages:
     """One kind of images (labeled or unlabeled) of every client in one device tensor."""
 
-    def __init__(self, images: list[Tensor], labels: list[Tensor | None], device: torch.device) -> None:
+    def __init__(
+        self, images: list[Tensor], labels: list[Tensor | None], device: torch.device
+    ) -> None:
         sizes = [len(x) for x in images]
         self.offsets = list(itertools.accumulate([0, *sizes[:-1]]))
         self.images = torch.cat(images).to(device)
-        self.labels = None if any(y is None for y in labels) else torch.cat(labels).to(device)
+        self.labels = (
+            None
+            if any(y is None for y in labels)
+            else torch.cat(cast(list[Tensor], labels)).to(device)
+        )
 
     def starts(self, clients: list[ClientData]) -> Tensor:
         """Row of each client's first image."""
@@ -56,19 +70,29 @@ class BatchedUpdate:
 
     algorithm_class: type[Algorithm]  # set by @batches
 
-    def __init__(self, model: nn.Module, algorithm: Algorithm, clients: list[ClientData], device: torch.device) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        algorithm: Algorithm,
+        clients: list[ClientData],
+        device: torch.device,
+    ) -> None:
         self.model, self.algorithm, self.device = model, algorithm, device
         self.p = algorithm.params
         self.sample_shape = tuple(clients[0].labeled_images.shape[1:])
 
-    def train(self, clients: list[ClientData], global_params: Params, gens: list[torch.Generator]) -> list[ClientUpdate]:
+    def train(
+        self, clients: list[ClientData], global_params: Params, gens: list[torch.Generator]
+    ) -> list[ClientUpdate]:
         raise NotImplementedError
 
 
 _REGISTRY: dict[type[Algorithm], type[BatchedUpdate]] = {}
 
 
-def batches(algorithm_class: type[Algorithm]) -> Callable[[type[BatchedUpdate]], type[BatchedUpdate]]:
+def batches(
+    algorithm_class: type[Algorithm],
+) -> Callable[[type[BatchedUpdate]], type[BatchedUpdate]]:
     """Class decorator: register the decorated BatchedUpdate as ``algorithm_class``'s."""
 
     def register(cls: type[BatchedUpdate]) -> type[BatchedUpdate]:
@@ -104,12 +128,16 @@ def padded(batches: list[list[Tensor]], steps: int) -> tuple[Tensor, Tensor, int
 
 def stack(global_params: Params, c: int, sgd: SgdConfig) -> tuple[Stacked, Stacked | None]:
     """``c`` copies of the global parameters, and zero velocity where SGD has momentum."""
-    params = {k: v.detach().unsqueeze(0).repeat(c, *[1] * v.dim()) for k, v in global_params.items()}
+    params = {
+        k: v.detach().unsqueeze(0).repeat(c, *[1] * v.dim()) for k, v in global_params.items()
+    }
     velocity = {k: torch.zeros_like(v) for k, v in params.items()} if sgd.momentum else None
     return params, velocity
 
 
-def sgd_step(params: Stacked, velocity: Stacked | None, grads: Stacked, active: Tensor, sgd: SgdConfig) -> None:
+def sgd_step(
+    params: Stacked, velocity: Stacked | None, grads: Stacked, active: Tensor, sgd: SgdConfig
+) -> None:
     """One SGD step of every active client, in the arithmetic of ``training.sgd_step``."""
     for k, g in grads.items():
         on = active.view(-1, *[1] * (g.dim() - 1))

@@ -24,7 +24,17 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate
-from fedlabel.algorithms.batching import BatchedUpdate, ClientImages, Stacked, batches, minus, padded, row, sgd_step, stack
+from fedlabel.algorithms.batching import (
+    BatchedUpdate,
+    ClientImages,
+    Stacked,
+    batches,
+    minus,
+    padded,
+    row,
+    sgd_step,
+    stack,
+)
 from fedlabel.augment import WeakDraws, apply_weak, draw_weak, weak_augment
 from fedlabel.data import ClientData
 from fedlabel.errors import check
@@ -57,7 +67,9 @@ def train_labeled(
         batches, loss_fn = _instance_objective(data, p, ctx)
     if extra is not None:
         batches, loss_fn = _joint(batches, loss_fn, *extra)
-    return ctx.train(model, global_params, batches=batches, loss_fn=loss_fn, sgd=p.sgd(), prox_mu=mu)
+    return ctx.train(
+        model, global_params, batches=batches, loss_fn=loss_fn, sgd=p.sgd(), prox_mu=mu
+    )
 
 
 def _instance_objective(data: ClientData, p: AlgorithmParams, ctx: ClientContext):
@@ -75,10 +87,14 @@ def _instance_objective(data: ClientData, p: AlgorithmParams, ctx: ClientContext
     return batches, loss_fn
 
 
-def _joint(labeled: list, labeled_loss: LossFn, extra: list, extra_loss: LossFn) -> tuple[list, LossFn]:
+def _joint(
+    labeled: list, labeled_loss: LossFn, extra: list, extra_loss: LossFn
+) -> tuple[list, LossFn]:
     """Pair batch i of both lists; the step's loss is the sum of the parts present."""
-    pairs = [(labeled[i] if i < len(labeled) else None, extra[i] if i < len(extra) else None)
-             for i in range(max(len(labeled), len(extra)))]  # fmt: skip
+    pairs = [
+        (labeled[i] if i < len(labeled) else None, extra[i] if i < len(extra) else None)
+        for i in range(max(len(labeled), len(extra)))
+    ]
 
     def loss_fn(f, pair) -> torch.Tensor:
         return sum(fn(f, b) for fn, b in zip((labeled_loss, extra_loss), pair) if b is not None)
@@ -126,24 +142,39 @@ def labeled_update(data: ClientData, delta: Params, loss: float) -> ClientUpdate
 
 
 class BatchedLabeled:
-    """:func:`train_labeled` of instance-labeled clients (no bags, no extra loss), a chunk at once."""
+    """:func:`train_labeled` of instance-labeled clients (no bags, no extra loss), a chunk at
+    once."""
 
-    def __init__(self, model: nn.Module, p: AlgorithmParams, clients: list[ClientData], device: torch.device,
-                 *, mu: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        p: AlgorithmParams,
+        clients: list[ClientData],
+        device: torch.device,
+        *,
+        mu: float,
+    ) -> None:
         self.p, self.device, self.sgd = p, device, p.sgd()
-        self.images = ClientImages([c.labeled_images for c in clients], [c.labeled_labels for c in clients], device)
+        self.images = ClientImages(
+            [c.labeled_images for c in clients], [c.labeled_labels for c in clients], device
+        )
         self.sample_shape = tuple(clients[0].labeled_images.shape[1:])
 
-        def loss_fn(params: Params, x: Tensor, y: Tensor, mask: Tensor, count: Tensor, center: Params):
+        def loss_fn(
+            params: Params, x: Tensor, y: Tensor, mask: Tensor, count: Tensor, center: Params
+        ):
             ce = F.cross_entropy(functional_call(model, params, (x,)), y, reduction="none")
             loss = (ce * mask).sum() / count.clamp_min(1)
-            objective = loss + proximal_term(params, center, mu=mu) if mu else loss  # FedProx, as sgd_step
+            objective = (
+                loss + proximal_term(params, center, mu=mu) if mu else loss
+            )  # FedProx, as sgd_step
             return objective, loss
 
         self._step = vmap(grad_and_value(loss_fn, has_aux=True), in_dims=(0, 0, 0, 0, 0, None))
 
-    def __call__(self, clients: list[ClientData], global_params: Params,
-                 gens: list[torch.Generator]) -> tuple[Stacked, list[float]]:  # fmt: skip
+    def __call__(
+        self, clients: list[ClientData], global_params: Params, gens: list[torch.Generator]
+    ) -> tuple[Stacked, list[float]]:
         """(stacked local params w_L, each client's mean loss)."""
         p, c = self.p, len(clients)
         batch_lists, draws = [], []
@@ -151,7 +182,11 @@ class BatchedLabeled:
             ctx = ClientContext(self.device, g)
             bs = ctx.batches(d.num_labeled, batch_size=p.batch_size, steps=p.local_steps)
             batch_lists.append(bs)
-            draws.append([draw_weak(len(b), generator=g, max_shift=p.weak_shift) for b in bs] if p.weak_shift else [])
+            draws.append(
+                [draw_weak(len(b), generator=g, max_shift=p.weak_shift) for b in bs]
+                if p.weak_shift
+                else []
+            )
         steps = torch.tensor([len(bs) for bs in batch_lists])
         index, mask, width = padded(batch_lists, int(steps.max()))
         # every step's shifts in one tensor, moved to the device once (padding rows: no shift)
@@ -169,7 +204,9 @@ class BatchedLabeled:
                 x = apply_weak(x, WeakDraws(p.weak_shift, shifts[:, t].flatten(0, 1), None))
             x = x.view(c, width, *self.sample_shape)
             m = mask[:, t]
-            grads, (_, loss) = self._step(params, x, self.images.labels[flat[:, t]], m, m.sum(1), global_params)
+            grads, (_, loss) = self._step(
+                params, x, self.images.labels[flat[:, t]], m, m.sum(1), global_params
+            )
             active = steps_on > t
             sgd_step(params, velocity, grads, active, self.sgd)
             total += loss.detach() * active

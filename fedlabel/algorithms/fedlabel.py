@@ -54,13 +54,30 @@ from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 
 from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate, knows_truth, total
-from fedlabel.algorithms.batching import BatchedUpdate, ClientImages, batches, minus, padded, row, sgd_step, stack
+from fedlabel.algorithms.batching import (
+    BatchedUpdate,
+    ClientImages,
+    batches,
+    minus,
+    padded,
+    row,
+    sgd_step,
+    stack,
+)
 from fedlabel.algorithms.fedavg import BatchedLabeled, train_labeled
 from fedlabel.augment import StrongDraws, apply_strong, draw_strong, strong_augment
 from fedlabel.data import ClientData
 from fedlabel.errors import check
 from fedlabel.robust import Combine, weighted_mean
-from fedlabel.training import ClientContext, Params, add_scaled, predict_logits, subtract, to_float, zeros_like
+from fedlabel.training import (
+    ClientContext,
+    Params,
+    add_scaled,
+    predict_logits,
+    subtract,
+    to_float,
+    zeros_like,
+)
 
 CONFIDENCES = ("variance", "entropy", "maxprob")
 
@@ -84,7 +101,11 @@ class FedLabelParams(AlgorithmParams):
 
     def validate(self) -> None:
         super().validate()
-        check(self.unlabeled_steps >= 0, "algorithm.unlabeled_steps", f"must be >= 0, got {self.unlabeled_steps}")
+        check(
+            self.unlabeled_steps >= 0,
+            "algorithm.unlabeled_steps",
+            f"must be >= 0, got {self.unlabeled_steps}",
+        )
         check(0 <= self.beta < 1, "algorithm.beta", f"must be in [0, 1), got {self.beta}")
         check(self.lambda0 >= 0, "algorithm.lambda0", f"must be >= 0, got {self.lambda0}")
         for key, value, choices in (
@@ -96,10 +117,26 @@ class FedLabelParams(AlgorithmParams):
             ("delta_combination", self.delta_combination, ("sum", "mean")),
             ("aggregation", self.aggregation, ("weighted", "split")),
         ):
-            check(value in choices, f"algorithm.{key}", f"unknown value {value!r}; choose from {list(choices)}")
-        check(0 <= self.strong_magnitude <= 30, "algorithm.strong_magnitude", f"must be in [0, 30], got {self.strong_magnitude}")
-        check(self.strong_num_ops >= 0, "algorithm.strong_num_ops", f"must be >= 0, got {self.strong_num_ops}")
-        check(self.strong_cutout >= 0, "algorithm.strong_cutout", f"must be >= 0, got {self.strong_cutout}")
+            check(
+                value in choices,
+                f"algorithm.{key}",
+                f"unknown value {value!r}; choose from {list(choices)}",
+            )
+        check(
+            0 <= self.strong_magnitude <= 30,
+            "algorithm.strong_magnitude",
+            f"must be in [0, 30], got {self.strong_magnitude}",
+        )
+        check(
+            self.strong_num_ops >= 0,
+            "algorithm.strong_num_ops",
+            f"must be >= 0, got {self.strong_num_ops}",
+        )
+        check(
+            self.strong_cutout >= 0,
+            "algorithm.strong_cutout",
+            f"must be >= 0, got {self.strong_cutout}",
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,7 +222,9 @@ def _rows(choice: ExpertChoice, idx: torch.Tensor) -> ExpertChoice:
     return ExpertChoice(*(getattr(choice, f)[idx] for f in choice.__dataclass_fields__))
 
 
-def pseudo_label_counts(choice: ExpertChoice, truth: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def pseudo_label_counts(
+    choice: ExpertChoice, truth: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
     """Counts over the last dimension (the unlabeled samples): kept, kept with the global model as
     expert and, where the true labels are known (simulation only), how many of those are right."""
     kept = choice.keep
@@ -197,8 +236,15 @@ def pseudo_label_counts(choice: ExpertChoice, truth: torch.Tensor | None) -> dic
     return counts
 
 
-def fedlabel_update(data: ClientData, p: FedLabelParams, delta_l: Params, delta_u: Params, counts: dict[str, int],
-                    loss_l: float, loss_u: float) -> ClientUpdate:  # fmt: skip
+def fedlabel_update(
+    data: ClientData,
+    p: FedLabelParams,
+    delta_l: Params,
+    delta_u: Params,
+    counts: dict[str, int],
+    loss_l: float,
+    loss_u: float,
+) -> ClientUpdate:
     """Step 5: the upload (Delta_L + Delta_U, or both apart for aggregation=split), r_k and the
     client's metrics."""
     if p.aggregation == "split":
@@ -209,8 +255,14 @@ def fedlabel_update(data: ClientData, p: FedLabelParams, delta_l: Params, delta_
         add_scaled(combined, delta_l, scale)
         add_scaled(combined, delta_u, scale)
         deltas = {"model": combined}
-    metrics = {"num_labeled": data.num_labeled, "num_unlabeled": data.num_unlabeled, "num_kept": counts["num_kept"],
-               "num_kept_global": counts["num_kept_global"], "loss_labeled": loss_l, "loss_unlabeled": loss_u}  # fmt: skip
+    metrics = {
+        "num_labeled": data.num_labeled,
+        "num_unlabeled": data.num_unlabeled,
+        "num_kept": counts["num_kept"],
+        "num_kept_global": counts["num_kept_global"],
+        "loss_labeled": loss_l,
+        "loss_unlabeled": loss_u,
+    }
     metrics.update({k: v for k, v in counts.items() if k not in metrics})
     weight = float(data.num_labeled + counts["num_kept"])
     return ClientUpdate(client_id=data.client_id, deltas=deltas, weight=weight, metrics=metrics)
@@ -228,16 +280,27 @@ class FedLabel(Algorithm):
     @classmethod
     def check(cls, cfg) -> None:
         p = cfg.algorithm
-        check(cfg.privacy.name != "dpsgd" or p.unlabeled_sampling == "all", "algorithm.unlabeled_sampling",
-              "privacy=dpsgd needs 'all': the sampling rate of a pool of kept samples would depend on the data")
-        check(cfg.privacy.name != "central_dp" or p.aggregation != "split", "algorithm.aggregation",
-              "privacy=central_dp clips and averages one update per client; 'split' uploads two")
-        check(cfg.aggregation.robust == "none" or p.aggregation != "split", "aggregation.robust",
-              f"aggregation.robust={cfg.aggregation.robust} combines one update per client; "
-              "algorithm.aggregation=split uploads two")
+        check(
+            cfg.privacy.name != "dpsgd" or p.unlabeled_sampling == "all",
+            "algorithm.unlabeled_sampling",
+            "privacy=dpsgd needs 'all': the sampling rate of a pool of kept samples would depend on"
+            " the data",
+        )
+        check(
+            cfg.privacy.name != "central_dp" or p.aggregation != "split",
+            "algorithm.aggregation",
+            "privacy=central_dp clips and averages one update per client; 'split' uploads two",
+        )
+        check(
+            cfg.aggregation.robust == "none" or p.aggregation != "split",
+            "aggregation.robust",
+            f"aggregation.robust={cfg.aggregation.robust} combines one update per client; "
+            "algorithm.aggregation=split uploads two",
+        )
 
     def client_work(self, data) -> float:
-        """The labeled batches, one pass over the unlabeled part (expert selection) and its batches."""
+        """The labeled batches, one pass over the unlabeled part (expert selection) and its
+        batches."""
         p: FedLabelParams = self.params
         work = super().client_work(data)
         if p.unlabeled_steps and data.num_unlabeled:
@@ -249,13 +312,20 @@ class FedLabel(Algorithm):
         pseudo-label accuracy where the global (resp. local) model was the expert."""
         pooled = super().pool_metrics(updates)
         kept, kept_global = total(updates, "num_kept"), total(updates, "num_kept_global")
-        correct, global_correct = total(updates, "num_kept_correct"), total(updates, "num_kept_global_correct")
+        correct, global_correct = (
+            total(updates, "num_kept_correct"),
+            total(updates, "num_kept_global_correct"),
+        )
         truth = knows_truth(updates)
         experts = any("num_kept_global" in u.metrics for u in updates)
         pooled["global_expert_share"] = kept_global / kept if kept and experts else None
-        pooled["global_expert_accuracy"] = global_correct / kept_global if truth and kept_global else None
+        pooled["global_expert_accuracy"] = (
+            global_correct / kept_global if truth and kept_global else None
+        )
         local = kept - kept_global
-        pooled["local_expert_accuracy"] = (correct - global_correct) / local if truth and experts and local else None
+        pooled["local_expert_accuracy"] = (
+            (correct - global_correct) / local if truth and experts and local else None
+        )
         return pooled
 
     def client_update(self, model, global_params, data, ctx, *, extras=None) -> ClientUpdate:
@@ -273,7 +343,11 @@ class FedLabel(Algorithm):
             lambda0=p.lambda0,
             expert=p.expert,
         )
-        pool = torch.arange(n_u) if p.unlabeled_sampling == "all" else choice.keep.nonzero().flatten().cpu()
+        pool = (
+            torch.arange(n_u)
+            if p.unlabeled_sampling == "all"
+            else choice.keep.nonzero().flatten().cpu()
+        )
         n_kept = int(choice.keep.sum())
         steps = p.unlabeled_steps if n_kept > 0 else 0
         batches = [pool[i] for i in ctx.batches(len(pool), batch_size=p.batch_size, steps=steps)]
@@ -282,27 +356,51 @@ class FedLabel(Algorithm):
             idx = idx.to(device)
             clean = to_float(x_u[idx])
             strong = strong_augment(
-                clean, generator=generator, num_ops=p.strong_num_ops, magnitude=p.strong_magnitude, cutout=p.strong_cutout
+                clean,
+                generator=generator,
+                num_ops=p.strong_num_ops,
+                magnitude=p.strong_magnitude,
+                cutout=p.strong_cutout,
             )
             if p.kl_input == "strong":
                 student = student_kl = f(strong)
             else:
                 both = f(torch.cat([strong, clean]))
                 student, student_kl = both[: len(idx)], both[len(idx) :]
-            return unlabeled_loss(student, student_kl, _rows(choice, idx), kl_direction=p.kl_direction)
+            return unlabeled_loss(
+                student, student_kl, _rows(choice, idx), kl_direction=p.kl_direction
+            )
 
         unl, loss_u = ctx.train(model, global_params, batches=batches, loss_fn=loss_fn, sgd=p.sgd())
-        truth = None if data.unlabeled_true_labels is None else data.unlabeled_true_labels.to(device)
+        truth = (
+            None if data.unlabeled_true_labels is None else data.unlabeled_true_labels.to(device)
+        )
         counts = {k: int(v) for k, v in pseudo_label_counts(choice, truth).items()}
-        return fedlabel_update(data, p, subtract(local, global_params), subtract(unl, global_params), counts,
-                               loss_l, loss_u)  # fmt: skip
+        return fedlabel_update(
+            data,
+            p,
+            subtract(local, global_params),
+            subtract(unl, global_params),
+            counts,
+            loss_l,
+            loss_u,
+        )
 
     def delta_names(self) -> frozenset[str]:
-        return frozenset({"labeled", "unlabeled"}) if self.params.aggregation == "split" else frozenset({"model"})
+        return (
+            frozenset({"labeled", "unlabeled"})
+            if self.params.aggregation == "split"
+            else frozenset({"model"})
+        )
 
-    def aggregate(self, global_params: Params, updates: list[ClientUpdate], *,
-                  combine: Combine = weighted_mean) -> Params:  # fmt: skip
-        """"weighted": the base class's. "split": the fixed mix of the two deltas below (config
+    def aggregate(
+        self,
+        global_params: Params,
+        updates: list[ClientUpdate],
+        *,
+        combine: Combine = weighted_mean,
+    ) -> Params:
+        """ "weighted": the base class's. "split": the fixed mix of the two deltas below (config
         validation refuses a robust ``combine`` with it)."""
         if self.params.aggregation != "split":
             return super().aggregate(global_params, updates, combine=combine)
@@ -335,14 +433,24 @@ class FedLabelBatched(BatchedUpdate):
         self.unlabeled = ClientImages([c.unlabeled_images for c in clients], unlabeled, device)
         self._logits = vmap(lambda params, x: functional_call(model, params, (x,)))
 
-        def loss_fn(params: Params, strong: Tensor, clean: Tensor, pseudo: Tensor, keep: Tensor, weight: Tensor,
-                    target: Tensor, count: Tensor) -> Tensor:  # fmt: skip
+        def loss_fn(
+            params: Params,
+            strong: Tensor,
+            clean: Tensor,
+            pseudo: Tensor,
+            keep: Tensor,
+            weight: Tensor,
+            target: Tensor,
+            count: Tensor,
+        ) -> Tensor:
             if p.kl_input == "strong":
                 student = student_kl = functional_call(model, params, (strong,))
             else:
                 both = functional_call(model, params, (torch.cat([strong, clean]),))
                 student, student_kl = both[: len(strong)], both[len(strong) :]
-            choice = ExpertChoice(pseudo, keep, keep, weight, target, keep)  # the fields unlabeled_loss reads
+            choice = ExpertChoice(
+                pseudo, keep, keep, weight, target, keep
+            )  # the fields unlabeled_loss reads
             # unlabeled_loss is the mean over all (padded) rows; rescale to this client's rows
             loss = unlabeled_loss(student, student_kl, choice, kl_direction=p.kl_direction)
             return loss * len(strong) / count.clamp_min(1)
@@ -350,7 +458,9 @@ class FedLabelBatched(BatchedUpdate):
         self._step = vmap(grad_and_value(loss_fn))
 
     @torch.no_grad()
-    def _experts(self, clients: list[ClientData], global_params: Params, local) -> tuple[ExpertChoice, Tensor, Tensor]:
+    def _experts(
+        self, clients: list[ClientData], global_params: Params, local
+    ) -> tuple[ExpertChoice, Tensor, Tensor]:
         """select_experts on every client's unlabeled samples, padded to C x N_max rows.
         Returns (choice with C x N_max fields, flat image indices, validity mask)."""
         p: FedLabelParams = self.p
@@ -358,17 +468,32 @@ class FedLabelBatched(BatchedUpdate):
         sizes = torch.tensor([d.num_unlabeled for d in clients])
         n_max = max(int(sizes.max()), 1)
         valid = torch.arange(n_max)[None, :] < sizes[:, None]
-        flat = ((torch.arange(n_max)[None, :] + self.unlabeled.starts(clients)[:, None]) * valid).to(self.device)
+        flat = (
+            (torch.arange(n_max)[None, :] + self.unlabeled.starts(clients)[:, None]) * valid
+        ).to(self.device)
         global_logits, local_logits = [], []
         for i in range(0, n_max, _LOGIT_CHUNK):
             x = to_float(self.unlabeled.images[flat[:, i : i + _LOGIT_CHUNK]])
-            global_logits.append(functional_call(self.model, global_params, (x.flatten(0, 1),)).view(c, x.shape[1], -1))
+            global_logits.append(
+                functional_call(self.model, global_params, (x.flatten(0, 1),)).view(
+                    c, x.shape[1], -1
+                )
+            )
             local_logits.append(self._logits(local, x))
         g, loc = torch.cat(global_logits, 1), torch.cat(local_logits, 1)
-        choice = select_experts(g.flatten(0, 1), loc.flatten(0, 1), confidence_kind=p.confidence, beta=p.beta,
-                                lambda0=p.lambda0, expert=p.expert)  # fmt: skip
+        choice = select_experts(
+            g.flatten(0, 1),
+            loc.flatten(0, 1),
+            confidence_kind=p.confidence,
+            beta=p.beta,
+            lambda0=p.lambda0,
+            expert=p.expert,
+        )
         valid = valid.to(self.device)
-        shaped = {f: getattr(choice, f).view(c, n_max, *getattr(choice, f).shape[1:]) for f in choice.__dataclass_fields__}
+        shaped = {
+            f: getattr(choice, f).view(c, n_max, *getattr(choice, f).shape[1:])
+            for f in choice.__dataclass_fields__
+        }
         shaped["keep"] = shaped["keep"] & valid
         return ExpertChoice(**shaped), flat, valid
 
@@ -383,12 +508,33 @@ class FedLabelBatched(BatchedUpdate):
         batch_lists, draws = [], []
         h, w = self.sample_shape[1:]
         for i, (d, g) in enumerate(zip(clients, gens)):
-            pool = torch.arange(d.num_unlabeled) if p.unlabeled_sampling == "all" else keep_cpu[i].nonzero().flatten()
+            pool = (
+                torch.arange(d.num_unlabeled)
+                if p.unlabeled_sampling == "all"
+                else keep_cpu[i].nonzero().flatten()
+            )
             steps = p.unlabeled_steps if n_kept[i] > 0 else 0
-            bs = [pool[j] for j in ClientContext(self.device, g).batches(len(pool), batch_size=p.batch_size, steps=steps)]
+            bs = [
+                pool[j]
+                for j in ClientContext(self.device, g).batches(
+                    len(pool), batch_size=p.batch_size, steps=steps
+                )
+            ]
             batch_lists.append(bs)
-            draws.append([draw_strong(len(b), h, w, generator=g, num_ops=p.strong_num_ops, magnitude=p.strong_magnitude,
-                                      cutout=p.strong_cutout) for b in bs])  # fmt: skip
+            draws.append(
+                [
+                    draw_strong(
+                        len(b),
+                        h,
+                        w,
+                        generator=g,
+                        num_ops=p.strong_num_ops,
+                        magnitude=p.strong_magnitude,
+                        cutout=p.strong_cutout,
+                    )
+                    for b in bs
+                ]
+            )
         steps = torch.tensor([len(bs) for bs in batch_lists])
         index, mask, width = padded(batch_lists, int(steps.max()))
         index, mask = index.to(self.device), mask.to(self.device)
@@ -405,7 +551,16 @@ class FedLabelBatched(BatchedUpdate):
             keep = choice.keep[rows, idx] & m
             weight = choice.consistency_weight[rows, idx] * m
             target = choice.minus_probs[rows, idx]
-            grads, loss = self._step(params, strong, clean, choice.pseudo_label[rows, idx], keep, weight, target, m.sum(1))
+            grads, loss = self._step(
+                params,
+                strong,
+                clean,
+                choice.pseudo_label[rows, idx],
+                keep,
+                weight,
+                target,
+                m.sum(1),
+            )
             active = (steps > t).to(self.device)
             sgd_step(params, velocity, grads, active, sgd)
             total += loss.detach() * active
@@ -414,18 +569,37 @@ class FedLabelBatched(BatchedUpdate):
         truth = None
         if self.unlabeled.labels is not None:
             starts = self.unlabeled.starts(clients).to(self.device)
-            truth = self.unlabeled.labels[(torch.arange(valid.shape[1], device=self.device)[None, :] + starts[:, None]) * valid]
+            truth = self.unlabeled.labels[
+                (torch.arange(valid.shape[1], device=self.device)[None, :] + starts[:, None])
+                * valid
+            ]
         counts = {k: v.cpu() for k, v in pseudo_label_counts(choice, truth).items()}
         delta_l, delta_u = minus(local, global_params), minus(params, global_params)
-        return [fedlabel_update(d, p, row(delta_l, i), row(delta_u, i), {k: int(v[i]) for k, v in counts.items()},
-                                loss_l[i], loss_u[i]) for i, d in enumerate(clients)]  # fmt: skip
+        return [
+            fedlabel_update(
+                d,
+                p,
+                row(delta_l, i),
+                row(delta_u, i),
+                {k: int(v[i]) for k, v in counts.items()},
+                loss_l[i],
+                loss_u[i],
+            )
+            for i, d in enumerate(clients)
+        ]
 
 
-def _step_strong(draws: list[StrongDraws], t: int, width: int, p: FedLabelParams, h: int, w: int) -> StrongDraws:
+def _step_strong(
+    draws: list[StrongDraws], t: int, width: int, p: FedLabelParams, h: int, w: int
+) -> StrongDraws:
     """A client's draws at step t padded to ``width`` rows (padding rows: identity, no cutout)."""
     got = draws[t] if t < len(draws) else None
     n = 0 if got is None else len(got.ops)
     cutout = torch.zeros(width - n, 1, h, w, dtype=torch.bool) if p.strong_cutout else None
-    pad = StrongDraws(p.strong_magnitude, torch.zeros(width - n, p.strong_num_ops, dtype=torch.long),
-                      torch.ones(width - n, p.strong_num_ops), cutout)  # fmt: skip
+    pad = StrongDraws(
+        p.strong_magnitude,
+        torch.zeros(width - n, p.strong_num_ops, dtype=torch.long),
+        torch.ones(width - n, p.strong_num_ops),
+        cutout,
+    )
     return pad if got is None else StrongDraws.cat([got, pad])

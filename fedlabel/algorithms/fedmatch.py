@@ -24,7 +24,8 @@ Choices (config values), and why:
    (official behaviour).
  - helper_payload="psi": as in the official code only a helper's psi travels, and the client
    builds the helper as its own (global) sigma + helper psi; "model" sends sigma + psi.
- - num_helpers=2, confidence_threshold=0.75, psi_factor=0.2 (psi initialised as 0.2 sigma), l1_thres=5e-6:
+ - num_helpers=2, confidence_threshold=0.75, psi_factor=0.2 (psi initialised as 0.2 sigma),
+ l1_thres=5e-6:
    the official labels-at-client configuration. The initial theta is the seeded initial model:
    sigma = theta/(1 + psi_factor), psi = psi_factor * theta/(1 + psi_factor).
  - agreement="plurality": the paper's Max over the vote counts (ties to the lowest class, like
@@ -58,7 +59,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate, ServerSetup, StateDict, total
+from fedlabel.algorithms.base import (
+    Algorithm,
+    AlgorithmParams,
+    ClientUpdate,
+    ServerSetup,
+    StateDict,
+    total,
+)
 from fedlabel.augment import strong_augment, weak_augment
 from fedlabel.errors import check
 from fedlabel.robust import Combine, weighted_mean
@@ -91,18 +99,68 @@ class FedMatchParams(AlgorithmParams):
 
     def validate(self) -> None:
         super().validate()
-        check(self.unlabeled_batch_size >= 1, "algorithm.unlabeled_batch_size", f"must be >= 1, got {self.unlabeled_batch_size}")
-        check(self.num_helpers >= 0, "algorithm.num_helpers", f"must be >= 0, got {self.num_helpers}")
-        check(self.helper_interval >= 1, "algorithm.helper_interval", f"must be >= 1, got {self.helper_interval}")
-        check(self.helper_payload in ("psi", "model"), "algorithm.helper_payload", f"unknown value {self.helper_payload!r}; choose psi or model")
-        check(self.embedding_inputs >= 1, "algorithm.embedding_inputs", f"must be >= 1, got {self.embedding_inputs}")
-        check(0 <= self.confidence_threshold <= 1, "algorithm.confidence_threshold", f"must be in [0, 1], got {self.confidence_threshold}")
-        check(self.agreement in ("plurality", "majority"), "algorithm.agreement", f"unknown value {self.agreement!r}; choose plurality or majority")
-        for key in ("lambda_s", "lambda_i", "lambda_a", "lambda_l1", "lambda_l2", "psi_factor", "l1_thres"):
-            check(getattr(self, key) >= 0, f"algorithm.{key}", f"must be >= 0, got {getattr(self, key)}")
-        check(0 <= self.strong_magnitude <= 30, "algorithm.strong_magnitude", f"must be in [0, 30], got {self.strong_magnitude}")
-        check(self.strong_num_ops >= 0, "algorithm.strong_num_ops", f"must be >= 0, got {self.strong_num_ops}")
-        check(self.strong_cutout >= 0, "algorithm.strong_cutout", f"must be >= 0, got {self.strong_cutout}")
+        check(
+            self.unlabeled_batch_size >= 1,
+            "algorithm.unlabeled_batch_size",
+            f"must be >= 1, got {self.unlabeled_batch_size}",
+        )
+        check(
+            self.num_helpers >= 0, "algorithm.num_helpers", f"must be >= 0, got {self.num_helpers}"
+        )
+        check(
+            self.helper_interval >= 1,
+            "algorithm.helper_interval",
+            f"must be >= 1, got {self.helper_interval}",
+        )
+        check(
+            self.helper_payload in ("psi", "model"),
+            "algorithm.helper_payload",
+            f"unknown value {self.helper_payload!r}; choose psi or model",
+        )
+        check(
+            self.embedding_inputs >= 1,
+            "algorithm.embedding_inputs",
+            f"must be >= 1, got {self.embedding_inputs}",
+        )
+        check(
+            0 <= self.confidence_threshold <= 1,
+            "algorithm.confidence_threshold",
+            f"must be in [0, 1], got {self.confidence_threshold}",
+        )
+        check(
+            self.agreement in ("plurality", "majority"),
+            "algorithm.agreement",
+            f"unknown value {self.agreement!r}; choose plurality or majority",
+        )
+        for key in (
+            "lambda_s",
+            "lambda_i",
+            "lambda_a",
+            "lambda_l1",
+            "lambda_l2",
+            "psi_factor",
+            "l1_thres",
+        ):
+            check(
+                getattr(self, key) >= 0,
+                f"algorithm.{key}",
+                f"must be >= 0, got {getattr(self, key)}",
+            )
+        check(
+            0 <= self.strong_magnitude <= 30,
+            "algorithm.strong_magnitude",
+            f"must be in [0, 30], got {self.strong_magnitude}",
+        )
+        check(
+            self.strong_num_ops >= 0,
+            "algorithm.strong_num_ops",
+            f"must be >= 0, got {self.strong_num_ops}",
+        )
+        check(
+            self.strong_cutout >= 0,
+            "algorithm.strong_cutout",
+            f"must be >= 0, got {self.strong_cutout}",
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,7 +195,13 @@ class Agreement:
     votes: torch.Tensor  # votes for pseudo_label
 
 
-def agreement_pseudo_labels(local_probs: torch.Tensor, helper_probs: torch.Tensor, *, confidence: float, agreement: str = "plurality") -> Agreement:
+def agreement_pseudo_labels(
+    local_probs: torch.Tensor,
+    helper_probs: torch.Tensor,
+    *,
+    confidence: float,
+    agreement: str = "plurality",
+) -> Agreement:
     """FedMatch's agreement-based labels. local_probs N x C, helper_probs H x N x C (H may be 0)."""
     num_classes = local_probs.shape[1]
     votes = F.one_hot(local_probs.argmax(1), num_classes)
@@ -145,11 +209,15 @@ def agreement_pseudo_labels(local_probs: torch.Tensor, helper_probs: torch.Tenso
         votes = votes + F.one_hot(helper_probs.argmax(2), num_classes).sum(0)
     top, label = votes.max(1)  # ties -> lowest class index
     confident = local_probs.max(1).values >= confidence
-    keep = confident if agreement == "plurality" else confident & (2 * top > helper_probs.shape[0] + 1)
+    keep = (
+        confident if agreement == "plurality" else confident & (2 * top > helper_probs.shape[0] + 1)
+    )
     return Agreement(label, confident, keep, top)
 
 
-def consistency_loss(local_logits: torch.Tensor, helper_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def consistency_loss(
+    local_logits: torch.Tensor, helper_probs: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Phi_ICCS: mean over masked samples of (1/H) sum_j KL(helper_j || local); 0 if H = 0."""
     if helper_probs.shape[0] == 0:
         return local_logits.sum() * 0.0
@@ -158,12 +226,18 @@ def consistency_loss(local_logits: torch.Tensor, helper_probs: torch.Tensor, mas
     return (kl * mask).sum() / mask.sum().clamp_min(1)
 
 
-def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Mean cross-entropy over the masked samples (0 when none is masked in)."""
-    return (F.cross_entropy(logits, labels, reduction="none") * mask).sum() / mask.sum().clamp_min(1)
+    return (F.cross_entropy(logits, labels, reduction="none") * mask).sum() / mask.sum().clamp_min(
+        1
+    )
 
 
-def decomposition_penalty(sigma: Params, psi: Params, *, lambda_l1: float, lambda_l2: float) -> torch.Tensor:
+def decomposition_penalty(
+    sigma: Params, psi: Params, *, lambda_l1: float, lambda_l2: float
+) -> torch.Tensor:
     """lambda_l1 sum |psi| + lambda_l2 sum (sigma - psi)^2 over all decomposed parameters."""
     l1 = sum(p.abs().sum() for p in psi.values())
     l2 = sum((sigma[k] - psi[k]).pow(2).sum() for k in psi)
@@ -210,13 +284,17 @@ class _Sgd:
 
 class FedMatch(Algorithm):
     Params = FedMatchParams
-    central_dp_conflict = "stores each client's returned model for the helpers (no helper would ever be sent)"
+    central_dp_conflict = (
+        "stores each client's returned model for the helpers (no helper would ever be sent)"
+    )
     counts_unlabeled_per_step = True
 
     def __init__(self, params: FedMatchParams) -> None:
         super().__init__(params)
         self.embeddings: dict[int, torch.Tensor] = {}  # client id -> embedding of its latest model
-        self.helper_models: dict[int, StateDict] = {}  # client id -> what travels as its helper model
+        self.helper_models: dict[
+            int, StateDict
+        ] = {}  # client id -> what travels as its helper model
         self._model: nn.Module | None = None
         self._probe: torch.Tensor | None = None
 
@@ -224,33 +302,48 @@ class FedMatch(Algorithm):
 
     def init_global(self, params: Params, *, setup: ServerSetup) -> Params:
         self._model = setup.model
-        self._probe = random_probe((self.params.embedding_inputs, *setup.input_shape), seed=setup.seed)
+        self._probe = random_probe(
+            (self.params.embedding_inputs, *setup.input_shape), seed=setup.seed
+        )
         return decompose(params, psi_factor=self.params.psi_factor)
 
     def eval_params(self, global_params: Params) -> Params:
         return compose(*split(global_params), l1_thres=self.params.l1_thres)
 
-    def aggregate(self, global_params: Params, updates: list[ClientUpdate], *,
-                  combine: Combine = weighted_mean) -> Params:  # fmt: skip
+    def aggregate(
+        self,
+        global_params: Params,
+        updates: list[ClientUpdate],
+        *,
+        combine: Combine = weighted_mean,
+    ) -> Params:
         """Embed and keep every returned client model, then FedAvg over (sigma, psi)."""
         for u in sorted(updates, key=lambda u: u.client_id):
-            sigma, psi = split({k: v + u.deltas["model"][k].to(v.device) for k, v in global_params.items()})
+            sigma, psi = split(
+                {k: v + u.deltas["model"][k].to(v.device) for k, v in global_params.items()}
+            )
             theta = compose(sigma, psi)
             with torch.no_grad():
                 probe = self._probe.to(next(iter(theta.values())).device)
-                self.embeddings[u.client_id] = forward(self._model, theta, probe).softmax(1).flatten().cpu()
+                self.embeddings[u.client_id] = (
+                    forward(self._model, theta, probe).softmax(1).flatten().cpu()
+                )
             kept = psi if self.params.helper_payload == "psi" else theta
             self.helper_models[u.client_id] = {k: v.detach().cpu() for k, v in kept.items()}
         return super().aggregate(global_params, updates, combine=combine)
 
-    def client_payload(self, rnd: int, cohort: list[int], global_params: Params) -> dict[int, dict[str, StateDict]]:
+    def client_payload(
+        self, rnd: int, cohort: list[int], global_params: Params
+    ) -> dict[int, dict[str, StateDict]]:
         if rnd % self.params.helper_interval:
             return {}
         payload = {}
         for cid in cohort:
             helpers = nearest_helpers(self.embeddings, cid, self.params.num_helpers)
             if helpers:
-                payload[cid] = {f"{HELPER}{i}": self.helper_models[h] for i, h in enumerate(helpers)}
+                payload[cid] = {
+                    f"{HELPER}{i}": self.helper_models[h] for i, h in enumerate(helpers)
+                }
         return payload
 
     def state_dict(self) -> dict:
@@ -272,7 +365,9 @@ class FedMatch(Algorithm):
 
     def _helpers(self, extras: dict[str, StateDict] | None, sigma: Params) -> list[Params]:
         """The helper models, nearest first: own sigma + helper psi, or the sent model."""
-        names = sorted((n for n in (extras or {}) if n.startswith(HELPER)), key=lambda n: int(n[len(HELPER) :]))
+        names = sorted(
+            (n for n in extras or {} if n.startswith(HELPER)), key=lambda n: int(n[len(HELPER) :])
+        )
         sent = [{k: v.to(sigma[k].device) for k, v in extras[n].items()} for n in names]
         return [compose(sigma, h) for h in sent] if self.params.helper_payload == "psi" else sent
 
@@ -286,9 +381,15 @@ class FedMatch(Algorithm):
         opt_sigma, opt_psi = _Sgd(p.sgd()), _Sgd(p.sgd())
         x_l, y_l = data.labeled_images.to(device), data.labeled_labels.to(device)
         x_u = data.unlabeled_images.to(device)
-        truth = data.unlabeled_true_labels.to(device) if data.unlabeled_true_labels is not None else None
+        truth = (
+            data.unlabeled_true_labels.to(device)
+            if data.unlabeled_true_labels is not None
+            else None
+        )
         lab = ctx.batches(data.num_labeled, batch_size=p.batch_size, steps=p.local_steps)
-        unl = ctx.batches(data.num_unlabeled, batch_size=p.unlabeled_batch_size, steps=p.local_steps)
+        unl = ctx.batches(
+            data.num_unlabeled, batch_size=p.unlabeled_batch_size, steps=p.local_steps
+        )
         losses_l, losses_u = [], []
         seen = kept = correct = 0
         for step in range(p.local_steps):
@@ -304,18 +405,43 @@ class FedMatch(Algorithm):
             if step < len(unl):
                 idx = unl[step].to(device)
                 clean = to_float(x_u[idx])
-                weak = weak_augment(clean, generator=generator, max_shift=p.weak_shift) if p.weak_shift else clean
-                strong = strong_augment(clean, generator=generator, num_ops=p.strong_num_ops, magnitude=p.strong_magnitude, cutout=p.strong_cutout)
+                weak = (
+                    weak_augment(clean, generator=generator, max_shift=p.weak_shift)
+                    if p.weak_shift
+                    else clean
+                )
+                strong = strong_augment(
+                    clean,
+                    generator=generator,
+                    num_ops=p.strong_num_ops,
+                    magnitude=p.strong_magnitude,
+                    cutout=p.strong_cutout,
+                )
                 theta = {k: sigma[k].detach() + psi[k] for k in sigma}
                 logits = forward(model, theta, torch.cat([weak, strong]))
                 local, local_strong = logits[: len(idx)], logits[len(idx) :]
                 with torch.no_grad():
-                    helper_probs = torch.stack([forward(model, h, weak).softmax(1) for h in helpers]) if helpers else local.new_zeros(0, *local.shape)
-                agree = agreement_pseudo_labels(local.detach().softmax(1), helper_probs, confidence=p.confidence_threshold, agreement=p.agreement)
+                    helper_probs = (
+                        torch.stack([forward(model, h, weak).softmax(1) for h in helpers])
+                        if helpers
+                        else local.new_zeros(0, *local.shape)
+                    )
+                agree = agreement_pseudo_labels(
+                    local.detach().softmax(1),
+                    helper_probs,
+                    confidence=p.confidence_threshold,
+                    agreement=p.agreement,
+                )
                 loss = (
                     p.lambda_i * consistency_loss(local, helper_probs, agree.confident)
-                    + p.lambda_a * masked_cross_entropy(local_strong, agree.pseudo_label, agree.keep)
-                    + decomposition_penalty({k: v.detach() for k, v in sigma.items()}, psi, lambda_l1=p.lambda_l1, lambda_l2=p.lambda_l2)
+                    + p.lambda_a
+                    * masked_cross_entropy(local_strong, agree.pseudo_label, agree.keep)
+                    + decomposition_penalty(
+                        {k: v.detach() for k, v in sigma.items()},
+                        psi,
+                        lambda_l1=p.lambda_l1,
+                        lambda_l2=p.lambda_l2,
+                    )
                 )
                 opt_psi.step(psi, loss)
                 losses_u.append(float(loss.detach()))
@@ -323,7 +449,10 @@ class FedMatch(Algorithm):
                 kept += int(agree.keep.sum())
                 if truth is not None:
                     correct += int(((agree.pseudo_label == truth[idx]) & agree.keep).sum())
-        new_state = {**{SIGMA + k: v.detach() for k, v in sigma.items()}, **{PSI + k: v.detach() for k, v in psi.items()}}
+        new_state = {
+            **{SIGMA + k: v.detach() for k, v in sigma.items()},
+            **{PSI + k: v.detach() for k, v in psi.items()},
+        }
         metrics = {
             "num_labeled": data.num_labeled,
             "num_unlabeled": seen,

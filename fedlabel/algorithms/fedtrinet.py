@@ -13,7 +13,8 @@ are "head1.*", "head2.*"), all averaged by FedAvg.
     first, starting at initial_budget and doubling every round up to 1 (Tri-net's growing
     L_s = min(sigma_0 2^t, |U|)). The server computes the budget each round and sends it with
     the train message (``client_payload``). Then tau SGD steps on
-        mean_k CE(head_k(weak x_l), y) + unlabeled_weight * mean_k CE_masked(head_k(strong x_u), y_k).
+        mean_k CE(head_k(weak x_l), y) + unlabeled_weight * mean_k CE_masked(head_k(strong x_u),
+        y_k).
  3. Upload the delta of the whole state; r_k = labeled + pseudo-labeled samples.
 Evaluation (``evaluation``): "ensemble" averages the three heads' logits, which is exactly one
 linear head with the averaged weights (so the evaluated model is the plain model); "head0"
@@ -42,7 +43,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate, ServerSetup, StateDict
+from fedlabel.algorithms.base import (
+    Algorithm,
+    AlgorithmParams,
+    ClientUpdate,
+    ServerSetup,
+    StateDict,
+)
 from fedlabel.algorithms.fedmatch import masked_cross_entropy
 from fedlabel.augment import strong_augment, weak_augment
 from fedlabel.errors import check
@@ -67,15 +74,51 @@ class FedTriNetParams(AlgorithmParams):
 
     def validate(self) -> None:
         super().validate()
-        check(self.warmup_rounds >= 0, "algorithm.warmup_rounds", f"must be >= 0, got {self.warmup_rounds}")
-        check(0 <= self.tri_threshold < 1, "algorithm.tri_threshold", f"must be in [0, 1), got {self.tri_threshold}")
-        check(0 < self.initial_budget <= 1, "algorithm.initial_budget", f"must be in (0, 1], got {self.initial_budget}")
-        check(self.unlabeled_batch_size >= 1, "algorithm.unlabeled_batch_size", f"must be >= 1, got {self.unlabeled_batch_size}")
-        check(self.unlabeled_weight >= 0, "algorithm.unlabeled_weight", f"must be >= 0, got {self.unlabeled_weight}")
-        check(self.evaluation in ("ensemble", "head0"), "algorithm.evaluation", f"unknown value {self.evaluation!r}; choose ensemble or head0")
-        check(0 <= self.strong_magnitude <= 30, "algorithm.strong_magnitude", f"must be in [0, 30], got {self.strong_magnitude}")
-        check(self.strong_num_ops >= 0, "algorithm.strong_num_ops", f"must be >= 0, got {self.strong_num_ops}")
-        check(self.strong_cutout >= 0, "algorithm.strong_cutout", f"must be >= 0, got {self.strong_cutout}")
+        check(
+            self.warmup_rounds >= 0,
+            "algorithm.warmup_rounds",
+            f"must be >= 0, got {self.warmup_rounds}",
+        )
+        check(
+            0 <= self.tri_threshold < 1,
+            "algorithm.tri_threshold",
+            f"must be in [0, 1), got {self.tri_threshold}",
+        )
+        check(
+            0 < self.initial_budget <= 1,
+            "algorithm.initial_budget",
+            f"must be in (0, 1], got {self.initial_budget}",
+        )
+        check(
+            self.unlabeled_batch_size >= 1,
+            "algorithm.unlabeled_batch_size",
+            f"must be >= 1, got {self.unlabeled_batch_size}",
+        )
+        check(
+            self.unlabeled_weight >= 0,
+            "algorithm.unlabeled_weight",
+            f"must be >= 0, got {self.unlabeled_weight}",
+        )
+        check(
+            self.evaluation in ("ensemble", "head0"),
+            "algorithm.evaluation",
+            f"unknown value {self.evaluation!r}; choose ensemble or head0",
+        )
+        check(
+            0 <= self.strong_magnitude <= 30,
+            "algorithm.strong_magnitude",
+            f"must be in [0, 30], got {self.strong_magnitude}",
+        )
+        check(
+            self.strong_num_ops >= 0,
+            "algorithm.strong_num_ops",
+            f"must be >= 0, got {self.strong_num_ops}",
+        )
+        check(
+            self.strong_cutout >= 0,
+            "algorithm.strong_cutout",
+            f"must be >= 0, got {self.strong_cutout}",
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,7 +176,12 @@ class TriNet(nn.Module):
             self.add_module(name, child)
         self._features = model.features  # runs on the shared (reparametrised) child modules
         for h in HEADS:
-            self.add_module(h, nn.Linear(model.classifier.in_features, model.classifier.out_features, device="meta"))
+            self.add_module(
+                h,
+                nn.Linear(
+                    model.classifier.in_features, model.classifier.out_features, device="meta"
+                ),
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self._features(x)
@@ -141,9 +189,18 @@ class TriNet(nn.Module):
 
 
 @torch.no_grad()
-def _tri_probs(net: TriNet, params: Params, images: torch.Tensor, *, device: torch.device, chunk: int = 256) -> torch.Tensor:
-    outs = [forward(net, params, to_float(images[i : i + chunk].to(device))).softmax(2) for i in range(0, len(images), chunk)]
-    return torch.cat(outs, dim=1) if outs else torch.zeros(3, 0, net.classifier.out_features, device=device)
+def _tri_probs(
+    net: TriNet, params: Params, images: torch.Tensor, *, device: torch.device, chunk: int = 256
+) -> torch.Tensor:
+    outs = [
+        forward(net, params, to_float(images[i : i + chunk].to(device))).softmax(2)
+        for i in range(0, len(images), chunk)
+    ]
+    return (
+        torch.cat(outs, dim=1)
+        if outs
+        else torch.zeros(3, 0, net.classifier.out_features, device=device)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,12 +211,18 @@ class FedTriNet(Algorithm):
 
     def init_global(self, params: Params, *, setup: ServerSetup) -> Params:
         state = dict(params)
-        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([setup.seed, 5]).generate_state(1)[0]))
+        gen = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([setup.seed, 5]).generate_state(1)[0])
+        )
         weight, bias = params["classifier.weight"], params["classifier.bias"]
         bound = 1.0 / math.sqrt(weight.shape[1])
         for h in HEADS:
-            state[f"{h}.weight"] = (torch.rand(weight.shape, generator=gen) * 2 - 1).mul_(bound).to(weight.device)
-            state[f"{h}.bias"] = (torch.rand(bias.shape, generator=gen) * 2 - 1).mul_(bound).to(bias.device)
+            state[f"{h}.weight"] = (
+                (torch.rand(weight.shape, generator=gen) * 2 - 1).mul_(bound).to(weight.device)
+            )
+            state[f"{h}.bias"] = (
+                (torch.rand(bias.shape, generator=gen) * 2 - 1).mul_(bound).to(bias.device)
+            )
         return state
 
     def eval_params(self, global_params: Params) -> Params:
@@ -167,32 +230,55 @@ class FedTriNet(Algorithm):
             return {k: v for k, v in global_params.items() if not k.startswith(HEADS)}
         return ensemble_head(global_params)
 
-    def client_payload(self, rnd: int, cohort: list[int], global_params: Params) -> dict[int, dict[str, StateDict]]:
+    def client_payload(
+        self, rnd: int, cohort: list[int], global_params: Params
+    ) -> dict[int, dict[str, StateDict]]:
         p = self.params
-        budget = pseudo_label_budget(rnd, warmup_rounds=p.warmup_rounds, initial_budget=p.initial_budget)
-        control = {"pseudo_labeling": torch.tensor([float(budget > 0)]), "budget": torch.tensor([budget])}
+        budget = pseudo_label_budget(
+            rnd, warmup_rounds=p.warmup_rounds, initial_budget=p.initial_budget
+        )
+        control = {
+            "pseudo_labeling": torch.tensor([float(budget > 0)]),
+            "budget": torch.tensor([budget]),
+        }
         return {cid: {CONTROL: control} for cid in cohort}
 
     def client_update(self, model, global_params, data, ctx, *, extras=None) -> ClientUpdate:
         p: FedTriNetParams = self.params
         device, generator = ctx.device, ctx.generator
         control = (extras or {}).get(CONTROL)
-        budget_share = float(control["budget"]) if control is not None and float(control["pseudo_labeling"]) else 0.0
+        budget_share = (
+            float(control["budget"])
+            if control is not None and float(control["pseudo_labeling"])
+            else 0.0
+        )
         net = TriNet(model)
         x_l, y_l = data.labeled_images.to(device), data.labeled_labels.to(device)
         x_u = data.unlabeled_images.to(device)
         n_u = data.num_unlabeled
         budget = math.ceil(budget_share * n_u)
         if budget:
-            labels = tri_labels(_tri_probs(net, global_params, x_u, device=device), threshold=p.tri_threshold, budget=budget)
+            labels = tri_labels(
+                _tri_probs(net, global_params, x_u, device=device),
+                threshold=p.tri_threshold,
+                budget=budget,
+            )
         else:  # labeled warm-up: no pseudo-labels, no forward pass over the unlabeled set
-            labels = TriLabels(torch.zeros(3, n_u, dtype=torch.long, device=device), torch.zeros(3, n_u, dtype=torch.bool, device=device))
+            labels = TriLabels(
+                torch.zeros(3, n_u, dtype=torch.long, device=device),
+                torch.zeros(3, n_u, dtype=torch.bool, device=device),
+            )
         kept = labels.mask.any(0)
         n_kept = int(kept.sum())
         lab = ctx.batches(data.num_labeled, batch_size=p.batch_size, steps=p.local_steps)
-        unl = ctx.batches(n_u, batch_size=p.unlabeled_batch_size, steps=p.local_steps if n_kept else 0)
+        unl = ctx.batches(
+            n_u, batch_size=p.unlabeled_batch_size, steps=p.local_steps if n_kept else 0
+        )
         empty = torch.zeros(0, dtype=torch.long)
-        batches = [(lab[s] if s < len(lab) else empty, unl[s] if s < len(unl) else empty) for s in range(max(len(lab), len(unl)))]
+        batches = [
+            (lab[s] if s < len(lab) else empty, unl[s] if s < len(unl) else empty)
+            for s in range(max(len(lab), len(unl)))
+        ]
         parts: dict[str, list[float]] = {"labeled": [], "unlabeled": []}
 
         def loss_fn(f, batch) -> torch.Tensor:
@@ -202,11 +288,28 @@ class FedTriNet(Algorithm):
                 xl = weak_augment(xl, generator=generator, max_shift=p.weak_shift)
             xu = to_float(x_u[ui])
             if len(ui):
-                xu = strong_augment(xu, generator=generator, num_ops=p.strong_num_ops, magnitude=p.strong_magnitude, cutout=p.strong_cutout)
+                xu = strong_augment(
+                    xu,
+                    generator=generator,
+                    num_ops=p.strong_num_ops,
+                    magnitude=p.strong_magnitude,
+                    cutout=p.strong_cutout,
+                )
             logits = f(torch.cat([xl, xu]))
-            sup = torch.stack([F.cross_entropy(logits[k, : len(li)], y_l[li]) for k in range(3)]).mean() if len(li) else logits.sum() * 0.0
+            sup = (
+                torch.stack(
+                    [F.cross_entropy(logits[k, : len(li)], y_l[li]) for k in range(3)]
+                ).mean()
+                if len(li)
+                else logits.sum() * 0.0
+            )
             uns = torch.stack(
-                [masked_cross_entropy(logits[k, len(li) :], labels.pseudo_label[k, ui], labels.mask[k, ui]) for k in range(3)]
+                [
+                    masked_cross_entropy(
+                        logits[k, len(li) :], labels.pseudo_label[k, ui], labels.mask[k, ui]
+                    )
+                    for k in range(3)
+                ]
             ).mean()
             parts["labeled"].append(float(sup.detach()))
             parts["unlabeled"].append(float(uns.detach()))
@@ -223,7 +326,9 @@ class FedTriNet(Algorithm):
             "loss_unlabeled": float(np.mean(parts["unlabeled"])) if parts["unlabeled"] else 0.0,
         }
         if data.unlabeled_true_labels is not None:
-            metrics["num_kept_correct"] = int(((label == data.unlabeled_true_labels.to(device)) & kept).sum())
+            metrics["num_kept_correct"] = int(
+                ((label == data.unlabeled_true_labels.to(device)) & kept).sum()
+            )
         return ClientUpdate(
             client_id=data.client_id,
             deltas={"model": subtract(new, global_params)},

@@ -1,4 +1,5 @@
-"""FixMatch, as fedavg_fixmatch and fedprox_fixmatch (mu > 0): FixMatch (Sohn et al., "FixMatch: Simplifying
+"""FixMatch, as fedavg_fixmatch and fedprox_fixmatch (mu > 0): FixMatch (Sohn et al., "FixMatch:
+Simplifying
 Semi-Supervised Learning with Consistency and Confidence", NeurIPS 2020) as each client's local
 training, aggregated by FedAvg over deltas (the FedLabel paper's "FedAvg/FedProx + FixMatch"
 baselines, Table 3).
@@ -58,10 +59,26 @@ class SemiSupervisedParams(FedAvgParams):
     def validate(self) -> None:
         super().validate()
         check(self.lambda_u >= 0, "algorithm.lambda_u", f"must be >= 0, got {self.lambda_u}")
-        check(self.unlabeled_ratio >= 1, "algorithm.unlabeled_ratio", f"must be >= 1, got {self.unlabeled_ratio}")
-        check(0 <= self.strong_magnitude <= 30, "algorithm.strong_magnitude", f"must be in [0, 30], got {self.strong_magnitude}")
-        check(self.strong_num_ops >= 0, "algorithm.strong_num_ops", f"must be >= 0, got {self.strong_num_ops}")
-        check(self.strong_cutout >= 0, "algorithm.strong_cutout", f"must be >= 0, got {self.strong_cutout}")
+        check(
+            self.unlabeled_ratio >= 1,
+            "algorithm.unlabeled_ratio",
+            f"must be >= 1, got {self.unlabeled_ratio}",
+        )
+        check(
+            0 <= self.strong_magnitude <= 30,
+            "algorithm.strong_magnitude",
+            f"must be in [0, 30], got {self.strong_magnitude}",
+        )
+        check(
+            self.strong_num_ops >= 0,
+            "algorithm.strong_num_ops",
+            f"must be >= 0, got {self.strong_num_ops}",
+        )
+        check(
+            self.strong_cutout >= 0,
+            "algorithm.strong_cutout",
+            f"must be >= 0, got {self.strong_cutout}",
+        )
 
 
 @dataclass(frozen=True)
@@ -71,7 +88,11 @@ class FixMatchParams(SemiSupervisedParams):
 
     def validate(self) -> None:
         super().validate()
-        check(0 <= self.threshold < 1, "algorithm.threshold", f"must be in [0, 1), got {self.threshold}")
+        check(
+            0 <= self.threshold < 1,
+            "algorithm.threshold",
+            f"must be in [0, 1), got {self.threshold}",
+        )
 
 
 def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, *, threshold: float):
@@ -98,8 +119,14 @@ class FixMatch(Algorithm):
         p: SemiSupervisedParams = self.params
         device, generator = ctx.device, ctx.generator
         x_u = data.unlabeled_images.to(device)
-        truth = data.unlabeled_true_labels.to(device) if data.unlabeled_true_labels is not None else None
-        batches = ctx.batches(data.num_unlabeled, batch_size=p.unlabeled_ratio * p.batch_size, steps=p.local_steps)
+        truth = (
+            data.unlabeled_true_labels.to(device)
+            if data.unlabeled_true_labels is not None
+            else None
+        )
+        batches = ctx.batches(
+            data.num_unlabeled, batch_size=p.unlabeled_ratio * p.batch_size, steps=p.local_steps
+        )
         kept_once = torch.zeros(data.num_unlabeled, dtype=torch.bool, device=device)
         counts = {"num_unlabeled": 0, "num_kept": 0, "num_kept_correct": 0}
         loss_u = []
@@ -107,9 +134,18 @@ class FixMatch(Algorithm):
         def unlabeled_term(f, idx: torch.Tensor) -> torch.Tensor:
             idx = idx.to(device)
             clean = to_float(x_u[idx])
-            weak = weak_augment(clean, generator=generator, max_shift=p.weak_shift) if p.weak_shift else clean
-            strong = strong_augment(clean, generator=generator, num_ops=p.strong_num_ops, magnitude=p.strong_magnitude,
-                                    cutout=p.strong_cutout)  # fmt: skip
+            weak = (
+                weak_augment(clean, generator=generator, max_shift=p.weak_shift)
+                if p.weak_shift
+                else clean
+            )
+            strong = strong_augment(
+                clean,
+                generator=generator,
+                num_ops=p.strong_num_ops,
+                magnitude=p.strong_magnitude,
+                cutout=p.strong_cutout,
+            )
             with torch.no_grad():
                 weak_logits = f(weak)
             loss, keep, pseudo = self.unlabeled_loss(weak_logits, f(strong))
@@ -121,8 +157,9 @@ class FixMatch(Algorithm):
             loss_u.append(float(loss.detach()))
             return p.lambda_u * loss
 
-        local, loss = train_labeled(model, global_params, data, p, ctx,
-                                    mu=p.mu, extra=(batches, unlabeled_term))  # fmt: skip
+        local, loss = train_labeled(
+            model, global_params, data, p, ctx, mu=p.mu, extra=(batches, unlabeled_term)
+        )
         steps = p.local_steps if (data.num_labeled or batches) else 0
         metrics = {"num_labeled": data.num_labeled, **counts}
         if truth is None:

@@ -1,4 +1,5 @@
-"""UDA, as fedavg_uda and fedprox_uda (mu > 0): Unsupervised Data Augmentation (Xie et al., "Unsupervised
+"""UDA, as fedavg_uda and fedprox_uda (mu > 0): Unsupervised Data Augmentation (Xie et al.,
+"Unsupervised
 Data Augmentation for Consistency Training", NeurIPS 2020) as each client's local training,
 aggregated by FedAvg over deltas (the FedLabel paper's "FedAvg/FedProx + UDA" baselines).
 
@@ -40,10 +41,16 @@ class UdaParams(SemiSupervisedParams):
     def validate(self) -> None:
         super().validate()
         check(self.temperature > 0, "algorithm.temperature", f"must be > 0, got {self.temperature}")
-        check(0 <= self.mask_threshold < 1, "algorithm.mask_threshold", f"must be in [0, 1), got {self.mask_threshold}")
+        check(
+            0 <= self.mask_threshold < 1,
+            "algorithm.mask_threshold",
+            f"must be in [0, 1), got {self.mask_threshold}",
+        )
 
 
-def uda_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, *, temperature: float, threshold: float):
+def uda_loss(
+    weak_logits: torch.Tensor, strong_logits: torch.Tensor, *, temperature: float, threshold: float
+):
     """UDA's consistency loss: mean over the batch of
     1(max softmax(weak) > threshold) KL(softmax(weak / temperature) || softmax(strong)),
     the weak side without gradient. Returns (loss, keep mask, argmax of weak)."""
@@ -61,4 +68,9 @@ class Uda(FixMatch):
     Params = UdaParams
 
     def unlabeled_loss(self, weak_logits, strong_logits):
-        return uda_loss(weak_logits, strong_logits, temperature=self.params.temperature, threshold=self.params.mask_threshold)
+        return uda_loss(
+            weak_logits,
+            strong_logits,
+            temperature=self.params.temperature,
+            threshold=self.params.mask_threshold,
+        )

@@ -56,15 +56,22 @@ class Bags:
     def __post_init__(self) -> None:
         n = len(self.images)
         if self.bag_index.dtype != torch.int64 or self.bag_index.shape != (n,):
-            raise DataError(f"bags: bag_index must be int64 of shape ({n},), got {self.bag_index.dtype} {tuple(self.bag_index.shape)}")
+            raise DataError(
+                f"bags: bag_index must be int64 of shape ({n},), got {self.bag_index.dtype}"
+                f" {tuple(self.bag_index.shape)}"
+            )
         if self.counts.dim() != 2:
-            raise DataError(f"bags: counts must be num_bags x num_classes, got shape {tuple(self.counts.shape)}")
+            raise DataError(
+                f"bags: counts must be num_bags x num_classes, got shape {tuple(self.counts.shape)}"
+            )
         if n and (int(self.bag_index.min()) < 0 or int(self.bag_index.max()) >= len(self.counts)):
             raise DataError(f"bags: bag_index outside [0, {len(self.counts)})")
         if bool((self.sizes == 0).any()):
             raise DataError("bags: every bag must hold at least one image")
         if self.method not in LLP_METHODS:
-            raise DataError(f"bags: unknown LLP method {self.method!r}; choose from {list(LLP_METHODS)}")
+            raise DataError(
+                f"bags: unknown LLP method {self.method!r}; choose from {list(LLP_METHODS)}"
+            )
 
     @property
     def num_bags(self) -> int:
@@ -103,7 +110,9 @@ def given_bag_index(keys: np.ndarray) -> np.ndarray:
     return np.unique(np.asarray(keys), return_inverse=True)[1].astype(np.int64).reshape(-1)
 
 
-def bag_counts(labels: np.ndarray, bag_index: np.ndarray, *, num_bags: int, num_classes: int) -> np.ndarray:
+def bag_counts(
+    labels: np.ndarray, bag_index: np.ndarray, *, num_bags: int, num_classes: int
+) -> np.ndarray:
     """Class counts per bag, int64 num_bags x num_classes."""
     counts = np.zeros((num_bags, num_classes), dtype=np.int64)
     np.add.at(counts, (np.asarray(bag_index), np.asarray(labels)), 1)
@@ -162,4 +171,6 @@ class BagSpec:
     epsilon: float = 0.0
     delta: float = 1e-5
     bp: BpParams = field(default_factory=BpParams)
-    secure_noise: bool = False  # count noise from the OS's entropy (privacy.secure_noise), not the seed
+    secure_noise: bool = (
+        False  # count noise from the OS's entropy (privacy.secure_noise), not the seed
+    )

@@ -11,7 +11,8 @@ from fedlabel.data.errors import DataError
 
 @dataclass(frozen=True)
 class ImageDataset:
-    """Train and test splits: images uint8 N x C x H x W (square), labels int64 N in [0, num_classes)."""
+    """Train and test splits: images uint8 N x C x H x W (square), labels int64 N in [0,
+    num_classes)."""
 
     name: str
     train_images: torch.Tensor
@@ -23,11 +24,17 @@ class ImageDataset:
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
-            raise DataError(f"dataset {self.name!r}: num_classes must be >= 1, got {self.num_classes}")
+            raise DataError(
+                f"dataset {self.name!r}: num_classes must be >= 1, got {self.num_classes}"
+            )
         for split in ("train", "test"):
             images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
             where = f"dataset {self.name!r}, {split} split"
-            if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[2] != images.shape[3]:
+            if (
+                images.dtype != torch.uint8
+                or images.dim() != 4
+                or images.shape[2] != images.shape[3]
+            ):
                 raise DataError(
                     f"{where}: images must be uint8 N x C x H x W with H == W, "
                     f"got {images.dtype} of shape {tuple(images.shape)}"
@@ -37,7 +44,10 @@ class ImageDataset:
                     f"{where}: labels must be int64 of shape ({images.shape[0]},), "
                     f"got {labels.dtype} of shape {tuple(labels.shape)}"
                 )
-            if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < self.num_classes:
+            if (
+                labels.numel()
+                and not 0 <= int(labels.min()) <= int(labels.max()) < self.num_classes
+            ):
                 raise DataError(
                     f"{where}: labels span [{int(labels.min())}, {int(labels.max())}], "
                     f"outside [0, {self.num_classes})"
@@ -50,10 +60,13 @@ class ImageDataset:
                 f"dataset {self.name!r}: train images are {tuple(self.train_images.shape[1:])} "
                 f"but test images are {tuple(self.test_images.shape[1:])}"
             )
-        if self.train_bags is not None and (self.train_bags.dtype != torch.int64 or self.train_bags.shape != self.train_labels.shape):
+        if self.train_bags is not None and (
+            self.train_bags.dtype != torch.int64 or self.train_bags.shape != self.train_labels.shape
+        ):
             raise DataError(
-                f"dataset {self.name!r}: train_bags must be int64 of shape {tuple(self.train_labels.shape)}, "
-                f"got {self.train_bags.dtype} of shape {tuple(self.train_bags.shape)}"
+                f"dataset {self.name!r}: train_bags must be int64 of shape"
+                f" {tuple(self.train_labels.shape)}, got {self.train_bags.dtype} of shape"
+                f" {tuple(self.train_bags.shape)}"
             )
 
     @property

@@ -35,8 +35,12 @@ GZ_MD5 = {
 # sha256 of the decompressed IDX payloads, computed from Debian's dataset-fashion-mnist, which
 # recompressed the files (so their .gz md5 differs from the official one).
 PAYLOAD_SHA256 = {
-    "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-    "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "train-images-idx3-ubyte.gz": (
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"
+    ),
+    "train-labels-idx1-ubyte.gz": (
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"
+    ),
     "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
     "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
@@ -67,7 +71,10 @@ def _parse_idx(path: Path, payload: bytes) -> np.ndarray:
         raise DataError(f"{path}: IDX header truncated ({len(payload)} bytes)")
     magic = int.from_bytes(payload[:4], "big")
     if magic not in _IDX_NDIM:
-        raise DataError(f"{path}: wrong IDX magic 0x{magic:08x}; expected 0x00000803 (images) or 0x00000801 (labels)")
+        raise DataError(
+            f"{path}: wrong IDX magic 0x{magic:08x}; expected 0x00000803 (images) or 0x00000801"
+            " (labels)"
+        )
     ndim = _IDX_NDIM[magic]
     header = 4 + 4 * ndim
     if len(payload) < header:
@@ -75,7 +82,9 @@ def _parse_idx(path: Path, payload: bytes) -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", payload[4:header])
     size = math.prod(dims)
     if len(payload) - header != size:
-        raise DataError(f"{path}: IDX payload has {len(payload) - header} bytes but dims {dims} need {size}")
+        raise DataError(
+            f"{path}: IDX payload has {len(payload) - header} bytes but dims {dims} need {size}"
+        )
     return np.frombuffer(payload, np.uint8, size, header).reshape(dims).copy()
 
 
@@ -100,14 +109,16 @@ def _read_verified(path: Path) -> np.ndarray:
 
 def _not_found(searched: list[Path], reason: str) -> str:
     return (
-        f"Fashion-MNIST not found: no directory holds all of {', '.join(FILES.values())} "
-        f"(searched {', '.join(map(str, searched))}) and {reason}. Fix: `apt-get install "
-        "dataset-fashion-mnist`, set data.root to a directory with the four files, or allow data.download."
+        f"Fashion-MNIST not found: no directory holds all of {', '.join(FILES.values())} (searched"
+        f" {', '.join(map(str, searched))}) and {reason}. Fix: `apt-get install"
+        " dataset-fashion-mnist`, set data.root to a directory with the four files, or allow"
+        " data.download."
     )
 
 
 def _fetch(url: str, target: Path) -> None:
-    """Download url via a temporary file in target's directory, renamed to target once its md5 is right."""
+    """Download url via a temporary file in target's directory, renamed to target once its md5 is
+    right."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".part")
     try:
         md5 = hashlib.md5(usedforsecurity=False)
@@ -116,7 +127,9 @@ def _fetch(url: str, target: Path) -> None:
                 md5.update(chunk)
                 out.write(chunk)
         if md5.hexdigest() != GZ_MD5[target.name]:
-            raise DataError(f"{url}: downloaded file has md5 {md5.hexdigest()}, expected {GZ_MD5[target.name]}")
+            raise DataError(
+                f"{url}: downloaded file has md5 {md5.hexdigest()}, expected {GZ_MD5[target.name]}"
+            )
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -131,11 +144,16 @@ def _download(cache: Path, searched: list[Path]) -> None:
             cache.mkdir(parents=True, exist_ok=True)
             _fetch(MIRROR + fname, cache / fname)
         except (OSError, http.client.HTTPException) as err:
-            raise DataError(_not_found(searched, f"downloading {MIRROR + fname} into {cache} failed ({err})")) from err
+            raise DataError(
+                _not_found(searched, f"downloading {MIRROR + fname} into {cache} failed ({err})")
+            ) from err
 
 
-def load_fashion_mnist(*, root: str = "", cache_dir: str = "~/.cache/fedlabel", download: bool = True) -> ImageDataset:
-    """Load Fashion-MNIST from the first of root, SYSTEM_DIR, <cache_dir>/fashion-mnist holding all four files.
+def load_fashion_mnist(
+    *, root: str = "", cache_dir: str = "~/.cache/fedlabel", download: bool = True
+) -> ImageDataset:
+    """Load Fashion-MNIST from the first of root, SYSTEM_DIR, <cache_dir>/fashion-mnist holding all
+    four files.
 
     If none does, download into <cache_dir>/fashion-mnist (when allowed). Every file is checksummed.
     """
@@ -147,7 +165,9 @@ def load_fashion_mnist(*, root: str = "", cache_dir: str = "~/.cache/fedlabel", 
             raise DataError(_not_found(searched, "download is disabled"))
         _download(cache, searched)
         directory = cache
-    arrays = {key: torch.from_numpy(_read_verified(directory / fname)) for key, fname in FILES.items()}
+    arrays = {
+        key: torch.from_numpy(_read_verified(directory / fname)) for key, fname in FILES.items()
+    }
     try:
         return ImageDataset(
             name="fashion_mnist",

@@ -8,7 +8,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedlabel.data.bags import Bags, BagSpec, InstanceLabelsUnavailable, given_bag_index, make_bags, random_bag_index
+from fedlabel.data.bags import (
+    Bags,
+    BagSpec,
+    InstanceLabelsUnavailable,
+    given_bag_index,
+    make_bags,
+    random_bag_index,
+)
 from fedlabel.data.dataset import ImageDataset
 from fedlabel.data.errors import DataError
 from fedlabel.data.fashion_mnist import load_fashion_mnist
@@ -45,24 +52,44 @@ class ClientData:
         bags: Bags | None = None,
     ) -> None:
         if (labeled_labels is None) == (bags is None):
-            raise DataError(f"client {client_id}: give either labeled_labels or bags (a bagged client holds no instance labels)")
+            raise DataError(
+                f"client {client_id}: give either labeled_labels or bags (a bagged client holds no"
+                " instance labels)"
+            )
         if bags is not None and bags.images is not labeled_images:
-            raise DataError(f"client {client_id}: a bagged client's labeled_images must be its bags' images")
-        for name, value in (("client_id", client_id), ("labeled_images", labeled_images), ("unlabeled_images", unlabeled_images),
-                            ("unlabeled_true_labels", unlabeled_true_labels), ("bags", bags), ("_instance_labels", labeled_labels)):  # fmt: skip
+            raise DataError(
+                f"client {client_id}: a bagged client's labeled_images must be its bags' images"
+            )
+        for name, value in (
+            ("client_id", client_id),
+            ("labeled_images", labeled_images),
+            ("unlabeled_images", unlabeled_images),
+            ("unlabeled_true_labels", unlabeled_true_labels),
+            ("bags", bags),
+            ("_instance_labels", labeled_labels),
+        ):
             object.__setattr__(self, name, value)
         if labeled_labels is not None and len(self.labeled_images) != len(labeled_labels):
             raise DataError(
-                f"client {self.client_id}: {len(self.labeled_images)} labeled images but {len(labeled_labels)} labels"
+                f"client {self.client_id}: {len(self.labeled_images)} labeled images but"
+                f" {len(labeled_labels)} labels"
             )
-        if self.unlabeled_true_labels is not None and len(self.unlabeled_true_labels) != len(self.unlabeled_images):
+        if self.unlabeled_true_labels is not None and len(self.unlabeled_true_labels) != len(
+            self.unlabeled_images
+        ):
             raise DataError(
                 f"client {self.client_id}: {len(self.unlabeled_images)} unlabeled images but "
                 f"{len(self.unlabeled_true_labels)} true labels"
             )
 
     @classmethod
-    def bagged(cls, client_id: int, bags: Bags, unlabeled_images: torch.Tensor, unlabeled_true_labels: torch.Tensor | None) -> ClientData:
+    def bagged(
+        cls,
+        client_id: int,
+        bags: Bags,
+        unlabeled_images: torch.Tensor,
+        unlabeled_true_labels: torch.Tensor | None,
+    ) -> ClientData:
         """A client whose labeled part is ``bags`` (no instance labels anywhere in the object)."""
         return cls(client_id, bags.images, None, unlabeled_images, unlabeled_true_labels, bags=bags)
 
@@ -71,8 +98,9 @@ class ClientData:
         """Instance labels of the labeled part; raises for a bagged client."""
         if self.bags is not None:
             raise InstanceLabelsUnavailable(
-                f"client {self.client_id}: its labeled part is {self.bags.num_bags} bags (data.bag_size / data.bag_key) "
-                "that keep only class counts; instance labels do not exist here (use its .bags)"
+                f"client {self.client_id}: its labeled part is {self.bags.num_bags} bags"
+                " (data.bag_size / data.bag_key) that keep only class counts; instance labels do"
+                " not exist here (use its .bags)"
             )
         return self._instance_labels
 
@@ -86,10 +114,13 @@ class ClientData:
 
     def stats(self, num_classes: int) -> dict[str, Any]:
         """Id, sizes and class histograms (unlabeled_histogram is None without true labels; a
-        bagged client's labeled_histogram is the sum of its released, possibly noisy, bag counts)."""
+        bagged client's labeled_histogram is the sum of its released, possibly noisy, bag counts).
+        """
 
         def histogram(labels: torch.Tensor | None) -> list[int] | None:
-            return None if labels is None else torch.bincount(labels, minlength=num_classes).tolist()
+            return (
+                None if labels is None else torch.bincount(labels, minlength=num_classes).tolist()
+            )
 
         stats = {
             "client_id": self.client_id,
@@ -101,7 +132,9 @@ class ClientData:
         if self.bags is not None:
             total = self.bags.counts.sum(dim=0)
             exact = self.bags.epsilon == 0
-            stats["labeled_histogram"] = total.long().tolist() if exact else [round(float(v), 3) for v in total]
+            stats["labeled_histogram"] = (
+                total.long().tolist() if exact else [round(float(v), 3) for v in total]
+            )
             stats["num_bags"] = self.bags.num_bags
         return stats
 
@@ -118,11 +151,14 @@ class FederatedData:
     image_size: int
 
     def client_stats(self) -> list[dict[str, Any]]:
-        """Per client: id, sizes and class histograms (unlabeled_histogram is None without true labels)."""
+        """Per client: id, sizes and class histograms (unlabeled_histogram is None without true
+        labels)."""
         return [c.stats(self.num_classes) for c in self.clients]
 
 
-def load_images(*, name: str, root: str, cache_dir: str, download: bool, bag_key: str = "") -> ImageDataset:
+def load_images(
+    *, name: str, root: str, cache_dir: str, download: bool, bag_key: str = ""
+) -> ImageDataset:
     """Load "fashion_mnist" (root = directory or "") or "npz" (root = path of the .npz file;
     bag_key = name of its per-sample bag id array, if any)."""
     if name == "fashion_mnist":
@@ -147,7 +183,8 @@ def build_federated(
     train_samples: int = 0,
     bags: BagSpec | None = None,
 ) -> FederatedData:
-    """Partition the train split over clients ("iid" or "dirichlet"), then split each client into labeled/unlabeled.
+    """Partition the train split over clients ("iid" or "dirichlet"), then split each client into
+    labeled/unlabeled.
 
     Deterministic in seed; the labeled split uses its own generator, so the partition depends on
     seed and the partition knobs only. ``train_samples`` > 0 first keeps a seeded random subset of
@@ -161,19 +198,33 @@ def build_federated(
     bag_rng = np.random.default_rng(np.random.SeedSequence([seed, 19]))
     noise_rng = os_entropy_rng() if bags is not None and bags.secure_noise else bag_rng
     if bags is not None and bags.size == 0 and dataset.train_bags is None:
-        raise DataError(f"dataset {dataset.name!r} has no per-sample bag ids (data.bag_key); set data.bag_size > 0 for random bags")
+        raise DataError(
+            f"dataset {dataset.name!r} has no per-sample bag ids (data.bag_key); set data.bag_size"
+            " > 0 for random bags"
+        )
     labels = dataset.train_labels.numpy()
     pool = np.arange(len(labels))
     if 0 < train_samples < len(labels):
-        pool = np.sort(np.random.default_rng(np.random.SeedSequence([seed, 18])).choice(len(labels), train_samples, replace=False))
+        pool = np.sort(
+            np.random.default_rng(np.random.SeedSequence([seed, 18])).choice(
+                len(labels), train_samples, replace=False
+            )
+        )
     if num_clients > len(pool):
-        raise DataError(f"dataset {dataset.name!r}: {len(pool)} training samples cannot be split over data.num_clients={num_clients}")
+        raise DataError(
+            f"dataset {dataset.name!r}: {len(pool)} training samples cannot be split over"
+            f" data.num_clients={num_clients}"
+        )
     if partition == "iid":
         parts = partition_iid(len(pool), num_clients=num_clients, rng=partition_rng)
     elif partition == "dirichlet":
         try:
             parts = partition_dirichlet(
-                labels[pool], num_clients=num_clients, alpha=alpha, min_client_size=min_client_size, rng=partition_rng
+                labels[pool],
+                num_clients=num_clients,
+                alpha=alpha,
+                min_client_size=min_client_size,
+                rng=partition_rng,
             )
         except ValueError as err:
             raise DataError(f"dataset {dataset.name!r}: {err}") from err
@@ -182,10 +233,17 @@ def build_federated(
     clients = []
     for client_id, part in enumerate(parts):
         labeled, unlabeled = split_labeled(
-            pool[part], labels, label_ratio=label_ratio, rng=label_rng, labeled_class_alpha=labeled_class_alpha
+            pool[part],
+            labels,
+            label_ratio=label_ratio,
+            rng=label_rng,
+            labeled_class_alpha=labeled_class_alpha,
         )
         labeled_t, unlabeled_t = torch.from_numpy(labeled), torch.from_numpy(unlabeled)
-        labeled_images, labeled_labels = dataset.train_images[labeled_t], dataset.train_labels[labeled_t]
+        labeled_images, labeled_labels = (
+            dataset.train_images[labeled_t],
+            dataset.train_labels[labeled_t],
+        )
         unlabeled = (dataset.train_images[unlabeled_t], dataset.train_labels[unlabeled_t])
         if bags is None:
             clients.append(ClientData(client_id, labeled_images, labeled_labels, *unlabeled))
@@ -194,9 +252,18 @@ def build_federated(
             bag_index = random_bag_index(len(labeled), bag_size=bags.size, rng=bag_rng)
         else:
             bag_index = given_bag_index(dataset.train_bags[labeled_t].numpy())
-        client_bags = make_bags(labeled_images, labeled_labels, bag_index, num_classes=dataset.num_classes,
-                                mechanism=bags.mechanism, epsilon=bags.epsilon, delta=bags.delta, rng=noise_rng,
-                                method=bags.method, bp=bags.bp)  # fmt: skip
+        client_bags = make_bags(
+            labeled_images,
+            labeled_labels,
+            bag_index,
+            num_classes=dataset.num_classes,
+            mechanism=bags.mechanism,
+            epsilon=bags.epsilon,
+            delta=bags.delta,
+            rng=noise_rng,
+            method=bags.method,
+            bp=bags.bp,
+        )
         clients.append(ClientData.bagged(client_id, client_bags, *unlabeled))
     return FederatedData(
         clients=clients,

@@ -43,7 +43,8 @@ def _phi(x: float) -> float:
 
 
 def gaussian_delta(sigma: float, epsilon: float, *, sensitivity: float = L2_SENSITIVITY) -> float:
-    """The smallest delta for which N(0, sigma^2) noise is (epsilon, delta)-DP (Balle & Wang, Thm 8):
+    """The smallest delta for which N(0, sigma^2) noise is (epsilon, delta)-DP (Balle & Wang, Thm
+    8):
     Phi(D/(2s) - e s/D) - exp(e) Phi(-D/(2s) - e s/D), D = L2 sensitivity."""
     a, b = sensitivity / (2 * sigma), epsilon * sigma / sensitivity
     tail = _phi(-a - b)
@@ -61,7 +62,9 @@ def _bisect(f, lo: float, hi: float, *, iterations: int = 200) -> float:
 def gaussian_sigma(epsilon: float, delta: float) -> float:
     """Smallest sigma making Gaussian noise on bag counts (epsilon, delta)-label-DP."""
     if epsilon <= 0 or not 0 < delta < 1:
-        raise ValueError(f"need epsilon > 0 and 0 < delta < 1, got epsilon={epsilon}, delta={delta}")
+        raise ValueError(
+            f"need epsilon > 0 and 0 < delta < 1, got epsilon={epsilon}, delta={delta}"
+        )
     hi = 1.0
     while gaussian_delta(hi, epsilon) > delta:
         hi *= 2
@@ -96,7 +99,9 @@ def released_epsilon(mechanism: str, *, scale: float, delta: float) -> float:
     raise ValueError(f"unknown mechanism {mechanism!r}; choose from {MECHANISMS}")
 
 
-def noisy_counts(counts: np.ndarray, *, mechanism: str, scale: float, rng: np.random.Generator) -> np.ndarray:
+def noisy_counts(
+    counts: np.ndarray, *, mechanism: str, scale: float, rng: np.random.Generator
+) -> np.ndarray:
     """counts (B x C) plus independent Laplace(scale) or N(0, scale^2) noise, as float64."""
     counts = np.asarray(counts, dtype=np.float64)
     if mechanism == "laplace":

@@ -13,10 +13,16 @@ def _sorted(parts: list[np.ndarray]) -> list[np.ndarray]:
     return [np.sort(part).astype(np.int64) for part in parts]
 
 
-def partition_iid(num_samples: int, *, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffle range(num_samples) and cut it into num_clients parts whose sizes differ by at most one."""
+def partition_iid(
+    num_samples: int, *, num_clients: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Shuffle range(num_samples) and cut it into num_clients parts whose sizes differ by at most
+    one."""
     if not 1 <= num_clients <= num_samples:
-        raise ValueError(f"need 1 <= num_clients <= num_samples, got num_clients={num_clients}, num_samples={num_samples}")
+        raise ValueError(
+            f"need 1 <= num_clients <= num_samples, got num_clients={num_clients},"
+            f" num_samples={num_samples}"
+        )
     return _sorted(np.array_split(rng.permutation(num_samples), num_clients))
 
 
@@ -29,18 +35,23 @@ def partition_dirichlet(
     rng: np.random.Generator,
     max_tries: int = 100,
 ) -> list[np.ndarray]:
-    """Per-class Dirichlet split: each class's shuffled indices go to clients in Dir(alpha) proportions.
+    """Per-class Dirichlet split: each class's shuffled indices go to clients in Dir(alpha)
+    proportions.
 
     The whole split is redrawn until every client holds at least min_client_size samples.
-    (flwr-datasets' DirichletPartitioner does the same on HuggingFace datasets, which we do not use.)
+    (flwr-datasets' DirichletPartitioner does the same on HuggingFace datasets, which we do not
+    use.)
     """
     labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} of shape {labels.shape}")
+        raise ValueError(
+            f"labels must be a 1-D integer array, got {labels.dtype} of shape {labels.shape}"
+        )
     if num_clients < 1 or alpha <= 0 or min_client_size < 0 or max_tries < 1:
         raise ValueError(
-            f"need num_clients >= 1, alpha > 0, min_client_size >= 0, max_tries >= 1; got num_clients={num_clients}, "
-            f"alpha={alpha}, min_client_size={min_client_size}, max_tries={max_tries}"
+            "need num_clients >= 1, alpha > 0, min_client_size >= 0, max_tries >= 1; got"
+            f" num_clients={num_clients}, alpha={alpha}, min_client_size={min_client_size},"
+            f" max_tries={max_tries}"
         )
     by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     for _ in range(max_tries):
@@ -54,9 +65,9 @@ def partition_dirichlet(
         if min(map(len, merged)) >= min_client_size:
             return _sorted(merged)
     raise ValueError(
-        f"Dirichlet partition failed {max_tries} times to give every client >= {min_client_size} samples "
-        f"(alpha={alpha}, num_clients={num_clients}, min_client_size={min_client_size}, {len(labels)} samples); "
-        "raise alpha, or lower num_clients or min_client_size"
+        f"Dirichlet partition failed {max_tries} times to give every client >= {min_client_size}"
+        f" samples (alpha={alpha}, num_clients={num_clients}, min_client_size={min_client_size},"
+        f" {len(labels)} samples); raise alpha, or lower num_clients or min_client_size"
     )
 
 
@@ -68,7 +79,8 @@ def split_labeled(
     rng: np.random.Generator,
     labeled_class_alpha: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split a client's indices into (labeled, unlabeled); round(label_ratio * len(indices)) are labeled.
+    """Split a client's indices into (labeled, unlabeled); round(label_ratio * len(indices)) are
+    labeled.
 
     labels are those of the whole dataset (labels[indices] belong to this client). With
     labeled_class_alpha == 0 the labeled samples are a uniform draw; with > 0, class weights
@@ -79,7 +91,7 @@ def split_labeled(
     indices = np.asarray(indices, dtype=np.int64)
     if not 0.0 <= label_ratio <= 1.0 or labeled_class_alpha < 0:
         raise ValueError(
-            f"need 0 <= label_ratio <= 1 and labeled_class_alpha >= 0, "
+            "need 0 <= label_ratio <= 1 and labeled_class_alpha >= 0, "
             f"got label_ratio={label_ratio}, labeled_class_alpha={labeled_class_alpha}"
         )
     num_labeled = round(label_ratio * len(indices))

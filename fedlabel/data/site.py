@@ -27,7 +27,8 @@ UNLABELED = "unlabeled.npz"
 
 
 def _images(path: Path, x: np.ndarray, *, in_channels: int, image_size: int) -> torch.Tensor:
-    """uint8 N x H x W or N x C x H x W -> uint8 N x C x H x W, checked against the model's input."""
+    """uint8 N x H x W or N x C x H x W -> uint8 N x C x H x W, checked against the model's
+    input."""
     if x.dtype != np.uint8:
         raise DataError(f"{path}: x must be uint8 (pixel values 0..255), got {x.dtype}")
     if x.ndim == 3:
@@ -40,7 +41,10 @@ def _images(path: Path, x: np.ndarray, *, in_channels: int, image_size: int) -> 
             f"but the model and test set have {in_channels}"
         )
     if x.shape[2:] != (image_size, image_size):
-        raise DataError(f"{path}: images are {x.shape[2]} x {x.shape[3]} but the model and test set use {image_size} x {image_size}")
+        raise DataError(
+            f"{path}: images are {x.shape[2]} x {x.shape[3]} but the model and test set use"
+            f" {image_size} x {image_size}"
+        )
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
@@ -50,17 +54,24 @@ def _labels(path: Path, y: np.ndarray, *, n: int, num_classes: int) -> torch.Ten
     if y.shape != (n,):
         raise DataError(f"{path}: y must have shape ({n},) (one label per image), got {y.shape}")
     if n and not 0 <= y.min() <= y.max() < num_classes:
-        raise DataError(f"{path}: labels span [{y.min()}, {y.max()}], outside [0, {num_classes}) of the model's {num_classes} classes")
+        raise DataError(
+            f"{path}: labels span [{y.min()}, {y.max()}], outside [0, {num_classes}) of the model's"
+            f" {num_classes} classes"
+        )
     return torch.from_numpy(y.astype(np.int64))
 
 
-def load_site(site_dir: str | Path, *, in_channels: int, image_size: int, num_classes: int, client_id: int = 0) -> ClientData:
+def load_site(
+    site_dir: str | Path, *, in_channels: int, image_size: int, num_classes: int, client_id: int = 0
+) -> ClientData:
     """Read and validate a site directory (see the module docstring) into a ClientData.
 
     Unlabeled samples carry no true labels (``unlabeled_true_labels`` is None)."""
     root = Path(site_dir).expanduser()
     if not root.is_dir():
-        raise DataError(f"{root}: site directory is missing (set the SuperNode's node config site-dir)")
+        raise DataError(
+            f"{root}: site directory is missing (set the SuperNode's node config site-dir)"
+        )
     labeled_path = root / LABELED
     if not labeled_path.is_file():
         raise DataError(f"{labeled_path}: file is missing; a site needs labeled.npz with x and y")
@@ -71,13 +82,26 @@ def load_site(site_dir: str | Path, *, in_channels: int, image_size: int, num_cl
     y = _labels(labeled_path, labeled["y"], n=len(x), num_classes=num_classes)
     unlabeled_path = root / UNLABELED
     if unlabeled_path.is_file():
-        u = _images(unlabeled_path, read_arrays(unlabeled_path, ("x",))["x"], in_channels=in_channels, image_size=image_size)
+        u = _images(
+            unlabeled_path,
+            read_arrays(unlabeled_path, ("x",))["x"],
+            in_channels=in_channels,
+            image_size=image_size,
+        )
     else:
         u = torch.empty((0, in_channels, image_size, image_size), dtype=torch.uint8)
-    return ClientData(client_id=client_id, labeled_images=x, labeled_labels=y, unlabeled_images=u, unlabeled_true_labels=None)
+    return ClientData(
+        client_id=client_id,
+        labeled_images=x,
+        labeled_labels=y,
+        unlabeled_images=u,
+        unlabeled_true_labels=None,
+    )
 
 
-def save_site(site_dir: str | Path, *, labeled_images, labeled_labels, unlabeled_images=None) -> Path:
+def save_site(
+    site_dir: str | Path, *, labeled_images, labeled_labels, unlabeled_images=None
+) -> Path:
     """Write arrays (numpy or torch, kept as they are) as a site directory in the format above."""
     root = Path(site_dir).expanduser()
     root.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,10 @@ def project_dir() -> Path:
     """The Flower app's project directory (holds pyproject.toml with [tool.flwr.app])."""
     root = Path(__file__).resolve().parents[2]
     if not (root / "pyproject.toml").is_file() or not (root / "server" / "server_app.py").is_file():
-        raise FlowerRunError(f"engine=flower needs the fedlabel source tree (pyproject.toml, server/, clients/); not found at {root}")
+        raise FlowerRunError(
+            "engine=flower needs the fedlabel source tree (pyproject.toml, server/, clients/); not"
+            f" found at {root}"
+        )
     return root
 
 
@@ -79,13 +82,17 @@ def _wait_healthy(proc: subprocess.Popen, port: int, log: Path) -> None:
         except OSError:
             pass
         time.sleep(0.2)
-    raise FlowerRunError(f"flower-superlink did not become healthy within {STARTUP_TIMEOUT_S:.0f} s; see {log}")
+    raise FlowerRunError(
+        f"flower-superlink did not become healthy within {STARTUP_TIMEOUT_S:.0f} s; see {log}"
+    )
 
 
 def _start(command: list[str], *, env: dict[str, str], log: Path) -> subprocess.Popen:
     """``command`` under a reaper, in its own session (a terminal's Ctrl-C reaches only us)."""
     with open(log, "w") as fh:
-        return subprocess.Popen(reaped(command), env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            reaped(command), env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -100,11 +107,19 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def run_status(env: dict[str, str]) -> list[dict[str, Any]]:
-    out = subprocess.run(["flwr", "ls", CONNECTION, "--format", "json"], env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["flwr", "ls", CONNECTION, "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     try:
         return json.loads(out.stdout).get("runs", [])
     except json.JSONDecodeError as err:
-        raise FlowerRunError(f"could not read `flwr ls` output: {out.stdout[-500:]} {out.stderr[-500:]}") from err
+        raise FlowerRunError(
+            f"could not read `flwr ls` output: {out.stdout[-500:]} {out.stderr[-500:]}"
+        ) from err
 
 
 def run_flower(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
@@ -112,10 +127,14 @@ def run_flower(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     console = _Console(progress)
     console.phase("building the client partition")
     load_federated(cfg)  # fail here, with the data error, rather than once per ClientApp
-    if cfg.engine.num_gpus_per_client > 0 and not torch.cuda.is_available() and not cfg.engine.ray_address:
+    if (
+        cfg.engine.num_gpus_per_client > 0
+        and not torch.cuda.is_available()
+        and not cfg.engine.ray_address
+    ):
         raise FlowerRunError(
-            f"engine.num_gpus_per_client={cfg.engine.num_gpus_per_client} but torch sees no GPU here "
-            "(Ray would find no worker to place clients on); set it to 0"
+            f"engine.num_gpus_per_client={cfg.engine.num_gpus_per_client} but torch sees no GPU"
+            " here (Ray would find no worker to place clients on); set it to 0"
         )
     out = Path(cfg.output_dir).resolve()
     run_config = config_to_dict(cfg)
@@ -124,11 +143,16 @@ def run_flower(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         check_resumable(load_checkpoint(out), run_config)
     work = out / "flower"
     (work / "home").mkdir(parents=True, exist_ok=True)
-    for name in ("state.db", "state.db-wal", "state.db-shm"):  # scratch of an earlier (e.g. stopped) run
+    for name in (
+        "state.db",
+        "state.db-wal",
+        "state.db-shm",
+    ):  # scratch of an earlier (e.g. stopped) run
         (work / name).unlink(missing_ok=True)
     port = cfg.engine.superlink_port or free_port()
     (work / "home" / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress ='
+        f' "127.0.0.1:{port}"\ninsecure = true\n'
     )
     flwr_config = {**to_run_config(cfg), "output_dir": str(out)}
     (work / "run_config.toml").write_text(tomli_w.dumps(unflatten(flwr_config)))
@@ -142,31 +166,55 @@ def run_flower(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     superlink_log, run_log = work / "superlink.log", work / "run.log"
     console.phase("starting the SuperLink")
     superlink = _start(
-        ["flower-superlink", "--insecure", "--simulation", "--disable-runtime-dependency-installation",
-         "--host", "127.0.0.1", "--port", str(port), "--database", str(work / "state.db")],
-        env=env, log=superlink_log,
-    )  # fmt: skip
+        [
+            "flower-superlink",
+            "--insecure",
+            "--simulation",
+            "--disable-runtime-dependency-installation",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--database",
+            str(work / "state.db"),
+        ],
+        env=env,
+        log=superlink_log,
+    )
     started = [superlink]
     try:
         _wait_healthy(superlink, port, superlink_log)
         e = cfg.engine
         federation = (
-            f"num-supernodes={cfg.data.num_clients} client-resources-num-cpus={e.num_cpus_per_client} "
-            f"client-resources-num-gpus={e.num_gpus_per_client}{_sleeper_workers(cfg)}"
+            f"num-supernodes={cfg.data.num_clients}"
+            f" client-resources-num-cpus={e.num_cpus_per_client}"
+            f" client-resources-num-gpus={e.num_gpus_per_client}{_sleeper_workers(cfg)}"
         )
         console.phase("submitting the run")
-        started.append(_start(
-            ["flwr", "run", str(project_dir()), CONNECTION, "--run-config", str(work / "run_config.toml"),
-             "--federation-config", federation, "--stream"],
-            env=env, log=run_log,
-        ))  # fmt: skip
+        started.append(
+            _start(
+                [
+                    "flwr",
+                    "run",
+                    str(project_dir()),
+                    CONNECTION,
+                    "--run-config",
+                    str(work / "run_config.toml"),
+                    "--federation-config",
+                    federation,
+                    "--stream",
+                ],
+                env=env,
+                log=run_log,
+            )
+        )
         _follow(started[-1], out / "summary.json", run_log, cfg.rounds, console)
         runs = run_status(env)
         statuses = [r.get("status", "") for r in runs]
         if not runs or statuses[-1] != "finished:completed":
             raise FlowerRunError(
-                f"Flower run ended as {statuses[-1] if statuses else 'unknown'}; {_last_error(run_log)}"
-                f"logs: {run_log}, {superlink_log}"
+                f"Flower run ended as {statuses[-1] if statuses else 'unknown'};"
+                f" {_last_error(run_log)}logs: {run_log}, {superlink_log}"
             )
     except BaseException as err:
         for proc in reversed(started):
@@ -189,7 +237,10 @@ def _close_summary(path: Path, err: BaseException) -> None:
         return
     if summary.get("status") == "running":
         stopped = isinstance(err, RunStopped)
-        summary.update(status="stopped" if stopped else "failed", error=str(err) if stopped else f"{type(err).__name__}: {err}")
+        summary.update(
+            status="stopped" if stopped else "failed",
+            error=str(err) if stopped else f"{type(err).__name__}: {err}",
+        )
         write_json_atomic(path, summary)
 
 
@@ -206,7 +257,11 @@ def _sleeper_workers(cfg: Config) -> str:
 
 def _last_error(log: Path) -> str:
     """The last exception line of the run's log, if any, to put in the error message."""
-    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if "Error" in ln or "Exception" in ln]
+    lines = [
+        ln.strip()
+        for ln in log.read_text(errors="replace").splitlines()
+        if "Error" in ln or "Exception" in ln
+    ]
     return f"last error: {lines[-1]}; " if lines else ""
 
 
@@ -223,12 +278,25 @@ class _Console:
 
     def rounds(self, total: int, records: list[dict]) -> None:
         if self.bar is None:
-            self.bar = tqdm(total=total, desc="rounds", unit="round", disable=not self.progress, file=sys.stderr,
-                            dynamic_ncols=True, initial=0)  # fmt: skip
+            self.bar = tqdm(
+                total=total,
+                desc="rounds",
+                unit="round",
+                disable=not self.progress,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                initial=0,
+            )
         last = records[-1]
         fields = (("acc", "accuracy", ".4f"), ("eps", "epsilon", ".2f"))
-        self.bar.set_postfix({name: format(last[key], fmt) for name, key, fmt in fields if last.get(key) is not None},
-                             refresh=False)  # fmt: skip
+        self.bar.set_postfix(
+            {
+                name: format(last[key], fmt)
+                for name, key, fmt in fields
+                if last.get(key) is not None
+            },
+            refresh=False,
+        )
         self.bar.update(len(records) - self.bar.n)
 
     def close(self) -> None:
@@ -245,7 +313,9 @@ def _phase(run_log: Path) -> str | None:
     return lines[-1].split(PHASE_MARK, 1)[1].strip() if lines else None
 
 
-def _follow(runner: subprocess.Popen, summary: Path, run_log: Path, rounds: int, console: _Console) -> None:
+def _follow(
+    runner: subprocess.Popen, summary: Path, run_log: Path, rounds: int, console: _Console
+) -> None:
     """Wait for `flwr run` to end: start-up phases first, then the rounds written so far."""
     console.phase("starting Flower's simulation runtime and Ray")
     done = 0

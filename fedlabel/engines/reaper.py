@@ -85,7 +85,10 @@ def end_tree(root: int) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: python -m fedlabel.engines.reaper PARENT_PID -- COMMAND [ARGS...]", file=sys.stderr)
+        print(
+            "usage: python -m fedlabel.engines.reaper PARENT_PID -- COMMAND [ARGS...]",
+            file=sys.stderr,
+        )
         return 2
     parent, command = int(argv[0]), argv[2:]
     _prctl(PR_SET_CHILD_SUBREAPER, 1)

@@ -39,14 +39,23 @@ def _why_sequential(cfg: Config, algorithm: Algorithm, fed: FederatedData) -> st
     if cfg.privacy.name != "none":
         return f"{name} with privacy={cfg.privacy.name} has no batched client update"
     if any(c.bags is not None for c in fed.clients):
-        return f"{name} on label proportions (data.bag_size / data.bag_key) has no batched client update"
+        return (
+            f"{name} on label proportions (data.bag_size / data.bag_key) has no batched client"
+            " update"
+        )
     return None
 
 
-def vectorized_trainer(cfg: Config, model: nn.Module, algorithm: Algorithm, fed: FederatedData, device: torch.device) -> TrainCohort:
+def vectorized_trainer(
+    cfg: Config, model: nn.Module, algorithm: Algorithm, fed: FederatedData, device: torch.device
+) -> TrainCohort:
     why = _why_sequential(cfg, algorithm, fed)
     if why:
-        print(f"engine=vectorized: {why}; its clients train one after another as with engine=inprocess", file=sys.stderr)
+        print(
+            f"engine=vectorized: {why}; its clients train one after another as with"
+            " engine=inprocess",
+            file=sys.stderr,
+        )
         return sequential_trainer(cfg, model, algorithm, fed, device)
     if device.type == "cuda":
         # vmap turns the cohort's convolutions into grouped convolutions (one group per client),
@@ -56,7 +65,9 @@ def vectorized_trainer(cfg: Config, model: nn.Module, algorithm: Algorithm, fed:
     trainer = batched_trainer(model, algorithm, fed, device)
     chunks = Chunks(model, trainer, device, chunk_clients=cfg.engine.chunk_clients)
 
-    def train_cohort(rnd: int, cohort: list[int], global_params: Params, extras: dict) -> list[ClientUpdate]:
+    def train_cohort(
+        rnd: int, cohort: list[int], global_params: Params, extras: dict
+    ) -> list[ClientUpdate]:
         size = chunks.size(len(cohort))
         updates: list[ClientUpdate] = []
         for start in range(0, len(cohort), size):
@@ -68,7 +79,9 @@ def vectorized_trainer(cfg: Config, model: nn.Module, algorithm: Algorithm, fed:
     return train_cohort
 
 
-def batched_trainer(model: nn.Module, algorithm: Algorithm, fed: FederatedData, device: torch.device) -> BatchedUpdate:
+def batched_trainer(
+    model: nn.Module, algorithm: Algorithm, fed: FederatedData, device: torch.device
+) -> BatchedUpdate:
     """The algorithm's batched update over all of ``fed``'s clients (ValueError if it has none)."""
     cls = batched_version(algorithm)
     if cls is None:
@@ -80,8 +93,15 @@ class Chunks:
     """How many clients train together: engine.chunk_clients, or as many as fit in half the free
     device memory."""
 
-    def __init__(self, model: nn.Module, trainer: BatchedUpdate, device: torch.device, *, chunk_clients: int) -> None:
-        self.model, self.trainer, self.device, self.chunk_clients = model, trainer, device, chunk_clients
+    def __init__(
+        self, model: nn.Module, trainer: BatchedUpdate, device: torch.device, *, chunk_clients: int
+    ) -> None:
+        self.model, self.trainer, self.device, self.chunk_clients = (
+            model,
+            trainer,
+            device,
+            chunk_clients,
+        )
         self._per_client_bytes: int | None = None
 
     def size(self, cohort: int) -> int:
@@ -105,7 +125,9 @@ class Chunks:
             saved += t.numel() * t.element_size()
             return t
 
-        params = {k: v.detach().to(self.device).requires_grad_() for k, v in self.model.named_parameters()}
+        params = {
+            k: v.detach().to(self.device).requires_grad_() for k, v in self.model.named_parameters()
+        }
         x = torch.zeros(self.trainer.p.batch_size, *self.trainer.sample_shape, device=self.device)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             functional_call(self.model, params, (x,)).sum()

@@ -3,7 +3,8 @@
 Every client's tensors are slices of a few tensors in shared memory, so no worker copies any
 client's data, and each worker builds its model skeleton and algorithm once. Each round the
 cohort's clients are sorted by work (the samples their SGD steps and inference process, the
-largest first) and each goes to the worker with the least work so far; a worker trains its clients one after another
+largest first) and each goes to the worker with the least work so far; a worker trains its clients
+one after another
 with the sequential engine's code and the clients' own generators and sends back their updates.
 The server loop aggregates them in client-id order as always, so a run with N workers equals the
 one-process run exactly when every worker uses that run's torch thread count; the workers share
@@ -50,7 +51,10 @@ class SharedClients:
         self.num_clients = len(clients)
 
     def client(self, i: int) -> ClientData:
-        views = {f: None if t is None else t[self.offsets[f][i] : self.offsets[f][i + 1]] for f, t in self.tensors.items()}
+        views = {
+            f: None if t is None else t[self.offsets[f][i] : self.offsets[f][i + 1]]
+            for f, t in self.tensors.items()
+        }
         return ClientData(client_id=i, **views)
 
 
@@ -65,26 +69,44 @@ def assign_by_work(work: dict[int, float], workers: int) -> list[list[int]]:
     return parts
 
 
-def _serve(conn, cfg: Config, shared: SharedClients, shape: tuple[int, int, int], threads: int) -> None:
+def _serve(
+    conn, cfg: Config, shared: SharedClients, shape: tuple[int, int, int], threads: int
+) -> None:
     """A worker: resident model and algorithm; trains the clients it is sent until told to stop."""
     torch.set_num_threads(threads)
     clients = [shared.client(i) for i in range(shared.num_clients)]
     in_channels, num_classes, image_size = shape
-    model = build_model(cfg.model.name, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+    model = build_model(
+        cfg.model.name, in_channels=in_channels, num_classes=num_classes, image_size=image_size
+    )
     algorithm = build_algorithm(cfg.algorithm)
     device = resolve_device(cfg.device)
     while (msg := _recv(conn)) is not None:
         rnd, ids, params, extras = msg
         try:
-            _send(conn, [
-                private_client_update(
-                    algorithm, cfg.privacy, model, params, clients[cid],
-                    generator=client_generator(seed=cfg.seed, round=rnd, client_id=cid), device=device, extras=extras.get(cid),
-                )
-                for cid in ids
-            ])  # fmt: skip
+            _send(
+                conn,
+                [
+                    private_client_update(
+                        algorithm,
+                        cfg.privacy,
+                        model,
+                        params,
+                        clients[cid],
+                        generator=client_generator(seed=cfg.seed, round=rnd, client_id=cid),
+                        device=device,
+                        extras=extras.get(cid),
+                    )
+                    for cid in ids
+                ],
+            )
         except Exception:  # noqa: BLE001 - reported to the server loop, which raises it
-            _send(conn, RuntimeError(f"engine.workers: a worker failed in round {rnd}:\n{traceback.format_exc()}"))
+            _send(
+                conn,
+                RuntimeError(
+                    f"engine.workers: a worker failed in round {rnd}:\n{traceback.format_exc()}"
+                ),
+            )
 
 
 def _send(conn, obj) -> None:
@@ -100,7 +122,9 @@ def _recv(conn):
 class WorkerPool:
     """The round's client training (a TrainCohort) spread over cfg.engine.workers processes."""
 
-    def __init__(self, cfg: Config, model, algorithm: Algorithm, fed: FederatedData, device: torch.device) -> None:
+    def __init__(
+        self, cfg: Config, model, algorithm: Algorithm, fed: FederatedData, device: torch.device
+    ) -> None:
         n = cfg.engine.workers
         ctx = mp.get_context("spawn")  # no fork of a process whose OpenMP threads already run
         shared = SharedClients(fed.clients)
@@ -109,14 +133,25 @@ class WorkerPool:
         self._conns, self._procs = [], []
         for _ in range(n):
             ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_serve, daemon=True,
-                               args=(theirs, cfg, shared, (fed.in_channels, fed.num_classes, fed.image_size), threads))  # fmt: skip
+            proc = ctx.Process(
+                target=_serve,
+                daemon=True,
+                args=(
+                    theirs,
+                    cfg,
+                    shared,
+                    (fed.in_channels, fed.num_classes, fed.image_size),
+                    threads,
+                ),
+            )
             proc.start()
             theirs.close()
             self._conns.append(ours)
             self._procs.append(proc)
 
-    def __call__(self, rnd: int, cohort: list[int], global_params: Params, extras: dict) -> list[ClientUpdate]:
+    def __call__(
+        self, rnd: int, cohort: list[int], global_params: Params, extras: dict
+    ) -> list[ClientUpdate]:
         parts = assign_by_work({c: self.work[c] for c in cohort}, len(self._conns))
         for conn, ids in zip(self._conns, parts):
             _send(conn, (rnd, ids, global_params, {c: extras[c] for c in ids if c in extras}))

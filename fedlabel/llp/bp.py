@@ -68,12 +68,17 @@ def knn_edges(embeddings: torch.Tensor, *, k: int) -> tuple[torch.Tensor, torch.
 
 def _bag_pairs(bag_index: torch.Tensor) -> torch.Tensor:
     """Every pair (i < j) of instances in the same bag, E x 2."""
-    pairs = [torch.combinations(torch.nonzero(bag_index == b).flatten(), 2) for b in torch.unique(bag_index)]
+    pairs = [
+        torch.combinations(torch.nonzero(bag_index == b).flatten(), 2)
+        for b in torch.unique(bag_index)
+    ]
     pairs = [p for p in pairs if len(p)]
     return torch.cat(pairs) if pairs else torch.zeros(0, 2, dtype=torch.int64)
 
 
-def llp_mrf(embeddings: torch.Tensor, bag_index: torch.Tensor, bag_counts: torch.Tensor, *, params: BpParams) -> PottsMRF:
+def llp_mrf(
+    embeddings: torch.Tensor, bag_index: torch.Tensor, bag_counts: torch.Tensor, *, params: BpParams
+) -> PottsMRF:
     """The C-state Potts MRF of the module docstring. bag_counts: target k_bc, B x C."""
     n = len(embeddings)
     sizes = torch.bincount(bag_index, minlength=len(bag_counts)).double().clamp_min(1)
@@ -82,7 +87,9 @@ def llp_mrf(embeddings: torch.Tensor, bag_index: torch.Tensor, bag_counts: torch
     knn, sim = knn_edges(embeddings, k=params.neighbors)
     inside = _bag_pairs(bag_index)
     all_pairs = torch.cat([knn, inside])
-    coupling = torch.cat([params.lambda_similarity * sim.double(), -2.0 * lam_b[bag_index[inside[:, 0]]]])
+    coupling = torch.cat(
+        [params.lambda_similarity * sim.double(), -2.0 * lam_b[bag_index[inside[:, 0]]]]
+    )
     edges, which = torch.unique(all_pairs[:, 0] * n + all_pairs[:, 1], return_inverse=True)
     return PottsMRF(
         log_unary=log_unary,

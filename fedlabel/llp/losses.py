@@ -5,8 +5,11 @@ from __future__ import annotations
 import torch
 
 
-def proportion_loss(logits: torch.Tensor, bag_of: torch.Tensor, proportions: torch.Tensor) -> torch.Tensor:
-    """Mean over the bags present in the batch of  -sum_c p_bc log( mean_{i in b} softmax(logits_i)_c ).
+def proportion_loss(
+    logits: torch.Tensor, bag_of: torch.Tensor, proportions: torch.Tensor
+) -> torch.Tensor:
+    """Mean over the bags present in the batch of
+    -sum_c p_bc log( mean_{i in b} softmax(logits_i)_c ).
 
     logits: N x C; bag_of: int64 N, the bag of each row; proportions: B x C for all bags (rows
     of bags absent from the batch are ignored). The mean runs over the bag's members present in

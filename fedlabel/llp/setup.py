@@ -16,10 +16,23 @@ def bag_spec(cfg: Config) -> BagSpec | None:
     d = cfg.data
     if not (d.bag_size or d.bag_key):
         return None
-    bp = BpParams(neighbors=d.bp_neighbors, lambda_similarity=d.bp_lambda_similarity, lambda_bag=d.bp_lambda_bag,
-                  iterations=d.bp_iterations, damping=d.bp_damping, bag_loss_weight=d.bp_bag_loss_weight)  # fmt: skip
-    return BagSpec(size=d.bag_size, method=d.llp_method, mechanism=d.proportion_noise, epsilon=d.proportion_epsilon,
-                   delta=d.proportion_delta, bp=bp, secure_noise=cfg.privacy.secure_noise)  # fmt: skip
+    bp = BpParams(
+        neighbors=d.bp_neighbors,
+        lambda_similarity=d.bp_lambda_similarity,
+        lambda_bag=d.bp_lambda_bag,
+        iterations=d.bp_iterations,
+        damping=d.bp_damping,
+        bag_loss_weight=d.bp_bag_loss_weight,
+    )
+    return BagSpec(
+        size=d.bag_size,
+        method=d.llp_method,
+        mechanism=d.proportion_noise,
+        epsilon=d.proportion_epsilon,
+        delta=d.proportion_delta,
+        bp=bp,
+        secure_noise=cfg.privacy.secure_noise,
+    )
 
 
 def proportion_epsilon(cfg: Config) -> float | None:

@@ -36,19 +36,31 @@ class _Features(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.features(x)
+        return self.model.features(x)  # type: ignore[operator]  # the CNN's feature extractor
 
 
 @torch.no_grad()
-def embed(model: nn.Module, params: Params, images: torch.Tensor, *, device: torch.device, chunk: int = 256) -> torch.Tensor:
+def embed(
+    model: nn.Module,
+    params: Params,
+    images: torch.Tensor,
+    *,
+    device: torch.device,
+    chunk: int = 256,
+) -> torch.Tensor:
     """The model's penultimate embedding (``model.features``) of uint8 images under ``params``."""
     wrapped = _Features(model)
     named = {f"model.{k}": v for k, v in params.items()}
-    outs = [functional_call(wrapped, named, (to_float(images[i : i + chunk].to(device)),)) for i in range(0, len(images), chunk)]
+    outs = [
+        functional_call(wrapped, named, (to_float(images[i : i + chunk].to(device)),))
+        for i in range(0, len(images), chunk)
+    ]
     return torch.cat(outs) if outs else torch.zeros(0, 0, device=device)
 
 
-def bag_batches(bags: Bags, ctx: ClientContext, *, batch_size: int, steps: int) -> list[torch.Tensor]:
+def bag_batches(
+    bags: Bags, ctx: ClientContext, *, batch_size: int, steps: int
+) -> list[torch.Tensor]:
     """``steps`` batches of instance indices, each the union of whole bags (the bags are the
     records the context's trainer draws)."""
     sizes = bags.sizes
@@ -60,7 +72,9 @@ def bag_batches(bags: Bags, ctx: ClientContext, *, batch_size: int, steps: int) 
     return [torch.cat([members[b] for b in batch.tolist()]) for batch in chosen]
 
 
-def bp_pseudo_labels(model: nn.Module, params: Params, bags: Bags, *, device: torch.device) -> torch.Tensor:
+def bp_pseudo_labels(
+    model: nn.Module, params: Params, bags: Bags, *, device: torch.device
+) -> torch.Tensor:
     """Hard pseudo-labels (int64 N, on cpu) from BP marginals on the embeddings under ``params``."""
     emb = embed(model, params, bags.images, device=device).cpu()
     target_counts = bags.proportions().double() * bags.sizes[:, None].double()
@@ -96,7 +110,9 @@ def bag_objective(
             return proportion_loss(logits, bag_of[idx], proportions)
         loss = F.cross_entropy(logits, pseudo[idx])
         if bags.bp.bag_loss_weight:
-            loss = loss + bags.bp.bag_loss_weight * proportion_loss(logits, bag_of[idx], proportions)
+            loss = loss + bags.bp.bag_loss_weight * proportion_loss(
+                logits, bag_of[idx], proportions
+            )
         return loss
 
     return batches, loss_fn

@@ -34,7 +34,9 @@ def epsilon(history: History, *, delta: float, accountant: str = "rdp") -> float
         return 0.0
     if accountant == "rdp":
         rdp = sum(_rdp_one_step(float(z), float(q)) * int(s) for z, q, s in history)
-        eps, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+        eps, _ = rdp_analysis.get_privacy_spent(
+            orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta
+        )
         return float(eps)
     acc = create_accountant(accountant)
     acc.history = [(float(z), float(q), int(s)) for z, q, s in history]
@@ -46,7 +48,12 @@ def _rdp_one_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     from opacus.accountants import RDPAccountant
     from opacus.accountants.analysis import rdp as rdp_analysis
 
-    rdp = rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS)
+    rdp = rdp_analysis.compute_rdp(
+        q=sample_rate,
+        noise_multiplier=noise_multiplier,
+        steps=1,
+        orders=RDPAccountant.DEFAULT_ALPHAS,
+    )
     return np.asarray(rdp, dtype=float)
 
 
@@ -71,7 +78,9 @@ class PrivacyLedger:
     def record(self, party: str | int, entries: History) -> None:
         key = str(party)
         self.histories[key] = merge(self.histories.get(key, []), entries)
-        self._epsilons[key] = epsilon(self.histories[key], delta=self.delta, accountant=self.accountant)
+        self._epsilons[key] = epsilon(
+            self.histories[key], delta=self.delta, accountant=self.accountant
+        )
 
     def epsilons(self) -> dict[str, float]:
         return dict(self._epsilons)
@@ -80,13 +89,18 @@ class PrivacyLedger:
         return max(self._epsilons.values()) if self._epsilons else None
 
     def state_dict(self) -> dict:
-        return {"delta": self.delta, "accountant": self.accountant,
-                "histories": {k: [list(e) for e in h] for k, h in self.histories.items()}}  # fmt: skip
+        return {
+            "delta": self.delta,
+            "accountant": self.accountant,
+            "histories": {k: [list(e) for e in h] for k, h in self.histories.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state["delta"] != self.delta or state["accountant"] != self.accountant:
-            raise ValueError(f"privacy ledger was kept at delta={state['delta']} with {state['accountant']}, "
-                             f"not delta={self.delta} with {self.accountant}")  # fmt: skip
+            raise ValueError(
+                f"privacy ledger was kept at delta={state['delta']} with {state['accountant']}, "
+                f"not delta={self.delta} with {self.accountant}"
+            )
         self.histories, self._epsilons = {}, {}
         for key, history in state["histories"].items():
             self.record(key, [tuple(e) for e in history])

@@ -15,6 +15,8 @@ a deployment) from one seeded by the OS's entropy instead (fedlabel.privacy.nois
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 
@@ -23,7 +25,9 @@ Params = dict[str, torch.Tensor]
 
 def update_norm(delta: Params) -> float:
     """L2 norm of an update over all its parameters (Flower's ``get_norm``)."""
-    return float(torch.sqrt(sum((v.double() ** 2).sum() for v in delta.values())))
+    return float(
+        torch.sqrt(cast(torch.Tensor, sum((v.double() ** 2).sum() for v in delta.values())))
+    )
 
 
 def clip_update(delta: Params, clipping_norm: float) -> Params:
@@ -44,9 +48,16 @@ def noise_generator(*, seed: int, round: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-def private_aggregate(global_params: Params, deltas: list[tuple[int, Params]], *, clipping_norm: float,
-                      noise_multiplier: float, num_sampled_clients: int, clip: bool,
-                      generator: torch.Generator) -> Params:  # fmt: skip
+def private_aggregate(
+    global_params: Params,
+    deltas: list[tuple[int, Params]],
+    *,
+    clipping_norm: float,
+    noise_multiplier: float,
+    num_sampled_clients: int,
+    clip: bool,
+    generator: torch.Generator,
+) -> Params:
     """w + (1/n) sum_k clip(Delta_k) + N(0, (z C / n)^2), summed in client-id order.
     ``clip=False`` when clients clipped already (client-side clipping); then each update's norm
     is checked against C instead."""
@@ -55,11 +66,18 @@ def private_aggregate(global_params: Params, deltas: list[tuple[int, Params]], *
         if clip:
             delta = clip_update(delta, clipping_norm)
         elif update_norm(delta) > clipping_norm * (1 + 1e-3):
-            raise ValueError(f"client {client_id} sent an update of norm {update_norm(delta):.6g} > clipping norm {clipping_norm}")
+            raise ValueError(
+                f"client {client_id} sent an update of norm {update_norm(delta):.6g} > clipping"
+                f" norm {clipping_norm}"
+            )
         for k in step:
             step[k].add_(delta[k].to(step[k].device), alpha=1.0 / num_sampled_clients)
     std = noise_std(noise_multiplier, clipping_norm, num_sampled_clients)
     return {
-        k: global_params[k] + step[k] + torch.normal(0.0, std, v.shape, generator=generator).to(v.device)
+        k: (
+            global_params[k]
+            + step[k]
+            + torch.normal(0.0, std, v.shape, generator=generator).to(v.device)
+        )
         for k, v in global_params.items()
     }

@@ -68,25 +68,46 @@ class DpSgd(Sgd):
     ledger: list[tuple[float, float, int]] = field(default_factory=list)
     last_draw: tuple[float, int, int] | None = None  # latest Poisson draw: (q, records, batches)
 
-    def batches(self, n: int, *, batch_size: int, steps: int, generator: torch.Generator) -> list[torch.Tensor]:
+    def batches(
+        self, n: int, *, batch_size: int, steps: int, generator: torch.Generator
+    ) -> list[torch.Tensor]:
         """``steps`` Poisson batches of expected size batch_size (see :func:`poisson_batches`)."""
         if n == 0 or steps == 0:
             return []
-        out = poisson_batches(n, batch_size=batch_size, steps=steps, generator=generator if self.sampler is None else self.sampler)
+        out = poisson_batches(
+            n,
+            batch_size=batch_size,
+            steps=steps,
+            generator=generator if self.sampler is None else self.sampler,
+        )
         self.last_draw = (min(1.0, batch_size / n), n, len(out))
         return out
 
-    def train(self, model: nn.Module, params: Params, *, batches: list, loss_fn: LossFn, sgd: SgdConfig,
-              prox_mu: float = 0.0) -> tuple[Params, float]:  # fmt: skip
+    def train(
+        self,
+        model: nn.Module,
+        params: Params,
+        *,
+        batches: list,
+        loss_fn: LossFn,
+        sgd: SgdConfig,
+        prox_mu: float = 0.0,
+    ) -> tuple[Params, float]:
         """DP-SGD steps: Opacus per-sample gradients on the Poisson batches of the latest
         :meth:`batches` call, clipped and noised; empty batches take a noise-only step. FedProx's
         proximal gradient mu (w - center) depends on no data and is added after the noise."""
         if not batches:
-            return super().train(model, params, batches=batches, loss_fn=loss_fn, sgd=sgd, prox_mu=prox_mu)
+            return super().train(
+                model, params, batches=batches, loss_fn=loss_fn, sgd=sgd, prox_mu=prox_mu
+            )
         if not all(isinstance(b, torch.Tensor) and b.dim() == 1 for b in batches):
-            raise RuntimeError("DP-SGD: each batch must be one tensor of record indices (one record set per step)")
+            raise RuntimeError(
+                "DP-SGD: each batch must be one tensor of record indices (one record set per step)"
+            )
         if self.last_draw is None or self.last_draw[2] != len(batches):
-            raise RuntimeError("DP-SGD: the batches trained on must be the Poisson batches of the latest draw")
+            raise RuntimeError(
+                "DP-SGD: the batches trained on must be the Poisson batches of the latest draw"
+            )
         (q, num_records, _), settings = self.last_draw, self.settings
         self.last_draw = None
         center = {k: v.detach().clone() for k, v in params.items()} if prox_mu else None
@@ -102,26 +123,43 @@ class DpSgd(Sgd):
                 clipped = [torch.zeros_like(w) for w in weights.values()]
             else:
                 loss = loss_fn(lambda x: gsm(x), batch)
-                with warnings.catch_warnings():  # Opacus's hooks on an input needing no grad: harmless
+                with (
+                    warnings.catch_warnings()
+                ):  # Opacus's hooks on an input needing no grad: harmless
                     warnings.filterwarnings("ignore", message="Full backward hook is firing")
                     loss.backward()
-                per_record = [per_record_gradients(w.grad_sample, n) if w.grad_sample is not None
-                              else w.new_zeros(n, *w.shape) for w in weights.values()]  # fmt: skip
+                per_record = [
+                    (
+                        per_record_gradients(w.grad_sample, n)
+                        if w.grad_sample is not None
+                        else w.new_zeros(n, *w.shape)
+                    )
+                    for w in weights.values()
+                ]
                 clipped = clip_and_sum(per_record, settings.max_grad_norm)
                 for w in weights.values():
                     w.grad, w.grad_sample = None, None
                 total, nonempty = total + float(loss.detach()), nonempty + 1
-            grads = noisy_mean(clipped, settings=settings, expected_batch_size=q * num_records, generator=self.generator)
+            grads = noisy_mean(
+                clipped,
+                settings=settings,
+                expected_batch_size=q * num_records,
+                generator=self.generator,
+            )
             if center is not None:
-                grads = [g + prox_mu * (w.detach() - center[k[len(WRAPPED_PREFIX) :]])
-                         for g, (k, w) in zip(grads, weights.items())]  # fmt: skip
+                grads = [
+                    g + prox_mu * (w.detach() - center[k[len(WRAPPED_PREFIX) :]])
+                    for g, (k, w) in zip(grads, weights.items())
+                ]
             sgd_step(weights, grads, velocity, sgd)
         self.ledger.append((settings.noise_multiplier, q, len(batches)))
         out = {k: v.detach().clone() for k, v in from_wrapped(gsm.state_dict()).items()}
         return out, total / max(nonempty, 1)
 
 
-def poisson_batches(n: int, *, batch_size: int, steps: int, generator: torch.Generator) -> list[torch.Tensor]:
+def poisson_batches(
+    n: int, *, batch_size: int, steps: int, generator: torch.Generator
+) -> list[torch.Tensor]:
     """``steps`` Poisson batches over n records with rate q = min(1, batch_size / n): each
     record joins each batch independently with probability q (batches may be empty)."""
     q = min(1.0, batch_size / n)
@@ -132,7 +170,9 @@ def poisson_batches(n: int, *, batch_size: int, steps: int, generator: torch.Gen
 # Opacus's wrapped module and its state_dict keys
 
 
-_wrapped: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {device: GradSampleModule}
+_wrapped: weakref.WeakKeyDictionary = (
+    weakref.WeakKeyDictionary()
+)  # model -> {device: GradSampleModule}
 
 
 def grad_sample_module(model: nn.Module, device: torch.device) -> nn.Module:
@@ -143,7 +183,9 @@ def grad_sample_module(model: nn.Module, device: torch.device) -> nn.Module:
 
     per_device = _wrapped.setdefault(model, {})
     if device not in per_device:
-        per_device[device] = GradSampleModule(copy.deepcopy(model).to(device).train(), loss_reduction="sum")
+        per_device[device] = GradSampleModule(
+            copy.deepcopy(model).to(device).train(), loss_reduction="sum"
+        )
     return per_device[device]
 
 
@@ -170,8 +212,14 @@ def per_record_gradients(grad_sample: torch.Tensor, num_records: int) -> torch.T
     and the mean's 1/n is undone."""
     rows = grad_sample.shape[0]
     if rows % num_records:
-        raise ValueError(f"{rows} gradient rows for {num_records} records: rows must be k stacked views of the batch")
-    return grad_sample.reshape(rows // num_records, num_records, *grad_sample.shape[1:]).sum(0) * num_records
+        raise ValueError(
+            f"{rows} gradient rows for {num_records} records: rows must be k stacked views of the"
+            " batch"
+        )
+    return (
+        grad_sample.reshape(rows // num_records, num_records, *grad_sample.shape[1:]).sum(0)
+        * num_records
+    )
 
 
 def clip_and_sum(per_record: list[torch.Tensor], max_grad_norm: float) -> list[torch.Tensor]:
@@ -182,8 +230,13 @@ def clip_and_sum(per_record: list[torch.Tensor], max_grad_norm: float) -> list[t
     return [torch.einsum("i,i...->...", factor, g) for g in per_record]
 
 
-def noisy_mean(clipped_sum: list[torch.Tensor], *, settings: DpSgdSettings, expected_batch_size: float,
-               generator: torch.Generator) -> list[torch.Tensor]:  # fmt: skip
+def noisy_mean(
+    clipped_sum: list[torch.Tensor],
+    *,
+    settings: DpSgdSettings,
+    expected_batch_size: float,
+    generator: torch.Generator,
+) -> list[torch.Tensor]:
     """(sum + N(0, (z C)^2)) / expected batch size: the privatized gradient."""
     std = settings.noise_multiplier * settings.max_grad_norm
     out = []

@@ -1,4 +1,5 @@
-"""Where DP noise comes from: seeded (simulation, reproducible) or the OS's entropy (privacy.secure_noise).
+"""Where DP noise comes from: seeded (simulation, reproducible) or the OS's entropy
+(privacy.secure_noise).
 
 Seeded noise is a function of (seed, round, client id), all chosen by the server, so whoever knows
 the config can regenerate every noise vector and subtract it: fine for a simulation, where the

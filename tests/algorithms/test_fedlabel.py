@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedlabel.algorithms.fedlabel import FedLabel, FedLabelParams, confidence, select_experts, unlabeled_loss
+from fedlabel.algorithms.fedlabel import (
+    FedLabel,
+    FedLabelParams,
+    confidence,
+    select_experts,
+    unlabeled_loss,
+)
 from fedlabel.config import ConfigError
 from fedlabel.training import ClientContext
 from tests.helpers import tiny_client, tiny_model
@@ -19,13 +25,16 @@ def test_confidence_variance_entropy_maxprob():
     p = torch.softmax(logits[0], 0)
     assert torch.allclose(confidence(logits, "maxprob"), torch.tensor([p.max().item(), 1 / 3]))
     ent = -(p * p.log()).sum()
-    assert torch.allclose(confidence(logits, "entropy"), torch.tensor([math.log(3) - ent.item(), 0.0]), atol=1e-6)
+    assert torch.allclose(
+        confidence(logits, "entropy"), torch.tensor([math.log(3) - ent.item(), 0.0]), atol=1e-6
+    )
     with pytest.raises(ValueError, match="unknown confidence"):
         confidence(logits, "margin")
 
 
 def test_select_experts_per_sample_choice_threshold_and_lambda():
-    # sample 0: global confident on class 0, local flat -> global expert, local agrees? argmax local = 0 (tie -> 0)
+    # sample 0: global confident on class 0, local flat -> global expert, local agrees? argmax local
+    # = 0 (tie -> 0)
     # sample 1: local confident on class 2, global mildly prefers 2 -> local expert, they agree
     # sample 2: local confident on 1, global confident (less) on 0 -> local expert, disagree
     # sample 3: both flat -> local (tie), below beta -> dropped
@@ -49,8 +58,12 @@ def test_select_experts_per_sample_choice_threshold_and_lambda():
 def test_select_experts_fixed_expert_ablation():
     g = torch.tensor([[4.0, 0.0], [0.0, 1.0]])
     l = torch.tensor([[0.0, 1.0], [5.0, 0.0]])
-    assert select_experts(g, l, confidence_kind="variance", beta=0.0, lambda0=1.0, expert="global").pseudo_label.tolist() == [0, 1]
-    assert select_experts(g, l, confidence_kind="variance", beta=0.0, lambda0=1.0, expert="local").pseudo_label.tolist() == [1, 0]
+    assert select_experts(
+        g, l, confidence_kind="variance", beta=0.0, lambda0=1.0, expert="global"
+    ).pseudo_label.tolist() == [0, 1]
+    assert select_experts(
+        g, l, confidence_kind="variance", beta=0.0, lambda0=1.0, expert="local"
+    ).pseudo_label.tolist() == [1, 0]
 
 
 def test_unlabeled_loss_matches_slow_reference():
@@ -67,7 +80,11 @@ def test_unlabeled_loss_matches_slow_reference():
             if c.agree[i]:
                 q = c.minus_probs[i]
                 s = torch.softmax(student_kl[i], 0)
-                kl = (q * (q / s).log()).sum() if direction == "teacher_student" else (s * (s / q).log()).sum()
+                kl = (
+                    (q * (q / s).log()).sum()
+                    if direction == "teacher_student"
+                    else (s * (s / q).log()).sum()
+                )
                 term += c.consistency_weight[i].item() * kl.item()
             total += term
         got = unlabeled_loss(student, student_kl, c, kl_direction=direction).item()
@@ -85,7 +102,12 @@ def _update(client, **overrides):
     params = FedLabelParams(local_steps=2, unlabeled_steps=2, batch_size=4, **overrides)
     model, global_params = tiny_model()
     algo = FedLabel(params)
-    update = algo.client_update(model, global_params, client, ClientContext(torch.device("cpu"), torch.Generator().manual_seed(1)))
+    update = algo.client_update(
+        model,
+        global_params,
+        client,
+        ClientContext(torch.device("cpu"), torch.Generator().manual_seed(1)),
+    )
     return algo, global_params, update
 
 
@@ -125,7 +147,9 @@ def test_split_aggregation_uploads_two_deltas_and_averages_them():
     assert set(u.deltas) == {"labeled", "unlabeled"}
     new = algo.aggregate(w, [u])
     for k in w:
-        assert torch.allclose(new[k], w[k] + 0.5 * (u.deltas["labeled"][k] + u.deltas["unlabeled"][k]), atol=1e-6)
+        assert torch.allclose(
+            new[k], w[k] + 0.5 * (u.deltas["labeled"][k] + u.deltas["unlabeled"][k]), atol=1e-6
+        )
 
 
 def test_params_validation_names_field():

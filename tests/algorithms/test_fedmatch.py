@@ -35,7 +35,8 @@ def test_agreement_labels_vote_and_confidence():
     local[1] = torch.tensor([0.5, 0.4, 0.1])  # not confident
     helpers = torch.stack([_onehotish([1, 1, 2, 1]), _onehotish([1, 0, 0, 2])])
     a = agreement_pseudo_labels(local, helpers, confidence=0.75, agreement="plurality")
-    # votes: s0 {0:1, 1:2} -> 1; s1 {0:2, 1:1} -> 0; s2 {2:2, 0:1} -> 2; s3 {0,1,2} one each -> 0 (lowest)
+    # votes: s0 {0:1, 1:2} -> 1; s1 {0:2, 1:1} -> 0; s2 {2:2, 0:1} -> 2; s3 {0,1,2} one each -> 0
+    # (lowest)
     assert a.pseudo_label.tolist() == [1, 0, 2, 0]
     assert a.votes.tolist() == [2, 2, 2, 1]
     assert a.confident.tolist() == [True, False, True, True]
@@ -58,10 +59,14 @@ def test_consistency_loss_matches_slow_reference():
     expected, n = 0.0, 0
     for i in range(5):
         if mask[i]:
-            kls = [F.kl_div(local[i].log_softmax(0), helpers[j, i], reduction="sum") for j in range(3)]
+            kls = [
+                F.kl_div(local[i].log_softmax(0), helpers[j, i], reduction="sum") for j in range(3)
+            ]
             expected += sum(kls) / 3
             n += 1
-    assert consistency_loss(local, helpers, mask).item() == pytest.approx(float(expected) / n, rel=1e-5)
+    assert consistency_loss(local, helpers, mask).item() == pytest.approx(
+        float(expected) / n, rel=1e-5
+    )
     assert consistency_loss(local, torch.zeros(0, 5, 4), mask).item() == 0.0
 
 
@@ -79,11 +84,18 @@ def test_decomposition_round_trip_and_threshold():
 def test_decomposition_penalty_l1_on_psi_and_l2_between_sigma_and_psi():
     sigma, psi = {"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([0.5, -1.0])}
     # |psi|_1 = 1.5 ; |sigma - psi|^2 = 0.25 + 9 = 9.25
-    assert decomposition_penalty(sigma, psi, lambda_l1=2.0, lambda_l2=0.1).item() == pytest.approx(2 * 1.5 + 0.1 * 9.25)
+    assert decomposition_penalty(sigma, psi, lambda_l1=2.0, lambda_l2=0.1).item() == pytest.approx(
+        2 * 1.5 + 0.1 * 9.25
+    )
 
 
 def test_nearest_helpers_by_embedding_distance():
-    emb = {0: torch.tensor([0.0, 0.0]), 1: torch.tensor([3.0, 0.0]), 2: torch.tensor([1.0, 0.0]), 5: torch.tensor([-1.0, 0.0])}
+    emb = {
+        0: torch.tensor([0.0, 0.0]),
+        1: torch.tensor([3.0, 0.0]),
+        2: torch.tensor([1.0, 0.0]),
+        5: torch.tensor([-1.0, 0.0]),
+    }
     assert nearest_helpers(emb, 0, 2) == [2, 5]  # distance 1 tie -> lower id first
     assert nearest_helpers(emb, 1, 3) == [2, 0, 5]
     assert nearest_helpers(emb, 7, 2) == []  # never seen: no helpers
@@ -100,11 +112,15 @@ def _server(**kw):
 def test_server_embeds_returned_models_and_sends_nearest_helpers():
     algo, model, params, state = _server(num_helpers=1, helper_interval=2)
     assert set(state) == {f"sigma.{k}" for k in params} | {f"psi.{k}" for k in params}
-    assert all(torch.allclose(algo.eval_params(state)[k], params[k], atol=1e-5) for k in params)  # |psi| <= l1_thres dropped
+    assert all(
+        torch.allclose(algo.eval_params(state)[k], params[k], atol=1e-5) for k in params
+    )  # |psi| <= l1_thres dropped
     g = torch.Generator().manual_seed(1)
     scales = {0: 0.0, 1: 0.02, 2: 1.0}  # client 1's model is close to client 0's, client 2's is far
     noise = {k: torch.randn(v.shape, generator=g) for k, v in state.items()}
-    updates = [ClientUpdate(c, {"model": {k: s * noise[k] for k in state}}, 1.0) for c, s in scales.items()]
+    updates = [
+        ClientUpdate(c, {"model": {k: s * noise[k] for k in state}}, 1.0) for c, s in scales.items()
+    ]
     algo.aggregate(state, updates)
     assert sorted(algo.embeddings) == [0, 1, 2]
     new0 = {k: state[k] + updates[0].deltas["model"][k] for k in state}
@@ -123,21 +139,44 @@ def test_server_embeds_returned_models_and_sends_nearest_helpers():
 
 
 def test_client_update_is_disjoint_sigma_labeled_psi_unlabeled():
-    algo, model, params, state = _server(lambda_i=0.0, lambda_a=0.0, lambda_l1=0.0, lambda_l2=0.0, local_steps=3)
+    algo, model, params, state = _server(
+        lambda_i=0.0, lambda_a=0.0, lambda_l1=0.0, lambda_l2=0.0, local_steps=3
+    )
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     # unlabeled terms switched off: psi does not move, sigma does
-    u = algo.client_update(model, state, tiny_client(num_labeled=8, num_unlabeled=12), ClientContext(torch.device("cpu"), gen()))
+    u = algo.client_update(
+        model,
+        state,
+        tiny_client(num_labeled=8, num_unlabeled=12),
+        ClientContext(torch.device("cpu"), gen()),
+    )
     sigma_d, psi_d = split(u.deltas["model"])
-    assert all(v.abs().max() == 0 for v in psi_d.values()) and any(v.abs().max() > 0 for v in sigma_d.values())
-    assert u.weight == 20 and u.metrics["num_unlabeled"] == 3 * 12 and u.metrics["num_helper_models"] == 0
+    assert all(v.abs().max() == 0 for v in psi_d.values()) and any(
+        v.abs().max() > 0 for v in sigma_d.values()
+    )
+    assert (
+        u.weight == 20
+        and u.metrics["num_unlabeled"] == 3 * 12
+        and u.metrics["num_helper_models"] == 0
+    )
     # no labeled data: sigma does not move; psi learns from the unlabeled terms
     algo, model, params, state = _server(confidence_threshold=0.0, local_steps=3)
     sigma, _ = split(state)
     helpers = {"helper0": split(state)[1], "helper1": split(state)[1]}
-    u = algo.client_update(model, state, tiny_client(num_labeled=0, num_unlabeled=12), ClientContext(torch.device("cpu"), gen()), extras=helpers)
+    u = algo.client_update(
+        model,
+        state,
+        tiny_client(num_labeled=0, num_unlabeled=12),
+        ClientContext(torch.device("cpu"), gen()),
+        extras=helpers,
+    )
     sigma_d, psi_d = split(u.deltas["model"])
-    assert all(v.abs().max() == 0 for v in sigma_d.values()) and any(v.abs().max() > 0 for v in psi_d.values())
-    assert u.metrics["num_helper_models"] == 2 and u.metrics["num_kept"] == 3 * 12  # threshold 0 keeps all
+    assert all(v.abs().max() == 0 for v in sigma_d.values()) and any(
+        v.abs().max() > 0 for v in psi_d.values()
+    )
+    assert (
+        u.metrics["num_helper_models"] == 2 and u.metrics["num_kept"] == 3 * 12
+    )  # threshold 0 keeps all
 
 
 def test_params_validation_names_field():
@@ -151,10 +190,24 @@ def test_pooled_round_metrics_count_helpers_and_no_expert_share():
     from fedlabel.algorithms.fedavg import FedAvg, FedAvgParams
     from fedlabel.algorithms.fedlabel import FedLabel, FedLabelParams
 
-    ups = [ClientUpdate(c, {}, 1.0, {"num_unlabeled": 10, "num_kept": 5, "num_kept_correct": 4, "num_helper_models": c}) for c in (1, 2)]
+    ups = [
+        ClientUpdate(
+            c,
+            {},
+            1.0,
+            {"num_unlabeled": 10, "num_kept": 5, "num_kept_correct": 4, "num_helper_models": c},
+        )
+        for c in (1, 2)
+    ]
     m = FedMatch(FedMatchParams()).pool_metrics(ups)
-    assert m["helper_models"] == 3 and m["pseudo_label_coverage"] == 0.5 and m["pseudo_label_accuracy"] == 0.8
+    assert (
+        m["helper_models"] == 3
+        and m["pseudo_label_coverage"] == 0.5
+        and m["pseudo_label_accuracy"] == 0.8
+    )
     expert = FedLabel(FedLabelParams()).pool_metrics(ups)  # no expert choice in FedMatch's counters
     assert expert["global_expert_share"] is None and expert["local_expert_accuracy"] is None
     assert "global_expert_share" not in m  # FedLabel's fields are FedLabel's
-    assert "helper_models" not in FedAvg(FedAvgParams()).pool_metrics([ClientUpdate(0, {}, 1.0, {"num_labeled": 3})])
+    assert "helper_models" not in FedAvg(FedAvgParams()).pool_metrics(
+        [ClientUpdate(0, {}, 1.0, {"num_labeled": 3})]
+    )

@@ -28,18 +28,24 @@ def test_sgd_train_adds_the_proximal_gradient_every_step():
     plain, _ = sgd_train(model, w0, batches=[0, 1], loss_fn=loss_fn, sgd=sgd)
     assert prox["weight"].item() == pytest.approx(1.32)
     assert plain["weight"].item() == pytest.approx(1.28)
-    assert loss == pytest.approx((4.0 + 1.6**2) / 2)  # the data loss only, without the proximal term
+    assert loss == pytest.approx(
+        (4.0 + 1.6**2) / 2
+    )  # the data loss only, without the proximal term
 
 
 def _delta(algo, client):
     model, w = tiny_model()
-    u = algo.client_update(model, w, client, ClientContext(torch.device("cpu"), torch.Generator().manual_seed(3)))
+    u = algo.client_update(
+        model, w, client, ClientContext(torch.device("cpu"), torch.Generator().manual_seed(3))
+    )
     return u, torch.cat([v.flatten() for v in u.deltas["model"].values()])
 
 
 def test_fedprox_zero_mu_is_fedavg_and_mu_shrinks_the_step():
     client = tiny_client(num_labeled=16, num_unlabeled=4)
-    common = dict(local_steps=8, batch_size=8, lr=0.05, weak_shift=0)  # lr * mu < 1: the pull is stable
+    common = dict(
+        local_steps=8, batch_size=8, lr=0.05, weak_shift=0
+    )  # lr * mu < 1: the pull is stable
     u_avg, d_avg = _delta(FedAvg(FedAvgParams(**common)), client)
     u0, d0 = _delta(build_algorithm(ALGORITHMS["fedprox"].params(mu=0.0, **common)), client)
     _, d_big = _delta(build_algorithm(ALGORITHMS["fedprox"].params(mu=4.0, **common)), client)

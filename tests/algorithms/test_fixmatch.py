@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedlabel.algorithms.fedavg import FedAvg, FedAvgParams
 from fedlabel.algorithms import ALGORITHMS, build_algorithm
+from fedlabel.algorithms.fedavg import FedAvg, FedAvgParams
 from fedlabel.algorithms.fixmatch import FixMatch, FixMatchParams, fixmatch_loss
 from fedlabel.config import ConfigError
 from fedlabel.training import ClientContext
@@ -33,28 +33,41 @@ def test_fixmatch_threshold_is_strict_and_nothing_kept_gives_zero():
     loss, keep, _ = fixmatch_loss(weak, strong, threshold=0.25)
     assert not keep.any() and loss.item() == 0.0
     loss, keep, _ = fixmatch_loss(weak, strong, threshold=0.0)
-    assert keep.all() and loss.item() == pytest.approx(F.cross_entropy(strong, torch.tensor([0, 0])).item())
+    assert keep.all() and loss.item() == pytest.approx(
+        F.cross_entropy(strong, torch.tensor([0, 0])).item()
+    )
 
 
 def _update(algo, client, seed=1):
     model, w = tiny_model()
-    return algo.client_update(model, w, client, ClientContext(torch.device("cpu"), torch.Generator().manual_seed(seed)))
+    return algo.client_update(
+        model, w, client, ClientContext(torch.device("cpu"), torch.Generator().manual_seed(seed))
+    )
 
 
 def test_client_update_counters_and_weight():
     client = tiny_client(num_labeled=8, num_unlabeled=12)
     u = _update(FixMatch(FixMatchParams(local_steps=3, batch_size=4, threshold=0.0)), client)
     m = u.metrics
-    assert m["num_labeled"] == 8 and m["num_unlabeled"] == 12  # 3 steps x 4: one permutation of the 12
-    assert m["num_kept"] == 12 and 0 <= m["num_kept_correct"] <= 12  # threshold 0 keeps every drawn row
+    assert (
+        m["num_labeled"] == 8 and m["num_unlabeled"] == 12
+    )  # 3 steps x 4: one permutation of the 12
+    assert (
+        m["num_kept"] == 12 and 0 <= m["num_kept_correct"] <= 12
+    )  # threshold 0 keeps every drawn row
     assert u.weight == 8 + 12
     # unlabeled batch = 2 x 4: each step draws 8 of a fresh permutation; rows count per draw,
     # the weight counts distinct samples
-    big = _update(FixMatch(FixMatchParams(local_steps=3, batch_size=4, unlabeled_ratio=2, threshold=0.0)), client)
+    big = _update(
+        FixMatch(FixMatchParams(local_steps=3, batch_size=4, unlabeled_ratio=2, threshold=0.0)),
+        client,
+    )
     assert big.metrics["num_unlabeled"] == big.metrics["num_kept"] == 24
     assert 8 + 8 <= big.weight <= 8 + 12
     strict = _update(FixMatch(FixMatchParams(local_steps=3, batch_size=4, threshold=0.99)), client)
-    assert strict.metrics["num_kept"] == 0 and strict.weight == 8  # a fresh model is never 99% sure of 3 classes
+    assert (
+        strict.metrics["num_kept"] == 0 and strict.weight == 8
+    )  # a fresh model is never 99% sure of 3 classes
 
 
 def test_labeled_part_is_fedavgs_when_the_unlabeled_loss_is_off():
@@ -74,16 +87,27 @@ def test_unlabeled_loss_changes_the_update_and_prox_zero_is_fedavg_fixmatch():
     common = dict(local_steps=3, batch_size=4, threshold=0.0)
     on = _update(FixMatch(FixMatchParams(**common)), client)
     off = _update(FixMatch(FixMatchParams(lambda_u=0.0, **common)), client)
-    prox0 = _update(build_algorithm(ALGORITHMS["fedprox_fixmatch"].params(mu=0.0, **common)), client)
-    assert any(not torch.allclose(on.deltas["model"][k], off.deltas["model"][k]) for k in on.deltas["model"])
-    assert all(torch.equal(on.deltas["model"][k], prox0.deltas["model"][k]) for k in on.deltas["model"])
+    prox0 = _update(
+        build_algorithm(ALGORITHMS["fedprox_fixmatch"].params(mu=0.0, **common)), client
+    )
+    assert any(
+        not torch.allclose(on.deltas["model"][k], off.deltas["model"][k])
+        for k in on.deltas["model"]
+    )
+    assert all(
+        torch.equal(on.deltas["model"][k], prox0.deltas["model"][k]) for k in on.deltas["model"]
+    )
     assert on.metrics["loss_unlabeled"] > 0
 
 
 @pytest.mark.parametrize("num_labeled,num_unlabeled", [(0, 12), (8, 0), (0, 0)])
 def test_client_without_labeled_or_unlabeled_samples(num_labeled, num_unlabeled):
-    u = _update(build_algorithm(ALGORITHMS["fedprox_fixmatch"].params(local_steps=2, batch_size=4, threshold=0.0)),
-                tiny_client(num_labeled=num_labeled, num_unlabeled=num_unlabeled))  # fmt: skip
+    u = _update(
+        build_algorithm(
+            ALGORITHMS["fedprox_fixmatch"].params(local_steps=2, batch_size=4, threshold=0.0)
+        ),
+        tiny_client(num_labeled=num_labeled, num_unlabeled=num_unlabeled),
+    )
     assert u.weight == num_labeled + min(num_unlabeled, 8)
     assert all(torch.isfinite(v).all() for v in u.deltas["model"].values())
     if num_labeled == num_unlabeled == 0:

@@ -25,17 +25,49 @@ from fedlabel.config import (
 )
 from fedlabel.deploy import run_config_file
 
-SUPERVISED = dict(lr=0.05, momentum=0.0, weight_decay=0.0, batch_size=32, local_steps=10, weak_shift=2)
+SUPERVISED = dict(
+    lr=0.05, momentum=0.0, weight_decay=0.0, batch_size=32, local_steps=10, weak_shift=2
+)
 STRONG = dict(strong_num_ops=1, strong_magnitude=10, strong_cutout=10)
 SEMI = dict(lambda_u=1.0, unlabeled_ratio=1, **STRONG)
-FEDLABEL = dict(unlabeled_steps=10, beta=0.5, lambda0=1.0, confidence="variance", kl_direction="teacher_student",
-                kl_input="strong", unlabeled_sampling="all", delta_combination="sum", aggregation="weighted",
-                **STRONG)  # fmt: skip
-FEDMATCH = dict(unlabeled_batch_size=32, num_helpers=2, helper_interval=10, helper_payload="psi", embedding_inputs=1,
-                confidence_threshold=0.75, agreement="plurality", lambda_s=1.0, lambda_i=1e-3, lambda_a=1e-3,
-                lambda_l1=2e-6, lambda_l2=0.2, psi_factor=0.2, l1_thres=5e-6, **STRONG)  # fmt: skip
-FEDTRINET = dict(warmup_rounds=10, tri_threshold=0.9, initial_budget=0.1, unlabeled_batch_size=32,
-                 unlabeled_weight=1.0, evaluation="ensemble", **STRONG)  # fmt: skip
+FEDLABEL = dict(
+    unlabeled_steps=10,
+    beta=0.5,
+    lambda0=1.0,
+    confidence="variance",
+    kl_direction="teacher_student",
+    kl_input="strong",
+    unlabeled_sampling="all",
+    delta_combination="sum",
+    aggregation="weighted",
+    **STRONG,
+)
+FEDMATCH = dict(
+    unlabeled_batch_size=32,
+    num_helpers=2,
+    helper_interval=10,
+    helper_payload="psi",
+    embedding_inputs=1,
+    confidence_threshold=0.75,
+    agreement="plurality",
+    lambda_s=1.0,
+    lambda_i=1e-3,
+    lambda_a=1e-3,
+    lambda_l1=2e-6,
+    lambda_l2=0.2,
+    psi_factor=0.2,
+    l1_thres=5e-6,
+    **STRONG,
+)
+FEDTRINET = dict(
+    warmup_rounds=10,
+    tri_threshold=0.9,
+    initial_budget=0.1,
+    unlabeled_batch_size=32,
+    unlabeled_weight=1.0,
+    evaluation="ensemble",
+    **STRONG,
+)
 # Params() of each name's class before the presets (commit 0bb8e70), minus name and SUPERVISED
 BEFORE = {
     "fedavg": {},
@@ -52,14 +84,35 @@ BEFORE = {
 }
 # the key the FedAvg-based names gained (FedProx's mu; 0 runs exactly what ran before)
 GAINED = {"fedavg": {"mu": 0.0}, "fedavg_fixmatch": {"mu": 0.0}, "fedavg_uda": {"mu": 0.0}}
-CORE = {"fedavg": FedAvg, "fedprox": FedAvg, "fedavg_fixmatch": FixMatch, "fedprox_fixmatch": FixMatch,
-        "fedavg_uda": Uda, "fedprox_uda": Uda, "fedlabel": FedLabel, "fedlabel_local_only": FedLabel,
-        "fedlabel_global_only": FedLabel, "fedmatch": FedMatch, "fedtrinet": FedTriNet}  # fmt: skip
+CORE = {
+    "fedavg": FedAvg,
+    "fedprox": FedAvg,
+    "fedavg_fixmatch": FixMatch,
+    "fedprox_fixmatch": FixMatch,
+    "fedavg_uda": Uda,
+    "fedprox_uda": Uda,
+    "fedlabel": FedLabel,
+    "fedlabel_local_only": FedLabel,
+    "fedlabel_global_only": FedLabel,
+    "fedmatch": FedMatch,
+    "fedtrinet": FedTriNet,
+}
 
 
 def test_the_registered_names_are_kept():
-    assert list(ALGORITHMS) == ["fedavg", "fedlabel", "fedprox", "fedavg_fixmatch", "fedprox_fixmatch", "fedavg_uda",
-                                "fedprox_uda", "fedlabel_local_only", "fedlabel_global_only", "fedmatch", "fedtrinet"]  # fmt: skip
+    assert list(ALGORITHMS) == [
+        "fedavg",
+        "fedlabel",
+        "fedprox",
+        "fedavg_fixmatch",
+        "fedprox_fixmatch",
+        "fedavg_uda",
+        "fedprox_uda",
+        "fedlabel_local_only",
+        "fedlabel_global_only",
+        "fedmatch",
+        "fedtrinet",
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(BEFORE))
@@ -69,7 +122,9 @@ def test_every_name_has_the_params_it_had(name):
     cfg = config_from_dict({"algorithm": {"name": name}})
     assert dataclasses.asdict(cfg.algorithm) == want
     assert type(build_algorithm(cfg.algorithm)) is CORE[name]
-    assert config_from_dict(config_to_dict(cfg)) == cfg  # summary.json's config reads back (fixed keys too)
+    assert (
+        config_from_dict(config_to_dict(cfg)) == cfg
+    )  # summary.json's config reads back (fixed keys too)
 
 
 def test_presets_set_their_defaults_and_leave_them_open():
@@ -79,8 +134,13 @@ def test_presets_set_their_defaults_and_leave_them_open():
     assert dataclasses.replace(prox0, name="fedavg_uda") == ALGORITHMS["fedavg_uda"].params()
 
 
-@pytest.mark.parametrize("name,key,value,fixed", [("fedlabel_local_only", "expert", "both", "local"),
-                                                   ("fedlabel_global_only", "expert", "local", "global")])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,key,value,fixed",
+    [
+        ("fedlabel_local_only", "expert", "both", "local"),
+        ("fedlabel_global_only", "expert", "local", "global"),
+    ],
+)
 def test_overriding_a_fixed_key_is_refused_naming_it(name, key, value, fixed):
     with pytest.raises(ConfigError) as err:
         config_from_dict({"algorithm": {"name": name, key: value}})
@@ -89,14 +149,19 @@ def test_overriding_a_fixed_key_is_refused_naming_it(name, key, value, fixed):
     assert "algorithm=fedlabel" in message and "\n" not in message
     with pytest.raises(ConfigError, match=rf"algorithm\.{key}"):
         ALGORITHMS[name].params(**{key: value})
-    assert getattr(config_from_dict({"algorithm": {"name": name, key: fixed}}).algorithm, key) == fixed
+    assert (
+        getattr(config_from_dict({"algorithm": {"name": name, key: fixed}}).algorithm, key) == fixed
+    )
 
 
 def test_presets_share_the_common_defaults():
-    """The COMMON_KEYS sit once in run_config (algorithm.lr, ...): no name may change their defaults."""
+    """The COMMON_KEYS sit once in run_config (algorithm.lr, ...): no name may change their
+    defaults."""
     base = AlgorithmParams()
     for preset in ALGORITHMS.values():
-        assert {k: getattr(preset.params(), k) for k in COMMON_KEYS} == {k: getattr(base, k) for k in COMMON_KEYS}
+        assert {k: getattr(preset.params(), k) for k in COMMON_KEYS} == {
+            k: getattr(base, k) for k in COMMON_KEYS
+        }
 
 
 def _algorithm_keys(flat: dict) -> set[str]:
@@ -106,10 +171,15 @@ def _algorithm_keys(flat: dict) -> set[str]:
 def test_run_config_of_a_preset_holds_only_its_keys():
     common = {f"algorithm.{k}" for k in SUPERVISED} | {"algorithm.name"}
     flat = to_run_config(config_from_dict({"algorithm": {"name": "fedlabel_local_only"}}))
-    assert _algorithm_keys(flat) == common | {f"algorithm.fedlabel_local_only.{k}" for k in FEDLABEL}
+    assert _algorithm_keys(flat) == common | {
+        f"algorithm.fedlabel_local_only.{k}" for k in FEDLABEL
+    }
     assert flat["algorithm.name"] == "fedlabel_local_only" and not any("expert" in k for k in flat)
     flat = to_run_config(config_from_dict({"algorithm": {"name": "fedprox"}}))
-    assert _algorithm_keys(flat) == common | {"algorithm.fedprox.mu"} and flat["algorithm.fedprox.mu"] == 0.01
+    assert (
+        _algorithm_keys(flat) == common | {"algorithm.fedprox.mu"}
+        and flat["algorithm.fedprox.mu"] == 0.01
+    )
     others = to_run_config(config_from_dict({}))
     assert set(flat) - _algorithm_keys(flat) == set(others) - _algorithm_keys(others)
 
@@ -126,20 +196,45 @@ def test_flwr_run_with_only_the_name_runs_that_preset(name):
 
 
 def test_other_names_sections_do_not_leak():
-    flat = {**default_run_config(), "algorithm.name": "fedlabel_local_only",
-            "algorithm.fedlabel.beta": 0.9, "algorithm.fedlabel.expert": "global",
-            "algorithm.fedlabel_local_only.beta": 0.3}  # fmt: skip
+    flat = {
+        **default_run_config(),
+        "algorithm.name": "fedlabel_local_only",
+        "algorithm.fedlabel.beta": 0.9,
+        "algorithm.fedlabel.expert": "global",
+        "algorithm.fedlabel_local_only.beta": 0.3,
+    }
     p = config_from_run_config(flat).algorithm
     assert (p.beta, p.expert) == (0.3, "local")
 
 
 def test_deploy_submit_writes_only_the_presets_keys(tmp_path):
     path = tmp_path / "run.toml"
-    run_config_file(sites=2, output_dir="/out", path=path,
-                    overrides=["clients_per_round=2", "algorithm.name=fedlabel_local_only", "algorithm.beta=0.3"])  # fmt: skip
+    run_config_file(
+        sites=2,
+        output_dir="/out",
+        path=path,
+        overrides=[
+            "clients_per_round=2",
+            "algorithm.name=fedlabel_local_only",
+            "algorithm.beta=0.3",
+        ],
+    )
     written = tomllib.loads(path.read_text())["algorithm"]
-    assert written["name"] == "fedlabel_local_only" and written["fedlabel_local_only"]["beta"] == 0.3
-    assert set(written) == {"name", *SUPERVISED, "fedlabel_local_only"} and "expert" not in written["fedlabel_local_only"]
+    assert (
+        written["name"] == "fedlabel_local_only" and written["fedlabel_local_only"]["beta"] == 0.3
+    )
+    assert (
+        set(written) == {"name", *SUPERVISED, "fedlabel_local_only"}
+        and "expert" not in written["fedlabel_local_only"]
+    )
     with pytest.raises(ConfigError, match=r"algorithm\.expert"):
-        run_config_file(sites=2, output_dir="/out", path=path,
-                        overrides=["clients_per_round=2", "algorithm.name=fedlabel_local_only", "algorithm.expert=both"])  # fmt: skip
+        run_config_file(
+            sites=2,
+            output_dir="/out",
+            path=path,
+            overrides=[
+                "clients_per_round=2",
+                "algorithm.name=fedlabel_local_only",
+                "algorithm.expert=both",
+            ],
+        )

@@ -43,7 +43,9 @@ def test_uda_loss_matches_slow_reference():
 
 def _update(algo, client):
     model, w = tiny_model()
-    return algo.client_update(model, w, client, ClientContext(torch.device("cpu"), torch.Generator().manual_seed(1)))
+    return algo.client_update(
+        model, w, client, ClientContext(torch.device("cpu"), torch.Generator().manual_seed(1))
+    )
 
 
 def test_uda_update_differs_from_fixmatch_only_in_the_unlabeled_loss():
@@ -55,9 +57,17 @@ def test_uda_update_differs_from_fixmatch_only_in_the_unlabeled_loss():
     for key in ("num_labeled", "num_unlabeled", "num_kept"):
         assert uda.metrics[key] == fm.metrics[key]
     assert uda.weight == fm.weight == 8 + 12
-    assert any(not torch.allclose(uda.deltas["model"][k], fm.deltas["model"][k]) for k in uda.deltas["model"])
-    prox0 = _update(build_algorithm(ALGORITHMS["fedprox_uda"].params(mu=0.0, mask_threshold=0.0, **common)), client)
-    assert all(torch.equal(uda.deltas["model"][k], prox0.deltas["model"][k]) for k in uda.deltas["model"])
+    assert any(
+        not torch.allclose(uda.deltas["model"][k], fm.deltas["model"][k])
+        for k in uda.deltas["model"]
+    )
+    prox0 = _update(
+        build_algorithm(ALGORITHMS["fedprox_uda"].params(mu=0.0, mask_threshold=0.0, **common)),
+        client,
+    )
+    assert all(
+        torch.equal(uda.deltas["model"][k], prox0.deltas["model"][k]) for k in uda.deltas["model"]
+    )
 
 
 def test_params_validation_names_field():

@@ -28,7 +28,10 @@ def test_bagged_client_exposes_no_instance_labels():
         held = [v for v in vars(client).values() if isinstance(v, torch.Tensor)]
         held += [getattr(client.bags, f.name) for f in dataclasses.fields(Bags)]
         assert client._instance_labels is None
-        assert not any(isinstance(t, torch.Tensor) and t.shape == truth.shape and torch.equal(t, truth) for t in held)
+        assert not any(
+            isinstance(t, torch.Tensor) and t.shape == truth.shape and torch.equal(t, truth)
+            for t in held
+        )
 
 
 def test_bags_keep_exact_counts_and_sizes():
@@ -39,8 +42,15 @@ def test_bags_keep_exact_counts_and_sizes():
         assert torch.equal(p.labeled_images, b.labeled_images)  # bags do not change the partition
         bags = b.bags
         sizes = bags.sizes.tolist()
-        assert sum(sizes) == b.num_labeled and all(s == 8 for s in sizes[:-1]) and 1 <= sizes[-1] <= 8
-        want = bag_counts(p.labeled_labels.numpy(), bags.bag_index.numpy(), num_bags=bags.num_bags, num_classes=NUM_CLASSES)
+        assert (
+            sum(sizes) == b.num_labeled and all(s == 8 for s in sizes[:-1]) and 1 <= sizes[-1] <= 8
+        )
+        want = bag_counts(
+            p.labeled_labels.numpy(),
+            bags.bag_index.numpy(),
+            num_bags=bags.num_bags,
+            num_classes=NUM_CLASSES,
+        )
         assert torch.equal(bags.counts, torch.from_numpy(want).double())
         assert bags.epsilon == 0.0 and bags.mechanism == ""
         assert torch.allclose(bags.proportions().sum(1), torch.ones(bags.num_bags))
@@ -55,10 +65,16 @@ def test_noisy_counts_are_seeded_and_report_their_epsilon():
     a, b = build(ds, bags=spec), build(ds, bags=spec)
     exact = build(ds, bags=BagSpec(size=4))
     assert all(torch.equal(x.bags.counts, y.bags.counts) for x, y in zip(a.clients, b.clients))
-    assert not all(torch.equal(x.bags.counts, y.bags.counts) for x, y in zip(a.clients, exact.clients))
+    assert not all(
+        torch.equal(x.bags.counts, y.bags.counts) for x, y in zip(a.clients, exact.clients)
+    )
     bags = a.clients[0].bags
-    assert bags.mechanism == "gaussian" and bags.epsilon == pytest.approx(1.0) and bags.noise_scale > 1
-    assert torch.all(bags.proportions() >= 0) and torch.allclose(bags.proportions().sum(1), torch.ones(bags.num_bags))
+    assert (
+        bags.mechanism == "gaussian" and bags.epsilon == pytest.approx(1.0) and bags.noise_scale > 1
+    )
+    assert torch.all(bags.proportions() >= 0) and torch.allclose(
+        bags.proportions().sum(1), torch.ones(bags.num_bags)
+    )
 
 
 def test_random_bag_index_and_given_ids():
@@ -71,10 +87,27 @@ def test_bags_from_an_npz_key(tmp_path):
     ds = synthetic(200)
     bag_ids = np.arange(200) // 5  # 40 user bags of 5 consecutive samples
     path = tmp_path / "data.npz"
-    np.savez(path, train_images=ds.train_images[:, 0].numpy(), train_labels=ds.train_labels.numpy(),
-             test_images=ds.test_images[:, 0].numpy(), test_labels=ds.test_labels.numpy(), train_bags=bag_ids)  # fmt: skip
-    cfg = config_from_dict({"data": {"name": "npz", "root": str(path), "bag_key": "train_bags", "num_clients": 2,
-                                     "partition": "iid", "label_ratio": 0.5}, "clients_per_round": 1})  # fmt: skip
+    np.savez(
+        path,
+        train_images=ds.train_images[:, 0].numpy(),
+        train_labels=ds.train_labels.numpy(),
+        test_images=ds.test_images[:, 0].numpy(),
+        test_labels=ds.test_labels.numpy(),
+        train_bags=bag_ids,
+    )
+    cfg = config_from_dict(
+        {
+            "data": {
+                "name": "npz",
+                "root": str(path),
+                "bag_key": "train_bags",
+                "num_clients": 2,
+                "partition": "iid",
+                "label_ratio": 0.5,
+            },
+            "clients_per_round": 1,
+        }
+    )
     fed = load_federated(cfg)
     for client in fed.clients:
         with pytest.raises(InstanceLabelsUnavailable):
@@ -90,8 +123,15 @@ def test_bags_from_an_npz_key(tmp_path):
 
 def test_given_bags_are_grouped_by_user_id():
     ds = synthetic(120)
-    ds = ImageDataset(ds.name, ds.train_images, ds.train_labels, ds.test_images, ds.test_labels, ds.num_classes,
-                      train_bags=torch.arange(120) // 10)  # fmt: skip
+    ds = ImageDataset(
+        ds.name,
+        ds.train_images,
+        ds.train_labels,
+        ds.test_images,
+        ds.test_labels,
+        ds.num_classes,
+        train_bags=torch.arange(120) // 10,
+    )
     fed = build(ds, num_clients=2, partition="iid", label_ratio=1.0, bags=BagSpec(size=0))
     total_bags = 0
     for client in fed.clients:
@@ -125,5 +165,12 @@ def test_bad_bag_config_names_the_field(data, field):
 def test_algorithms_without_an_llp_branch_refuse_bags():
     with pytest.raises(ConfigError, match="data.bag_size: algorithm fedmatch .*fedavg"):
         config_from_dict({"algorithm": {"name": "fedmatch"}, "data": {"bag_size": 8}})
-    for name in ("fedavg", "fedprox", "fedlabel", "fedavg_fixmatch", "fedprox_uda", "fedlabel_local_only"):
+    for name in (
+        "fedavg",
+        "fedprox",
+        "fedlabel",
+        "fedavg_fixmatch",
+        "fedprox_uda",
+        "fedlabel_local_only",
+    ):
         config_from_dict({"algorithm": {"name": name}, "data": {"bag_size": 8}})

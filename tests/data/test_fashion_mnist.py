@@ -43,7 +43,9 @@ def fake(tmp_path, monkeypatch):
     payloads = synthetic_payloads()
     for name, payload in payloads.items():
         monkeypatch.setitem(fm.PAYLOAD_SHA256, name, hashlib.sha256(payload).hexdigest())
-        monkeypatch.setitem(fm.GZ_MD5, name, hashlib.md5(gzip.compress(payload, mtime=0)).hexdigest())
+        monkeypatch.setitem(
+            fm.GZ_MD5, name, hashlib.md5(gzip.compress(payload, mtime=0)).hexdigest()
+        )
     monkeypatch.setattr(fm, "SYSTEM_DIR", tmp_path / "no-system")
     return payloads
 
@@ -61,7 +63,9 @@ def test_idx_round_trip(tmp_path):
     out = read_idx(write_gz(tmp_path / "i.gz", idx_bytes(images)))
     assert out.dtype == np.uint8 and out.flags.writeable
     np.testing.assert_array_equal(out, images)
-    np.testing.assert_array_equal(read_idx(str(write_gz(tmp_path / "l.gz", idx_bytes(labels)))), labels)
+    np.testing.assert_array_equal(
+        read_idx(str(write_gz(tmp_path / "l.gz", idx_bytes(labels)))), labels
+    )
 
 
 @pytest.mark.parametrize(
@@ -73,7 +77,10 @@ def test_idx_round_trip(tmp_path):
         (gzip.compress(struct.pack(">II", 0x802, 3) + b"abc"), "wrong IDX magic 0x00000802"),
         (gzip.compress(b"\x00\x00"), "header truncated"),
         (gzip.compress(struct.pack(">III", 0x803, 2, 3)), "header truncated"),
-        (gzip.compress(struct.pack(">II", 0x801, 5) + b"abcd"), r"payload has 4 bytes but dims \(5,\) need 5"),
+        (
+            gzip.compress(struct.pack(">II", 0x801, 5) + b"abcd"),
+            r"payload has 4 bytes but dims \(5,\) need 5",
+        ),
         (gzip.compress(struct.pack(">II", 0x801, 2) + b"abcd"), "payload has 4 bytes"),
     ],
 )
@@ -113,7 +120,14 @@ def test_loader_order_system_then_cache(tmp_path, fake, monkeypatch):
     for name in FILES:
         (cache / "fashion-mnist" / name).write_bytes(b"junk")
     incomplete_root = populate(tmp_path / "root", {FILES[0]: b"junk"})
-    assert len(load_fashion_mnist(root=str(incomplete_root), cache_dir=str(cache), download=False).train_labels) == 20
+    assert (
+        len(
+            load_fashion_mnist(
+                root=str(incomplete_root), cache_dir=str(cache), download=False
+            ).train_labels
+        )
+        == 20
+    )
     monkeypatch.setattr(fm, "SYSTEM_DIR", tmp_path / "no-system")
     with pytest.raises(DataError, match="truncated or corrupt gzip"):  # now the junk cache is used
         load_fashion_mnist(root=str(incomplete_root), cache_dir=str(cache), download=False)
@@ -136,15 +150,24 @@ def test_accepts_official_gz_md5_alone(tmp_path, fake, monkeypatch):
     for name, payload in fake.items():
         (root / name).write_bytes(gzip.compress(payload, mtime=0))
         monkeypatch.setitem(fm.PAYLOAD_SHA256, name, "0" * 64)
-    assert len(load_fashion_mnist(root=str(root), cache_dir=str(tmp_path), download=False).test_labels) == 10
+    assert (
+        len(load_fashion_mnist(root=str(root), cache_dir=str(tmp_path), download=False).test_labels)
+        == 10
+    )
 
 
 def test_nothing_found_without_download(tmp_path, fake):
     with pytest.raises(DataError) as info:
         load_fashion_mnist(root=str(tmp_path / "r"), cache_dir=str(tmp_path / "c"), download=False)
     message = str(info.value)
-    for part in ("download is disabled", str(tmp_path / "r"), str(tmp_path / "no-system"),
-                 str(tmp_path / "c" / "fashion-mnist"), "apt-get install dataset-fashion-mnist", "data.root"):
+    for part in (
+        "download is disabled",
+        str(tmp_path / "r"),
+        str(tmp_path / "no-system"),
+        str(tmp_path / "c" / "fashion-mnist"),
+        "apt-get install dataset-fashion-mnist",
+        "data.root",
+    ):
         assert part in message
 
 
@@ -187,7 +210,9 @@ def test_download_failure_and_bad_md5(tmp_path, fake, monkeypatch):
         load_fashion_mnist(cache_dir=str(tmp_path / "c"), download=True)
     assert "apt-get install dataset-fashion-mnist" in str(info.value)
 
-    monkeypatch.setattr(fm.urllib.request, "urlopen", lambda url, timeout: FakeResponse(b"tampered"))
+    monkeypatch.setattr(
+        fm.urllib.request, "urlopen", lambda url, timeout: FakeResponse(b"tampered")
+    )
     with pytest.raises(DataError, match="downloaded file has md5"):
         load_fashion_mnist(cache_dir=str(tmp_path / "c"), download=True)
     assert list((tmp_path / "c" / "fashion-mnist").iterdir()) == []  # no partial or bad file left
@@ -199,14 +224,20 @@ def test_download_failure_and_bad_md5(tmp_path, fake, monkeypatch):
 
 
 needs_debian = pytest.mark.skipif(
-    not all((fm.SYSTEM_DIR / name).is_file() for name in FILES), reason="dataset-fashion-mnist not installed"
+    not all((fm.SYSTEM_DIR / name).is_file() for name in FILES),
+    reason="dataset-fashion-mnist not installed",
 )
 
 
 @needs_debian
 def test_debian_files_load(tmp_path):
     ds = load_fashion_mnist(cache_dir=str(tmp_path), download=False)
-    assert ds.train_images.shape == (60000, 1, 28, 28) and ds.test_images.shape == (10000, 1, 28, 28)
+    assert ds.train_images.shape == (60000, 1, 28, 28) and ds.test_images.shape == (
+        10000,
+        1,
+        28,
+        28,
+    )
     assert torch.bincount(ds.train_labels).tolist() == [6000] * 10
     assert torch.bincount(ds.test_labels).tolist() == [1000] * 10
     assert (ds.in_channels, ds.image_size) == (1, 28)
@@ -225,4 +256,11 @@ def test_debian_copy_with_one_changed_label_is_rejected(tmp_path):
         load_fashion_mnist(root=str(tmp_path), cache_dir=str(tmp_path / "c"), download=False)
     assert str(target) in str(info.value)
     shutil.copy(fm.SYSTEM_DIR / target.name, target)  # the untouched copy is accepted again
-    assert len(load_fashion_mnist(root=str(tmp_path), cache_dir=str(tmp_path / "c"), download=False).test_labels) == 10000
+    assert (
+        len(
+            load_fashion_mnist(
+                root=str(tmp_path), cache_dir=str(tmp_path / "c"), download=False
+            ).test_labels
+        )
+        == 10000
+    )

@@ -2,8 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from fedlabel.data import ClientData, DataError, FederatedData, ImageDataset, build_federated, load_images
-from fedlabel.data import federated
+from fedlabel.data import (
+    ClientData,
+    DataError,
+    FederatedData,
+    ImageDataset,
+    build_federated,
+    federated,
+    load_images,
+)
 
 NUM_CLASSES = 5
 
@@ -23,8 +30,15 @@ def synthetic(n: int = 600) -> ImageDataset:
 
 
 def build(dataset: ImageDataset, **overrides) -> FederatedData:
-    knobs = dict(num_clients=8, partition="dirichlet", alpha=0.5, min_client_size=10, label_ratio=0.1,
-                 labeled_class_alpha=0.0, seed=0)
+    knobs = dict(
+        num_clients=8,
+        partition="dirichlet",
+        alpha=0.5,
+        min_client_size=10,
+        label_ratio=0.1,
+        labeled_class_alpha=0.0,
+        seed=0,
+    )
     return build_federated(dataset, **{**knobs, **overrides})
 
 
@@ -46,9 +60,17 @@ def test_build_federated_stats_consistent(partition, class_alpha):
         assert s["num_labeled"] + s["num_unlabeled"] >= 10
         assert s["num_labeled"] == round(0.1 * (s["num_labeled"] + s["num_unlabeled"]))
         total += np.add(s["labeled_histogram"], s["unlabeled_histogram"])
-        assert torch.equal(client.labeled_images[:, 0, 0, 0], (10 * client.labeled_labels + 1).to(torch.uint8))
-        assert torch.equal(client.unlabeled_images[:, 0, 0, 0], (10 * client.unlabeled_true_labels + 1).to(torch.uint8))
-        assert client.labeled_images.dtype == torch.uint8 and client.labeled_labels.dtype == torch.int64
+        assert torch.equal(
+            client.labeled_images[:, 0, 0, 0], (10 * client.labeled_labels + 1).to(torch.uint8)
+        )
+        assert torch.equal(
+            client.unlabeled_images[:, 0, 0, 0],
+            (10 * client.unlabeled_true_labels + 1).to(torch.uint8),
+        )
+        assert (
+            client.labeled_images.dtype == torch.uint8
+            and client.labeled_labels.dtype == torch.int64
+        )
     assert total.tolist() == torch.bincount(ds.train_labels, minlength=NUM_CLASSES).tolist()
 
 
@@ -65,7 +87,10 @@ def test_build_federated_deterministic_in_seed():
 def test_partition_does_not_depend_on_labeled_split_knobs():
     ds = synthetic()
     a = [c.num_labeled + c.num_unlabeled for c in build(ds, label_ratio=0.1).clients]
-    b = [c.num_labeled + c.num_unlabeled for c in build(ds, label_ratio=0.5, labeled_class_alpha=0.2).clients]
+    b = [
+        c.num_labeled + c.num_unlabeled
+        for c in build(ds, label_ratio=0.5, labeled_class_alpha=0.2).clients
+    ]
     assert a == b
 
 
@@ -77,9 +102,17 @@ def test_build_federated_rejects_unknown_partition():
 def test_client_stats_without_ground_truth():
     images = torch.zeros(3, 1, 2, 2, dtype=torch.uint8)
     client = ClientData(0, images[:1], torch.tensor([1]), images[1:], None)
-    fed = FederatedData([client], images, torch.tensor([0, 1, 1]), num_classes=3, in_channels=1, image_size=2)
+    fed = FederatedData(
+        [client], images, torch.tensor([0, 1, 1]), num_classes=3, in_channels=1, image_size=2
+    )
     assert fed.client_stats() == [
-        {"client_id": 0, "num_labeled": 1, "num_unlabeled": 2, "labeled_histogram": [0, 1, 0], "unlabeled_histogram": None}
+        {
+            "client_id": 0,
+            "num_labeled": 1,
+            "num_unlabeled": 2,
+            "labeled_histogram": [0, 1, 0],
+            "unlabeled_histogram": None,
+        }
     ]
     with pytest.raises(DataError, match="client 4: 2 unlabeled images but 1 true labels"):
         ClientData(4, images[:1], torch.tensor([1]), images[1:], torch.tensor([0]))
@@ -89,8 +122,14 @@ def test_client_stats_without_ground_truth():
 
 def dataset_with(**changes) -> None:
     ds = synthetic(20)
-    fields = dict(name="x", train_images=ds.train_images, train_labels=ds.train_labels, test_images=ds.test_images,
-                  test_labels=ds.test_labels, num_classes=NUM_CLASSES)
+    fields = dict(
+        name="x",
+        train_images=ds.train_images,
+        train_labels=ds.train_labels,
+        test_images=ds.test_images,
+        test_labels=ds.test_labels,
+        num_classes=NUM_CLASSES,
+    )
     ImageDataset(**{**fields, **changes})
 
 
@@ -98,13 +137,22 @@ def dataset_with(**changes) -> None:
     ("changes", "message"),
     [
         ({"train_images": torch.zeros(20, 1, 6, 6)}, "train split: images must be uint8"),
-        ({"test_images": torch.zeros(20, 6, 6, dtype=torch.uint8)}, "test split: images must be uint8"),
+        (
+            {"test_images": torch.zeros(20, 6, 6, dtype=torch.uint8)},
+            "test split: images must be uint8",
+        ),
         ({"train_labels": torch.zeros(20, dtype=torch.int32)}, "labels must be int64"),
         ({"train_labels": torch.zeros(19, dtype=torch.int64)}, r"of shape \(20,\)"),
         ({"test_labels": torch.full((20,), NUM_CLASSES)}, r"outside \[0, 5\)"),
         ({"train_labels": torch.full((20,), -1)}, "labels span"),
         ({"test_images": torch.zeros(20, 3, 6, 6, dtype=torch.uint8)}, "train images are"),
-        ({"train_images": torch.zeros(0, 1, 6, 6, dtype=torch.uint8), "train_labels": torch.zeros(0, dtype=torch.int64)}, "empty"),
+        (
+            {
+                "train_images": torch.zeros(0, 1, 6, 6, dtype=torch.uint8),
+                "train_labels": torch.zeros(0, dtype=torch.int64),
+            },
+            "empty",
+        ),
         ({"num_classes": 0}, "num_classes"),
     ],
 )
@@ -121,8 +169,13 @@ def test_load_images_dispatch(tmp_path, monkeypatch):
 
     path = tmp_path / "tiny.npz"
     rng = np.random.default_rng(0)
-    np.savez(path, train_images=rng.integers(0, 256, (4, 5, 5), dtype=np.uint8), train_labels=np.array([0, 1, 2, 1]),
-             test_images=np.zeros((2, 5, 5), np.uint8), test_labels=np.array([0, 1]))
+    np.savez(
+        path,
+        train_images=rng.integers(0, 256, (4, 5, 5), dtype=np.uint8),
+        train_labels=np.array([0, 1, 2, 1]),
+        test_images=np.zeros((2, 5, 5), np.uint8),
+        test_labels=np.array([0, 1]),
+    )
     ds = load_images(name="npz", root=str(path), cache_dir="unused", download=True)
     assert (ds.name, ds.num_classes, ds.in_channels, ds.image_size) == ("tiny", 3, 1, 5)
 

@@ -67,7 +67,9 @@ def test_idx_wrong_magic_is_named(tmp_path_factory):
 
 def test_fashion_mnist_directory_of_bad_files(tmp_path):
     for i, name in enumerate(FILES.values()):
-        (tmp_path / name).write_bytes([b"", b"junk", gzip.compress(b"\x00\x00\x08\x03"), gzip.compress(bytes(100))[:20]][i])
+        (tmp_path / name).write_bytes(
+            [b"", b"junk", gzip.compress(b"\x00\x00\x08\x03"), gzip.compress(bytes(100))[:20]][i]
+        )
     with pytest.raises(DataError, match=str(tmp_path)):
         load_fashion_mnist(root=str(tmp_path), download=False)
 
@@ -76,24 +78,43 @@ def test_fashion_mnist_directory_of_bad_files(tmp_path):
 
 KEYS = ["train_images", "train_labels", "test_images", "test_labels"]
 ARRAYS = hnp.arrays(
-    dtype=st.sampled_from([np.uint8, np.float32, np.float64, np.int64, np.int32, np.bool_, np.uint64]),
+    dtype=st.sampled_from(
+        [np.uint8, np.float32, np.float64, np.int64, np.int32, np.bool_, np.uint64]
+    ),
     shape=hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5),
 )
 
 
 @st.composite
 def npz_contents(draw):
-    keys = draw(st.lists(st.sampled_from([*KEYS, "x", "y", "val_images"]), unique=True, min_size=0, max_size=6))
+    keys = draw(
+        st.lists(
+            st.sampled_from([*KEYS, "x", "y", "val_images"]), unique=True, min_size=0, max_size=6
+        )
+    )
     return {k: draw(ARRAYS) for k in keys}
 
 
 def _check_loadable(dataset: ImageDataset, num_clients: int):
     """A dataset that loaded must also partition and fit the model, or fail with DataError."""
-    cfg = config_from_dict({"data": {"name": "npz", "root": "x.npz", "num_clients": num_clients, "partition": "iid",
-                                     "min_client_size": 1}, "clients_per_round": 1, "model": {"name": "cnn"}})  # fmt: skip
+    cfg = config_from_dict(
+        {
+            "data": {
+                "name": "npz",
+                "root": "x.npz",
+                "num_clients": num_clients,
+                "partition": "iid",
+                "min_client_size": 1,
+            },
+            "clients_per_round": 1,
+            "model": {"name": "cnn"},
+        }
+    )
     try:
         fed = load_federated(cfg, dataset)
-        initial_model(cfg, in_channels=fed.in_channels, num_classes=fed.num_classes, image_size=fed.image_size)
+        initial_model(
+            cfg, in_channels=fed.in_channels, num_classes=fed.num_classes, image_size=fed.image_size
+        )
     except DataError:
         pass
 
@@ -127,7 +148,9 @@ def test_npz_bad_values(tmp_path_factory, n, side, pixels, label):
     if np.isfinite(pixels) and 0 <= pixels <= 1 and 0 <= label < 10_000:
         _check_loadable(load_npz(str(path)), 1)
     else:
-        with pytest.raises(DataError, match=r"NaN|must lie in \[0, 1\]|negative labels|class indices below"):
+        with pytest.raises(
+            DataError, match=r"NaN|must lie in \[0, 1\]|negative labels|class indices below"
+        ):
             load_npz(str(path))
 
 
@@ -156,20 +179,62 @@ def test_npz_wrong_keys_and_empty_file(tmp_path):
 
 # --- configs ---------------------------------------------------------------------------------
 
-VALUES = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8) | st.lists(st.integers(), max_size=2)
+VALUES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.lists(st.integers(), max_size=2)
+)
 FIELDS = [
-    "rounds", "clients_per_round", "seed", "device", "eval_every", "eval_last", "output_dir", "checkpoint_every", "resume",
-    "data.name", "data.num_clients", "data.partition", "data.alpha", "data.label_ratio", "data.min_client_size",
-    "data.train_samples", "data.labeled_class_alpha", "data.colour", "model.name", "engine.name",
-    "engine.num_cpus_per_client", "engine.superlink_port", "faults.crash_prob", "faults.dropout_prob",
-    "faults.straggler_prob", "faults.round_deadline_s", "faults.min_clients", "faults.max_update_norm",
-    "algorithm.name", "algorithm.lr", "algorithm.batch_size", "algorithm.beta", "algorithm.confidence", "faults",
-    "data", "unknown",
-]  # fmt: skip
+    "rounds",
+    "clients_per_round",
+    "seed",
+    "device",
+    "eval_every",
+    "eval_last",
+    "output_dir",
+    "checkpoint_every",
+    "resume",
+    "data.name",
+    "data.num_clients",
+    "data.partition",
+    "data.alpha",
+    "data.label_ratio",
+    "data.min_client_size",
+    "data.train_samples",
+    "data.labeled_class_alpha",
+    "data.colour",
+    "model.name",
+    "engine.name",
+    "engine.num_cpus_per_client",
+    "engine.superlink_port",
+    "faults.crash_prob",
+    "faults.dropout_prob",
+    "faults.straggler_prob",
+    "faults.round_deadline_s",
+    "faults.min_clients",
+    "faults.max_update_norm",
+    "algorithm.name",
+    "algorithm.lr",
+    "algorithm.batch_size",
+    "algorithm.beta",
+    "algorithm.confidence",
+    "faults",
+    "data",
+    "unknown",
+]
 
 
 @FUZZ
-@given(st.dictionaries(st.sampled_from(FIELDS), VALUES | st.sampled_from([0, 1, 0.5, "iid", "cnn", "fedavg"]), max_size=6))
+@given(
+    st.dictionaries(
+        st.sampled_from(FIELDS),
+        VALUES | st.sampled_from([0, 1, 0.5, "iid", "cnn", "fedavg"]),
+        max_size=6,
+    )
+)
 def test_random_configs_are_valid_or_name_the_field(overrides):
     nested: dict = {}
     for key, value in overrides.items():
@@ -181,7 +246,9 @@ def test_random_configs_are_valid_or_name_the_field(overrides):
     try:
         cfg = config_from_dict(nested)
     except ConfigError as err:  # the message starts with the field's dotted name
-        assert re.match(r"(unknown config key\(s\) |)[a-z_]+(\.[a-z_]+)*(:| must|,|$)", str(err)), str(err)
+        assert re.match(r"(unknown config key\(s\) |)[a-z_]+(\.[a-z_]+)*(:| must|,|$)", str(err)), (
+            str(err)
+        )
     else:
         assert isinstance(cfg, Config)
 
@@ -195,15 +262,34 @@ def test_random_configs_are_valid_or_name_the_field(overrides):
     label_ratio=st.floats(0.01, 1),
     train_samples=st.integers(0, 50),
 )
-def test_valid_configs_on_small_data_load_or_raise_data_error(tmp_path_factory, num_clients, partition, alpha,
-                                                              min_client_size, label_ratio, train_samples):  # fmt: skip
+def test_valid_configs_on_small_data_load_or_raise_data_error(
+    tmp_path_factory, num_clients, partition, alpha, min_client_size, label_ratio, train_samples
+):
     path = tmp_path_factory.mktemp("fuzz") / "small.npz"
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (40, 8, 8), dtype=np.uint8)
-    np.savez(path, train_images=images, train_labels=np.arange(40) % 3, test_images=images[:5], test_labels=np.arange(5) % 3)
-    cfg = config_from_dict({"data": {"name": "npz", "root": str(path), "num_clients": num_clients, "partition": partition,
-                                     "alpha": alpha, "min_client_size": min_client_size, "label_ratio": label_ratio,
-                                     "train_samples": train_samples}, "clients_per_round": 1})  # fmt: skip
+    np.savez(
+        path,
+        train_images=images,
+        train_labels=np.arange(40) % 3,
+        test_images=images[:5],
+        test_labels=np.arange(5) % 3,
+    )
+    cfg = config_from_dict(
+        {
+            "data": {
+                "name": "npz",
+                "root": str(path),
+                "num_clients": num_clients,
+                "partition": partition,
+                "alpha": alpha,
+                "min_client_size": min_client_size,
+                "label_ratio": label_ratio,
+                "train_samples": train_samples,
+            },
+            "clients_per_round": 1,
+        }
+    )
     try:
         fed = load_federated(cfg)
     except DataError as err:

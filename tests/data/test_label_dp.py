@@ -11,9 +11,13 @@ from fedlabel.data import label_dp
 def test_laplace_noise_has_scale_two_over_epsilon():
     epsilon = 0.5
     scale = label_dp.noise_scale("laplace", epsilon=epsilon, delta=1e-5)
-    assert scale == pytest.approx(4.0) and label_dp.released_epsilon("laplace", scale=scale, delta=1e-5) == pytest.approx(epsilon)
+    assert scale == pytest.approx(4.0) and label_dp.released_epsilon(
+        "laplace", scale=scale, delta=1e-5
+    ) == pytest.approx(epsilon)
     counts = np.zeros((50_000, 4), dtype=np.int64)
-    noise = label_dp.noisy_counts(counts, mechanism="laplace", scale=scale, rng=np.random.default_rng(0)).ravel()
+    noise = label_dp.noisy_counts(
+        counts, mechanism="laplace", scale=scale, rng=np.random.default_rng(0)
+    ).ravel()
     # Laplace(b): E|X| = b, Var = 2 b^2, P(|X| > t) = exp(-t / b). n = 200,000 draws: the standard
     # error of the mean |X| is b / sqrt(n) = 0.009, so 2% is over 8 standard errors.
     assert abs(noise.mean()) < 0.05
@@ -29,7 +33,9 @@ def test_laplace_privacy_loss_between_neighbouring_bags_is_at_most_epsilon():
     epsilon = 0.8
     scale = label_dp.laplace_scale(epsilon)
     k, k2 = np.array([3, 1, 0]), np.array([2, 2, 0])
-    x = label_dp.noisy_counts(np.tile(k, (20_000, 1)), mechanism="laplace", scale=scale, rng=np.random.default_rng(1))
+    x = label_dp.noisy_counts(
+        np.tile(k, (20_000, 1)), mechanism="laplace", scale=scale, rng=np.random.default_rng(1)
+    )
     loss = (np.abs(x - k2).sum(1) - np.abs(x - k).sum(1)) / scale
     assert loss.max() <= epsilon + 1e-12
     assert loss.max() == pytest.approx(epsilon)
@@ -56,12 +62,18 @@ def test_gaussian_sigma_meets_delta_exactly(epsilon):
 
 def test_gaussian_noise_has_the_calibrated_standard_deviation():
     sigma = label_dp.noise_scale("gaussian", epsilon=1.0, delta=1e-5)
-    noise = label_dp.noisy_counts(np.zeros((50_000, 4)), mechanism="gaussian", scale=sigma, rng=np.random.default_rng(2))
+    noise = label_dp.noisy_counts(
+        np.zeros((50_000, 4)), mechanism="gaussian", scale=sigma, rng=np.random.default_rng(2)
+    )
     assert noise.std() == pytest.approx(sigma, rel=0.01)
 
 
 def test_more_privacy_means_more_noise():
-    scales = [label_dp.noise_scale(m, epsilon=e, delta=1e-5) for m in ("laplace", "gaussian") for e in (4.0, 1.0, 0.25)]
+    scales = [
+        label_dp.noise_scale(m, epsilon=e, delta=1e-5)
+        for m in ("laplace", "gaussian")
+        for e in (4.0, 1.0, 0.25)
+    ]
     assert scales[0] < scales[1] < scales[2] and scales[3] < scales[4] < scales[5]
 
 

@@ -99,7 +99,10 @@ def test_missing_keys_are_named(tmp_path):
     with pytest.raises(DataError, match="missing key") as info:
         load_npz(save(tmp_path, **data))
     message = str(info.value)
-    assert "train_images, test_labels" in message and "found train_labels, val_images, test_images" in message
+    assert (
+        "train_images, test_labels" in message
+        and "found train_labels, val_images, test_images" in message
+    )
 
 
 def bad(**changes):
@@ -111,9 +114,15 @@ def bad(**changes):
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (bad(train_images=np.zeros((12, 64), np.uint8)), r"train_images must be N x H x W.*\(12, 64\)"),
+        (
+            bad(train_images=np.zeros((12, 64), np.uint8)),
+            r"train_images must be N x H x W.*\(12, 64\)",
+        ),
         (bad(test_images=np.zeros((6, 8, 8, 4), np.uint8)), "test_images must be N x H x W"),
-        (bad(train_labels=np.zeros((11, 1), np.uint8)), "train_labels has 11 entries but there are 12 images"),
+        (
+            bad(train_labels=np.zeros((11, 1), np.uint8)),
+            "train_labels has 11 entries but there are 12 images",
+        ),
         (bad(test_labels=np.array([0, 1, -1, 2, 0, 1])), "negative labels"),
         (bad(train_labels=np.full(12, 1.5)), "must be integers, got float64"),
         (bad(train_labels=np.zeros((12, 3), np.int64)), "multi-label"),

@@ -48,7 +48,9 @@ def test_iid_is_shuffled_and_rejects_bad_counts():
 def test_dirichlet_exact_cover_and_min_size(labels, k, alpha, min_size, seed):
     labels = np.array(labels)
     try:
-        parts = partition_dirichlet(labels, num_clients=k, alpha=alpha, min_client_size=min_size, rng=rng(seed))
+        parts = partition_dirichlet(
+            labels, num_clients=k, alpha=alpha, min_client_size=min_size, rng=rng(seed)
+        )
     except ValueError as err:  # allowed only as the documented give-up
         assert "failed 100 times" in str(err)
         return
@@ -59,9 +61,18 @@ def test_dirichlet_exact_cover_and_min_size(labels, k, alpha, min_size, seed):
 
 def test_dirichlet_gives_up_with_a_clear_message():
     with pytest.raises(ValueError, match=r"alpha=0.5, num_clients=10, min_client_size=11"):
-        partition_dirichlet(np.arange(100) % 10, num_clients=10, alpha=0.5, min_client_size=11, rng=rng(), max_tries=5)
+        partition_dirichlet(
+            np.arange(100) % 10,
+            num_clients=10,
+            alpha=0.5,
+            min_client_size=11,
+            rng=rng(),
+            max_tries=5,
+        )
     with pytest.raises(ValueError, match="alpha > 0"):
-        partition_dirichlet(np.arange(100) % 10, num_clients=10, alpha=0.0, min_client_size=1, rng=rng())
+        partition_dirichlet(
+            np.arange(100) % 10, num_clients=10, alpha=0.0, min_client_size=1, rng=rng()
+        )
     with pytest.raises(ValueError, match="1-D integer"):
         partition_dirichlet(np.zeros(10), num_clients=2, alpha=1.0, min_client_size=1, rng=rng())
 
@@ -98,7 +109,9 @@ def test_split_labeled_disjoint_complete_count(n, ratio, class_alpha, seed):
     generator = rng(seed)
     labels = generator.integers(0, 10, 1000)
     indices = generator.choice(1000, size=n, replace=False)
-    labeled, unlabeled = split_labeled(indices, labels, label_ratio=ratio, rng=generator, labeled_class_alpha=class_alpha)
+    labeled, unlabeled = split_labeled(
+        indices, labels, label_ratio=ratio, rng=generator, labeled_class_alpha=class_alpha
+    )
     assert len(labeled) == round(ratio * n)
     assert np.intersect1d(labeled, unlabeled).size == 0
     np.testing.assert_array_equal(np.sort(np.concatenate([labeled, unlabeled])), np.sort(indices))
@@ -109,7 +122,9 @@ def test_split_labeled_disjoint_complete_count(n, ratio, class_alpha, seed):
 def class_mix_distance(class_alpha: float) -> float:
     labels = np.repeat(np.arange(10), 500)
     indices = np.arange(len(labels))
-    labeled, unlabeled = split_labeled(indices, labels, label_ratio=0.2, rng=rng(5), labeled_class_alpha=class_alpha)
+    labeled, unlabeled = split_labeled(
+        indices, labels, label_ratio=0.2, rng=rng(5), labeled_class_alpha=class_alpha
+    )
     p = np.bincount(labels[labeled], minlength=10) / len(labeled)
     q = np.bincount(labels[unlabeled], minlength=10) / len(unlabeled)
     return 0.5 * float(np.abs(p - q).sum())  # total variation distance
@@ -124,7 +139,9 @@ def test_split_labeled_edges():
     labels = np.arange(20) % 3
     labeled, unlabeled = split_labeled(np.arange(20), labels, label_ratio=1.0, rng=rng())
     assert unlabeled.size == 0 and labeled.tolist() == list(range(20))
-    labeled, unlabeled = split_labeled(np.arange(5), labels, label_ratio=0.05, rng=rng(), labeled_class_alpha=1.0)
+    labeled, unlabeled = split_labeled(
+        np.arange(5), labels, label_ratio=0.05, rng=rng(), labeled_class_alpha=1.0
+    )
     assert labeled.size == 0 and unlabeled.tolist() == list(range(5))
     with pytest.raises(ValueError, match="label_ratio"):
         split_labeled(np.arange(5), labels, label_ratio=1.5, rng=rng())
@@ -148,7 +165,9 @@ class RecordingRng:
 def test_labeled_mix_follows_the_drawn_class_weights(seed):
     labels = np.repeat(np.arange(10), 500)
     spy = RecordingRng(seed)
-    labeled, _ = split_labeled(np.arange(5000), labels, label_ratio=0.05, rng=spy, labeled_class_alpha=1.0)
+    labeled, _ = split_labeled(
+        np.arange(5000), labels, label_ratio=0.05, rng=spy, labeled_class_alpha=1.0
+    )
     counts = np.bincount(labels[labeled], minlength=10)
     assert np.corrcoef(counts, spy.q)[0, 1] > 0.8
     assert 0.5 * np.abs(counts / counts.sum() - spy.q).sum() < 0.15  # total variation distance

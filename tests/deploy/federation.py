@@ -15,13 +15,23 @@ from fedlabel.deploy_local import LocalFederation
 
 RUN_TIMEOUT_S = 150
 # Tiny but real: 200 Fashion-MNIST images per site (20 labeled), 300 test images on the server.
-RUN_SETTINGS = ["clients_per_round=2", "algorithm.local_steps=2", "algorithm.unlabeled_steps=2",
-                "algorithm.batch_size=16", "device='cpu'", "data.name='npz'"]  # fmt: skip
+RUN_SETTINGS = [
+    "clients_per_round=2",
+    "algorithm.local_steps=2",
+    "algorithm.unlabeled_steps=2",
+    "algorithm.batch_size=16",
+    "device='cpu'",
+    "data.name='npz'",
+]
 
 
 def submit(fed: LocalFederation, name: str, *overrides: str, sites: int = 2) -> int:
-    return deploy.submit(sites=sites, output_dir=str(fed.work / name), env=fed.env,
-                         overrides=[*RUN_SETTINGS, f"data.root='{fed.work / 'test.npz'}'", *overrides])  # fmt: skip
+    return deploy.submit(
+        sites=sites,
+        output_dir=str(fed.work / name),
+        env=fed.env,
+        overrides=[*RUN_SETTINGS, f"data.root='{fed.work / 'test.npz'}'", *overrides],
+    )
 
 
 @contextlib.contextmanager

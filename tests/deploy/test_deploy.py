@@ -32,14 +32,18 @@ def test_two_sites_complete_a_tls_authenticated_run(federation):
     assert state["status"] == "finished:completed", federation.log("superlink")[-3000:]
     rounds = [line for line in echoed if line.startswith("round ")]
     assert [line.split(":")[0] for line in rounds] == ["round 1/2", "round 2/2"], echoed
-    assert all("accuracy " in line and "clients 2 (failed 0, rejected 0)" in line for line in rounds)
+    assert all(
+        "accuracy " in line and "clients 2 (failed 0, rejected 0)" in line for line in rounds
+    )
     summary = json.loads((federation.work / "run" / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert [(r["round"], r["clients"]) for r in summary["rounds"]] == [(1, 2), (2, 2)]
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in summary["rounds"])
     clients = json.loads((federation.work / "run" / "clients.json").read_text())
     assert [(c["client_id"], c["site"], c["num_labeled"], c["num_unlabeled"]) for c in clients] == [
-        (0, "site1", 20, 180), (1, "site2", 20, 180)]  # fmt: skip
+        (0, "site1", 20, 180),
+        (1, "site2", 20, 180),
+    ]
     # TLS: the SuperLink served HTTPS only, on 127.0.0.1 behind nginx
     assert f"Uvicorn running on https://{federation.local_address}" in federation.log("superlink")
 
@@ -80,7 +84,9 @@ def test_site_killed_in_round_one_does_not_stop_the_run(federation):
     unavailable after its heartbeats stop) with site1 alone, and so does round 2. The deadline
     leaves room for a slow healthy site on a loaded machine."""
     offset = len(federation.log("site2"))
-    run_id = submit(federation, "killed", "rounds=2", "faults.round_deadline_s=30", "faults.min_clients=1")
+    run_id = submit(
+        federation, "killed", "rounds=2", "faults.round_deadline_s=30", "faults.min_clients=1"
+    )
     deadline = time.monotonic() + 60
     while "Receiving: train message" not in federation.log("site2")[offset:]:
         assert time.monotonic() < deadline, "site2 never received its round-1 train message"
@@ -89,5 +95,12 @@ def test_site_killed_in_round_one_does_not_stop_the_run(federation):
     state = deploy.wait_run(run_id, timeout=RUN_TIMEOUT_S, env=federation.env)
     assert state["status"] == "finished:completed", federation.log("superlink")[-3000:]
     summary = json.loads((federation.work / "killed" / "summary.json").read_text())
-    assert [(r["round"], r["clients"], r["participants"]) for r in summary["rounds"]] == [(1, 1, [0]), (2, 1, [0])]
-    assert all(f["client"] == 1 and f["reason"] in ("timeout", "crashed") for r in summary["rounds"] for f in r["failed"])
+    assert [(r["round"], r["clients"], r["participants"]) for r in summary["rounds"]] == [
+        (1, 1, [0]),
+        (2, 1, [0]),
+    ]
+    assert all(
+        f["client"] == 1 and f["reason"] in ("timeout", "crashed")
+        for r in summary["rounds"]
+        for f in r["failed"]
+    )

@@ -41,8 +41,14 @@ def _flwr(env: dict[str, str], *args: str, trust_wrapper: bool = False) -> tuple
     """(accepted, output) of `flwr ARGS fedlabel-deploy --format json`: Flower's plain CLI, or
     fedlabel's wrapper (which signs `flwr run` with the key in $FLWR_HOME/fedlabel-admin.toml)."""
     cmd = [*deploy.TRUST, "flwr"] if trust_wrapper else ["flwr"]
-    out = subprocess.run([*cmd, *args, deploy.CONNECTION, "--format", "json"], env=env, check=False,
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [*cmd, *args, deploy.CONNECTION, "--format", "json"],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     try:
         accepted = out.returncode == 0 and json.loads(out.stdout).get("success") is True
     except json.JSONDecodeError:
@@ -57,15 +63,30 @@ def _refusals(fed: LocalFederation) -> list[int]:
 def _wait_refusals(fed: LocalFederation, count: int, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while min(_refusals(fed)) < count:
-        assert time.monotonic() < deadline, f"sites refused {_refusals(fed)} apps, expected {count} each"
+        assert time.monotonic() < deadline, (
+            f"sites refused {_refusals(fed)} apps, expected {count} each"
+        )
         time.sleep(0.5)
 
 
 def test_outsider_with_ca_crt_is_refused_and_sites_run_only_admin_signed_apps(federation):
     fed = federation
     outsider = _home(fed, "outsider", address=fed.address, ca=fed.certs / "ca.crt")
-    subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(fed.work / "outsider.key")],
-                   check=True)
+    subprocess.run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ecdsa",
+            "-b",
+            "384",
+            "-N",
+            "",
+            "-f",
+            str(fed.work / "outsider.key"),
+        ],
+        check=True,
+    )
 
     # 1. the outsider, with Flower's own CLI and ca.crt, at the public address
     accepted, out = _flwr(outsider, "supernode", "list")
@@ -77,13 +98,19 @@ def test_outsider_with_ca_crt_is_refused_and_sites_run_only_admin_signed_apps(fe
 
     # 2. the same app submitted past nginx, from the server machine: unsigned, then signed by a
     # key no site trusts; every site refuses it before any of its code runs
-    insider = _home(fed, "insider", address=fed.local_address, ca=fed.work / "state" / "loopback.crt")
+    insider = _home(
+        fed, "insider", address=fed.local_address, ca=fed.work / "state" / "loopback.crt"
+    )
     accepted, out = _flwr(insider, "run", str(APP))
     assert accepted, f"the SuperLink itself refused the app: {out[-1500:]}"
     _wait_refusals(fed, 1)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(fed.work / "outsider-sign.key")],
-                   check=True)
-    (fed.work / "insider" / ADMIN_FILE).write_text(tomli_w.dumps({"sign-key": str(fed.work / "outsider-sign.key")}))
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(fed.work / "outsider-sign.key")],
+        check=True,
+    )
+    (fed.work / "insider" / ADMIN_FILE).write_text(
+        tomli_w.dumps({"sign-key": str(fed.work / "outsider-sign.key")})
+    )
     accepted, out = _flwr(insider, "run", str(APP), trust_wrapper=True)
     assert accepted, f"the SuperLink itself refused the app: {out[-1500:]}"
     _wait_refusals(fed, 2)

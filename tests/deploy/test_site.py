@@ -28,7 +28,13 @@ def _write(tmp_path, *, x=None, y=None, u=None):
 def test_round_trip(tmp_path):
     site = load_site(_write(tmp_path), client_id=4, **SHAPE)
     assert site.client_id == 4 and site.unlabeled_true_labels is None
-    assert tuple(site.labeled_images.shape) == (5, 1, 8, 8) and site.labeled_labels.tolist() == [0, 1, 2, 1, 0]
+    assert tuple(site.labeled_images.shape) == (5, 1, 8, 8) and site.labeled_labels.tolist() == [
+        0,
+        1,
+        2,
+        1,
+        0,
+    ]
     assert tuple(site.unlabeled_images.shape) == (7, 1, 8, 8)
 
 
@@ -81,7 +87,9 @@ def test_client_ids_follow_site_names_not_connection_order():
 
 def test_run_settings_are_checked_before_submission(tmp_path):
     path = tmp_path / "run.toml"
-    run_config_file(sites=2, output_dir="/out", overrides=["clients_per_round=2", "rounds=3"], path=path)
+    run_config_file(
+        sites=2, output_dir="/out", overrides=["clients_per_round=2", "rounds=3"], path=path
+    )
     assert "rounds = 3" in path.read_text() and "num_clients = 2" in path.read_text()
     with pytest.raises(ConfigError, match="clients_per_round"):
         run_config_file(sites=2, output_dir="/out", overrides=[], path=path)  # default 10 > 2 sites
@@ -94,9 +102,23 @@ def test_run_settings_are_checked_before_submission(tmp_path):
 def test_superlink_error_replies_are_attributed_to_the_site_they_replace():
     """A SuperNode whose heartbeats stopped gets a "Node Unavailable" error reply written by the
     SuperLink (source: the SuperLink, not the node); it counts as that site's failure."""
-    meta = Metadata(run_id=1, message_id="", src_node_id=SUPERLINK_NODE_ID, dst_node_id=SUPERLINK_NODE_ID,
-                    reply_to_message_id="to-site-1", group_id="", created_at=0.0, ttl=60.0,
-                    message_type=MessageType.TRAIN)  # fmt: skip
+    meta = Metadata(
+        run_id=1,
+        message_id="",
+        src_node_id=SUPERLINK_NODE_ID,
+        dst_node_id=SUPERLINK_NODE_ID,
+        reply_to_message_id="to-site-1",
+        group_id="",
+        created_at=0.0,
+        ttl=60.0,
+        message_type=MessageType.TRAIN,
+    )
     unavailable = make_message(meta, error=Error(code=5, reason="Error: Node Unavailable"))
-    results = collect_replies([unavailable], [0, 1], {0: 100, 1: 101}, deadline_s=30.0, sent={"to-site-0": 0, "to-site-1": 1})
+    results = collect_replies(
+        [unavailable],
+        [0, 1],
+        {0: 100, 1: 101},
+        deadline_s=30.0,
+        sent={"to-site-0": 0, "to-site-1": 1},
+    )
     assert sorted((r.client_id, r.reason) for r in results) == [(0, TIMEOUT), (1, CRASHED)]

@@ -37,7 +37,9 @@ def test_key_files_are_checked(tmp_path):
     with pytest.raises(TrustError, match="rsa.pub: not an OpenSSH public key"):
         load_public_key(tmp_path / "rsa.pub")
     with pytest.raises(DeployError, match="trusted app-signing key .*missing.pub is missing"):
-        supernode_command(superlink="h:1", ca="ca", key="k", trust=[tmp_path / "missing.pub"], site_dir=tmp_path)
+        supernode_command(
+            superlink="h:1", ca="ca", key="k", trust=[tmp_path / "missing.pub"], site_dir=tmp_path
+        )
     with pytest.raises(DeployError, match="--trust"):
         supernode_command(superlink="h:1", ca="ca", key="k", trust=[], site_dir=tmp_path)
 

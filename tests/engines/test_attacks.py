@@ -10,7 +10,13 @@ from fedlabel.validation import COUNTERS
 from tests.engines.conftest import tiny_config
 
 ATTACKER = 0
-BASE = ["algorithm.name=fedavg", "data.num_clients=3", "clients_per_round=3", "rounds=3", f"faults.attack_client={ATTACKER}"]
+BASE = [
+    "algorithm.name=fedavg",
+    "data.num_clients=3",
+    "clients_per_round=3",
+    "rounds=3",
+    f"faults.attack_client={ATTACKER}",
+]
 ATTACKS = {
     "x100": ["faults.attack=scale", "faults.attack_scale=100"],
     "0.99 x bound": ["faults.attack=norm", "faults.attack_scale=0.99"],
@@ -20,25 +26,40 @@ OFF = ["aggregation.clip_to_median=0", "aggregation.weight_to_median=0"]
 
 
 def _run(tmp_path, name: str, overrides: list[str]) -> dict:
-    return fedlabel.run(tiny_config(tmp_path, algorithm="fedavg", name=name, overrides=[*BASE, *overrides]), progress=False)
+    return fedlabel.run(
+        tiny_config(tmp_path, algorithm="fedavg", name=name, overrides=[*BASE, *overrides]),
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def honest(tmp_path_factory) -> dict[str, dict]:
     tmp = tmp_path_factory.mktemp("honest")
-    return {rule: _run(tmp, rule, [] if rule == "defaults" else ["aggregation.robust=median"]) for rule in ("defaults", "median")}
+    return {
+        rule: _run(tmp, rule, [] if rule == "defaults" else ["aggregation.robust=median"])
+        for rule in ("defaults", "median")
+    }
 
 
 @pytest.mark.parametrize("rule", ["defaults", "median"])
 @pytest.mark.parametrize("attack", list(ATTACKS))
 def test_one_dishonest_site_does_not_decide_the_model(tmp_path, honest, rule, attack):
-    summary = _run(tmp_path, "attacked", ATTACKS[attack] + ([] if rule == "defaults" else ["aggregation.robust=median"]))
+    summary = _run(
+        tmp_path,
+        "attacked",
+        ATTACKS[attack] + ([] if rule == "defaults" else ["aggregation.robust=median"]),
+    )
     assert summary["status"] == "completed"
     assert summary["rounds"][-1]["loss"] <= 1.5 * honest[rule]["rounds"][-1]["loss"]
     for record in summary["rounds"]:
-        assert [r["client"] for r in record["rejected"]] in ([], [ATTACKER])  # never an honest client
+        assert [r["client"] for r in record["rejected"]] in (
+            [],
+            [ATTACKER],
+        )  # never an honest client
         assert {1, 2} <= set(record["participants"])
-        assert {b["client"] for b in record["bounded"]} == {ATTACKER}  # the attacker's influence was bounded
+        assert {b["client"] for b in record["bounded"]} == {
+            ATTACKER
+        }  # the attacker's influence was bounded
 
 
 def test_without_the_cohort_bounds_the_attack_wrecks_the_model(tmp_path, honest):
@@ -58,4 +79,6 @@ def test_honest_run_without_a_bound_reached_is_bitwise_the_unbounded_run(tmp_pat
     unbounded = _run(tmp_path, "unbounded", OFF)
     assert all(not r["bounded"] for r in honest["defaults"]["rounds"])
     keys = ("accuracy", "loss", "loss_labeled", "participants")
-    assert [[r[k] for k in keys] for r in unbounded["rounds"]] == [[r[k] for k in keys] for r in honest["defaults"]["rounds"]]
+    assert [[r[k] for k in keys] for r in unbounded["rounds"]] == [
+        [r[k] for k in keys] for r in honest["defaults"]["rounds"]
+    ]

@@ -7,26 +7,46 @@ import torch
 import fedlabel
 from tests.engines.conftest import tiny_config
 
-SEMI_SUPERVISED = ["fedavg_fixmatch", "fedprox_fixmatch", "fedavg_uda", "fedprox_uda", "fedlabel_local_only", "fedlabel_global_only"]
+SEMI_SUPERVISED = [
+    "fedavg_fixmatch",
+    "fedprox_fixmatch",
+    "fedavg_uda",
+    "fedprox_uda",
+    "fedlabel_local_only",
+    "fedlabel_global_only",
+]
 
 
 @pytest.mark.parametrize("algorithm", ["fedprox", *SEMI_SUPERVISED])
 def test_runs_on_both_engines_and_they_agree(tmp_path, shared_ray, algorithm):
-    cfg = tiny_config(tmp_path, engine="flower", algorithm=algorithm, name="flower", overrides=[shared_ray])
+    cfg = tiny_config(
+        tmp_path, engine="flower", algorithm=algorithm, name="flower", overrides=[shared_ray]
+    )
     flower = fedlabel.run(cfg, progress=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        inproc = fedlabel.run(tiny_config(tmp_path, engine="inprocess", algorithm=algorithm, name="inproc"), progress=False)
+        inproc = fedlabel.run(
+            tiny_config(tmp_path, engine="inprocess", algorithm=algorithm, name="inproc"),
+            progress=False,
+        )
     finally:
         torch.set_num_threads(threads)
     for summary in (flower, inproc):
-        assert summary["status"] == "completed" and summary["config"]["algorithm"]["name"] == algorithm
+        assert (
+            summary["status"] == "completed" and summary["config"]["algorithm"]["name"] == algorithm
+        )
         assert [r["round"] for r in summary["rounds"]] == [1, 2]
         assert 0.0 <= summary["final_accuracy"] <= 1.0
     for f, i in zip(flower["rounds"], inproc["rounds"], strict=True):
         assert f["clients"] == i["clients"] == 2
-        for key in ("accuracy", "pseudo_label_coverage", "pseudo_label_accuracy", "global_expert_share", "loss_labeled"):
+        for key in (
+            "accuracy",
+            "pseudo_label_coverage",
+            "pseudo_label_accuracy",
+            "global_expert_share",
+            "loss_labeled",
+        ):
             assert f[key] == i[key], key
         if algorithm in SEMI_SUPERVISED:  # the pseudo-label counters reach the pooled metrics
             assert 0 <= f["pseudo_label_coverage"] <= 1 and f["loss_unlabeled"] is not None

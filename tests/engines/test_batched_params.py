@@ -20,13 +20,27 @@ from tests.engines.conftest import tiny_config
 
 # a value unlike the base's below, for every field (a new field needs one here)
 ALTERNATIVES = {
-    "lr": 0.1, "momentum": 0.5, "weight_decay": 1e-3, "batch_size": 48, "local_steps": 3, "weak_shift": 0,
+    "lr": 0.1,
+    "momentum": 0.5,
+    "weight_decay": 1e-3,
+    "batch_size": 48,
+    "local_steps": 3,
+    "weak_shift": 0,
     "mu": 0.5,
-    "unlabeled_steps": 3, "beta": 0.3, "lambda0": 2.0, "confidence": "entropy", "expert": "local",
-    "kl_direction": "student_teacher", "kl_input": "clean", "unlabeled_sampling": "kept",
-    "delta_combination": "mean", "aggregation": "split", "strong_num_ops": 2, "strong_magnitude": 20,
+    "unlabeled_steps": 3,
+    "beta": 0.3,
+    "lambda0": 2.0,
+    "confidence": "entropy",
+    "expert": "local",
+    "kl_direction": "student_teacher",
+    "kl_input": "clean",
+    "unlabeled_sampling": "kept",
+    "delta_combination": "mean",
+    "aggregation": "split",
+    "strong_num_ops": 2,
+    "strong_magnitude": 20,
     "strong_cutout": 0,
-}  # fmt: skip
+}
 BASE = {"local_steps": 2, "unlabeled_steps": 2}
 
 
@@ -61,8 +75,16 @@ def federation(tmp_path_factory):
     cfg = config_from_dict(tiny_config(tmp_path_factory.mktemp("batched")))
     model, params = initial_model(cfg, in_channels=1, num_classes=10, image_size=28)
     fed = load_federated(cfg)
-    clients = [ClientData(c.client_id, c.labeled_images, c.labeled_labels, c.unlabeled_images[:120],
-                          c.unlabeled_true_labels[:120]) for c in fed.clients]  # fmt: skip
+    clients = [
+        ClientData(
+            c.client_id,
+            c.labeled_images,
+            c.labeled_labels,
+            c.unlabeled_images[:120],
+            c.unlabeled_true_labels[:120],
+        )
+        for c in fed.clients
+    ]
     fed = dataclasses.replace(fed, clients=clients)
     ctx = ClientContext(torch.device("cpu"), torch.Generator().manual_seed(0))
     warm = build_algorithm(ALGORITHMS["fedavg"].params(local_steps=10))
@@ -79,13 +101,20 @@ def _updates(federation, params, *, batched: bool):
     ids = list(range(len(fed.clients)))
     gens = [client_generator(seed=0, round=1, client_id=c) for c in ids]
     if batched:
-        return batched_trainer(model, algo, fed, torch.device("cpu")).train(fed.clients, global_params, gens)
+        return batched_trainer(model, algo, fed, torch.device("cpu")).train(
+            fed.clients, global_params, gens
+        )
     cpu = torch.device("cpu")
-    return [algo.client_update(model, global_params, fed.clients[c], ClientContext(cpu, g)) for c, g in zip(ids, gens)]
+    return [
+        algo.client_update(model, global_params, fed.clients[c], ClientContext(cpu, g))
+        for c, g in zip(ids, gens)
+    ]
 
 
 def _flat(update) -> torch.Tensor:
-    return torch.cat([v.flatten() for part in sorted(update.deltas) for v in update.deltas[part].values()])
+    return torch.cat(
+        [v.flatten() for part in sorted(update.deltas) for v in update.deltas[part].values()]
+    )
 
 
 @pytest.mark.parametrize(("algorithm", "field"), CASES)
@@ -94,17 +123,26 @@ def test_batched_equals_sequential_with_each_setting_changed(federation, algorit
     base = preset.params(**{k: v for k, v in BASE.items() if k in preset.keys()})
     changed = dataclasses.replace(base, **{field: ALTERNATIVES[field]})
     assert getattr(changed, field) != getattr(base, field)
-    seq, vec = _updates(federation, changed, batched=False), _updates(federation, changed, batched=True)
+    seq, vec = (
+        _updates(federation, changed, batched=False),
+        _updates(federation, changed, batched=True),
+    )
     if base not in _sequential_base:
         _sequential_base[base] = _updates(federation, base, batched=False)
     before = _sequential_base[base]
     # the setting matters in this setup (else the comparison would prove nothing)
-    assert any(a.metrics != b.metrics or a.deltas.keys() != b.deltas.keys() or not torch.equal(_flat(a), _flat(b))
-               for a, b in zip(seq, before)), field  # fmt: skip
+    assert any(
+        a.metrics != b.metrics
+        or a.deltas.keys() != b.deltas.keys()
+        or not torch.equal(_flat(a), _flat(b))
+        for a, b in zip(seq, before)
+    ), field
     for a, b in zip(seq, vec):
         assert (a.client_id, a.weight, a.deltas.keys()) == (b.client_id, b.weight, b.deltas.keys())
         assert a.metrics.keys() == b.metrics.keys()
         for k, v in a.metrics.items():
-            assert b.metrics[k] == (pytest.approx(v, rel=1e-4, abs=1e-6) if k.startswith("loss") else v), (field, k)
+            assert b.metrics[k] == (
+                pytest.approx(v, rel=1e-4, abs=1e-6) if k.startswith("loss") else v
+            ), (field, k)
         da, db = _flat(a), _flat(b)
         assert float((db - da).abs().max()) <= 0.05 * float(da.abs().max()) + 1e-7, field

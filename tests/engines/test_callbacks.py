@@ -5,15 +5,17 @@ import json
 import pytest
 import torch
 
-from fedlabel.checkpoint import load_checkpoint
 import fedlabel
+from fedlabel.checkpoint import load_checkpoint
 from fedlabel.errors import ConfigError
 from tests.engines.conftest import tiny_config
 
 
 def test_target_accuracy_stops_the_run_and_a_finished_run_is_not_resumed(tmp_path):
     stop = ["rounds=3", "stop.target_accuracy=0.01"]  # any trained model reaches 1%
-    summary = fedlabel.run(tiny_config(tmp_path, algorithm="fedavg", overrides=stop), progress=False)
+    summary = fedlabel.run(
+        tiny_config(tmp_path, algorithm="fedavg", overrides=stop), progress=False
+    )
     assert summary["status"] == "stopped_early" and [r["round"] for r in summary["rounds"]] == [1]
     assert summary["stop_reason"].endswith("at round 1 reached stop.target_accuracy=0.01")
     out = tmp_path / "run"
@@ -49,8 +51,10 @@ def test_patience_stops_a_run_that_does_not_improve(tmp_path):
         3,
     ]
     assert len({r["accuracy"] for r in summary["rounds"]}) == 1
-    assert summary["stop_reason"] == (
-        f"no accuracy above {summary['final_accuracy']:.4f} (round 1) in 2 rounds (stop.patience=2)"
+    assert (
+        summary["stop_reason"]
+        == f"no accuracy above {summary['final_accuracy']:.4f} (round 1) in 2 rounds"
+        " (stop.patience=2)"
     )
 
 

@@ -36,7 +36,10 @@ def _faulty_config(tmp_path, engine: str, name: str) -> dict:
 
 def _expected(seed: int, rnd: int) -> dict[int, str | None]:
     cohort = sample_cohort(seed=seed, round=rnd, num_clients=4, clients_per_round=2)
-    return {cid: draw_fault(FaultsConfig(**FAULTS), seed=seed, round=rnd, client_id=cid) for cid in cohort}
+    return {
+        cid: draw_fault(FaultsConfig(**FAULTS), seed=seed, round=rnd, client_id=cid)
+        for cid in cohort
+    }
 
 
 def test_seed_gives_every_fault_kind():
@@ -47,9 +50,13 @@ def test_seed_gives_every_fault_kind():
 def test_fault_draws_depend_only_on_seed_round_client():
     f = FaultsConfig(crash_prob=0.3, dropout_prob=0.3, round_deadline_s=1.0)
     draws = [draw_fault(f, seed=0, round=r, client_id=c) for r in range(1, 40) for c in range(10)]
-    assert draws == [draw_fault(f, seed=0, round=r, client_id=c) for r in range(1, 40) for c in range(10)]
+    assert draws == [
+        draw_fault(f, seed=0, round=r, client_id=c) for r in range(1, 40) for c in range(10)
+    ]
     assert abs(draws.count(CRASH) / len(draws) - 0.3) < 0.1 and STRAGGLER not in draws
-    assert draws != [draw_fault(f, seed=1, round=r, client_id=c) for r in range(1, 40) for c in range(10)]
+    assert draws != [
+        draw_fault(f, seed=1, round=r, client_id=c) for r in range(1, 40) for c in range(10)
+    ]
 
 
 def _check_fault_records(summary):
@@ -58,10 +65,16 @@ def _check_fault_records(summary):
         faults = _expected(SEED, record["round"])
         assert record["participants"] == sorted(c for c, f in faults.items() if f is None)
         assert record["clients"] == len(record["participants"])
-        assert record["failed_clients"] == len(record["failed"]) == sum(f is not None for f in faults.values())
+        assert (
+            record["failed_clients"]
+            == len(record["failed"])
+            == sum(f is not None for f in faults.values())
+        )
         assert record["rejected_updates"] == 0 and record["rejected"] == []
         seen = {f["client"]: f["reason"] for f in record["failed"]}
-        assert seen == {c: CRASHED if f == CRASH else TIMEOUT for c, f in faults.items() if f is not None}
+        assert seen == {
+            c: CRASHED if f == CRASH else TIMEOUT for c, f in faults.items() if f is not None
+        }
 
 
 def test_inprocess_faults(tmp_path):
@@ -70,14 +83,20 @@ def test_inprocess_faults(tmp_path):
 
 
 def test_min_clients_fails_the_run_and_keeps_the_last_checkpoint(tmp_path):
-    cfg = tiny_config(tmp_path, seed=3, name="strict")  # seed 3: no fault in round 1, a dropout in round 2
+    cfg = tiny_config(
+        tmp_path, seed=3, name="strict"
+    )  # seed 3: no fault in round 1, a dropout in round 2
     cfg["faults"].update(FAULTS, min_clients=2)
     with pytest.raises(RoundFailed, match=r"round 2: 1 of 2 .*faults\.min_clients=2.*timeout"):
         fedlabel.run(cfg, progress=False)
     out = tmp_path / "strict"
     assert load_checkpoint(out)["round"] == 1 and not (out / "model.pt").exists()
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "failed" and "RoundFailed" in summary["error"] and len(summary["rounds"]) == 1
+    assert (
+        summary["status"] == "failed"
+        and "RoundFailed" in summary["error"]
+        and len(summary["rounds"]) == 1
+    )
 
 
 def test_flower_faults_are_real_resume_works_and_both_match_inprocess(tmp_path):
@@ -88,7 +107,9 @@ def test_flower_faults_are_real_resume_works_and_both_match_inprocess(tmp_path):
     flower = fedlabel.run({**cfg, "resume": True}, progress=False)
     _check_fault_records(flower)
     crash = next(f for f in flower["rounds"][0]["failed"] if f["reason"] == CRASHED)
-    assert "injected crash in round 1" in crash["detail"]  # Flower's error reply to the ClientApp's exception
+    assert (
+        "injected crash in round 1" in crash["detail"]
+    )  # Flower's error reply to the ClientApp's exception
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # Flower's workers train with one thread (see test_flower.py)
     try:
@@ -97,23 +118,38 @@ def test_flower_faults_are_real_resume_works_and_both_match_inprocess(tmp_path):
         torch.set_num_threads(threads)
     for f, i in zip(flower["rounds"], inproc["rounds"], strict=True):
         assert f["participants"] == i["participants"] and f["accuracy"] == i["accuracy"]
-        assert [(x["client"], x["reason"]) for x in f["failed"]] == [(x["client"], x["reason"]) for x in i["failed"]]
+        assert [(x["client"], x["reason"]) for x in f["failed"]] == [
+            (x["client"], x["reason"]) for x in i["failed"]
+        ]
 
 
 # --- decoding Flower replies: the server survives anything a client sends -------------------
 
 
 def _reply(node: int, content: RecordDict | None = None, error: Error | None = None) -> Message:
-    meta = Metadata(run_id=1, message_id="", src_node_id=node, dst_node_id=0, reply_to_message_id="m",
-                    group_id="", created_at=0.0, ttl=60.0, message_type=MessageType.TRAIN)  # fmt: skip
+    meta = Metadata(
+        run_id=1,
+        message_id="",
+        src_node_id=node,
+        dst_node_id=0,
+        reply_to_message_id="m",
+        group_id="",
+        created_at=0.0,
+        ttl=60.0,
+        message_type=MessageType.TRAIN,
+    )
     return make_message(meta, content=content, error=error)
 
 
 def _update_content(cid: int) -> RecordDict:
-    return RecordDict({
-        keys.DELTA_PREFIX + "model": ArrayRecord(torch_state_dict={"w": torch.zeros(2)}),
-        keys.METRICS: MetricRecord({keys.CLIENT_ID: cid, keys.WEIGHT: 3.0, "num-examples": 3.0}),
-    })  # fmt: skip
+    return RecordDict(
+        {
+            keys.DELTA_PREFIX + "model": ArrayRecord(torch_state_dict={"w": torch.zeros(2)}),
+            keys.METRICS: MetricRecord(
+                {keys.CLIENT_ID: cid, keys.WEIGHT: 3.0, "num-examples": 3.0}
+            ),
+        }
+    )
 
 
 def test_collect_replies_sorts_every_kind_of_reply():

@@ -18,7 +18,9 @@ SETTINGS = {
 
 
 def _config(tmp_path, algorithm: str, engine: str, overrides: list[str] = ()) -> dict:
-    cfg = tiny_config(tmp_path, engine=engine, algorithm=algorithm, name=engine, overrides=overrides)
+    cfg = tiny_config(
+        tmp_path, engine=engine, algorithm=algorithm, name=engine, overrides=overrides
+    )
     cfg["algorithm"].update(SETTINGS[algorithm])
     return cfg
 
@@ -39,7 +41,13 @@ def test_baseline_runs_on_both_engines_alike(tmp_path, shared_ray, algorithm):
     assert inproc["status"] == flower["status"] == "completed"
     assert [r["round"] for r in flower["rounds"]] == [1, 2]
     for f, i in zip(flower["rounds"], inproc["rounds"], strict=True):
-        for key in ("clients", "accuracy", "pseudo_label_coverage", "pseudo_label_accuracy", "helper_models"):
+        for key in (
+            "clients",
+            "accuracy",
+            "pseudo_label_coverage",
+            "pseudo_label_accuracy",
+            "helper_models",
+        ):
             assert f.get(key) == i.get(key), key
         assert f["loss"] == pytest.approx(i["loss"], rel=1e-5)
     if algorithm == "fedmatch":
@@ -48,4 +56,6 @@ def test_baseline_runs_on_both_engines_alike(tmp_path, shared_ray, algorithm):
         assert flower["rounds"][0]["pseudo_label_coverage"] == 0  # labeled warm-up
         assert flower["rounds"][1]["pseudo_label_coverage"] > 0
     model = torch.load(tmp_path / "flower" / "model.pt")
-    assert not any(k.startswith(("sigma.", "psi.", "head1.", "head2.")) for k in model)  # the evaluated model
+    assert not any(
+        k.startswith(("sigma.", "psi.", "head1.", "head2.")) for k in model
+    )  # the evaluated model

@@ -23,14 +23,21 @@ def test_flower_engine_matches_inprocess(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        inproc = fedlabel.run(tiny_config(tmp_path, engine="inprocess", name="inproc"), progress=False)
+        inproc = fedlabel.run(
+            tiny_config(tmp_path, engine="inprocess", name="inproc"), progress=False
+        )
     finally:
         torch.set_num_threads(threads)
     assert flower["status"] == "completed"
     assert [r["round"] for r in flower["rounds"]] == [1, 2]
     for f, i in zip(flower["rounds"], inproc["rounds"], strict=True):
         assert f["clients"] == i["clients"] == 2
-        for key in ("accuracy", "pseudo_label_coverage", "pseudo_label_accuracy", "global_expert_share"):
+        for key in (
+            "accuracy",
+            "pseudo_label_coverage",
+            "pseudo_label_accuracy",
+            "global_expert_share",
+        ):
             assert f[key] == i[key], key
         assert f["loss"] == pytest.approx(i["loss"], rel=1e-5)
     stats = json.loads((tmp_path / "flower" / "clients.json").read_text())
@@ -42,5 +49,7 @@ def test_failed_flower_run_is_reported(tmp_path):
     reports the ServerApp's error (here: every client crashes, so round 1 fails)."""
     cfg = tiny_config(tmp_path, engine="flower", name="bad")
     cfg["faults"]["crash_prob"] = 1.0
-    with pytest.raises(FlowerRunError, match=r"finished:failed; last error: round 1: client \d+ failed \(crashed\)"):
+    with pytest.raises(
+        FlowerRunError, match=r"finished:failed; last error: round 1: client \d+ failed \(crashed\)"
+    ):
         fedlabel.run(cfg, progress=False)

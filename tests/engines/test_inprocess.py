@@ -7,8 +7,17 @@ import torch
 import fedlabel
 from tests.engines.conftest import tiny_config
 
-METRICS = ["round", "accuracy", "loss", "pseudo_label_coverage", "pseudo_label_accuracy", "global_expert_share",
-           "loss_labeled", "loss_unlabeled", "clients"]  # fmt: skip
+METRICS = [
+    "round",
+    "accuracy",
+    "loss",
+    "pseudo_label_coverage",
+    "pseudo_label_accuracy",
+    "global_expert_share",
+    "loss_labeled",
+    "loss_unlabeled",
+    "clients",
+]
 
 
 def _metrics(summary):
@@ -56,10 +65,15 @@ def test_other_seed_other_run(tmp_path):
 
 def test_fedavg_reports_no_pseudo_label_metrics(tmp_path):
     summary = fedlabel.run(tiny_config(tmp_path, algorithm="fedavg"), progress=False)
-    assert all(r["pseudo_label_coverage"] is None and r["global_expert_share"] is None for r in summary["rounds"])
+    assert all(
+        r["pseudo_label_coverage"] is None and r["global_expert_share"] is None
+        for r in summary["rounds"]
+    )
 
 
 def test_eval_every_and_eval_last_pick_the_evaluated_rounds(tmp_path):
-    cfg = tiny_config(tmp_path, algorithm="fedavg", overrides=["rounds=6", "eval_every=4", "eval_last=2"])
+    cfg = tiny_config(
+        tmp_path, algorithm="fedavg", overrides=["rounds=6", "eval_every=4", "eval_last=2"]
+    )
     summary = fedlabel.run(cfg, progress=False)
     assert [r["round"] for r in summary["rounds"] if r["accuracy"] is not None] == [4, 5, 6]

@@ -38,15 +38,21 @@ while True:
 ran = []
 for raw in state._connect_and_get_accessor().get_task_events():
     event = gcs_pb2.TaskEvents.FromString(raw)
-    if event.task_info.func_or_class_name.endswith("ClientAppActor.run") and event.state_updates.node_id:
+    name = event.task_info.func_or_class_name
+    if name.endswith("ClientAppActor.run") and event.state_updates.node_id:
         ran.append(event.state_updates.node_id.hex())
 print(json.dumps({"nodes": nodes, "client_tasks_on": ran}))
 """
 
 
 def _probe(address: str, want_nodes: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE, address, str(want_nodes)], capture_output=True, text=True,
-                         timeout=90, env=ray_env())  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, address, str(want_nodes)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=ray_env(),
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -55,7 +61,9 @@ def _probe(address: str, want_nodes: int) -> dict:
 def two_node_cluster(tmp_path):
     if not RAY.is_file():
         pytest.skip(f"Ray's command-line tool is not installed at {RAY}")
-    temp_dir = tempfile.mkdtemp(prefix="fl-ray-", dir="/tmp")  # short: Ray's socket paths live in it
+    temp_dir = tempfile.mkdtemp(
+        prefix="fl-ray-", dir="/tmp"
+    )  # short: Ray's socket paths live in it
     address = f"127.0.0.1:{free_port()}"
     nodes = []
     try:
@@ -64,7 +72,10 @@ def two_node_cluster(tmp_path):
         try:
             probe = _probe(address, 2)
         except (AssertionError, subprocess.TimeoutExpired) as err:
-            logs = "\n".join((tmp_path / f).read_text(errors="replace")[-1500:] for f in ("ray-head.log", "ray-worker.log"))
+            logs = "\n".join(
+                (tmp_path / f).read_text(errors="replace")[-1500:]
+                for f in ("ray-head.log", "ray-worker.log")
+            )
             pytest.skip(f"could not start a two-node Ray cluster on 127.0.0.1 here: {err}\n{logs}")
         assert len(probe["nodes"]) == 2, f"expected 2 alive Ray nodes, got {probe['nodes']}"
         yield address, nodes

@@ -20,14 +20,25 @@ from fedlabel.report import environment
 from tests.engines.conftest import tiny_config
 
 ROUNDS = 3
-SMOKE = ["experiment=smoke", "engine=inprocess", "algorithm.local_steps=3", "algorithm.unlabeled_steps=3",
-         "device=cpu", f"rounds={ROUNDS}"]  # fmt: skip
+SMOKE = [
+    "experiment=smoke",
+    "engine=inprocess",
+    "algorithm.local_steps=3",
+    "algorithm.unlabeled_steps=3",
+    "device=cpu",
+    f"rounds={ROUNDS}",
+]
 
 
 def _simulate(out, *extra) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1")  # both runs do the same arithmetic
-    return subprocess.Popen([sys.executable, "-m", "fedlabel.cli", "simulate", *SMOKE, f"output_dir={out}", *extra],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedlabel.cli", "simulate", *SMOKE, f"output_dir={out}", *extra],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _rounds_written(out) -> int:
@@ -46,7 +57,11 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
     reference = _simulate(full)
     victim = _simulate(killed)
     deadline = time.monotonic() + 120
-    while not (killed / "checkpoint.pt").exists() and victim.poll() is None and time.monotonic() < deadline:
+    while (
+        not (killed / "checkpoint.pt").exists()
+        and victim.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
@@ -65,7 +80,9 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
     assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
     csv_a, csv_b = ((d / "rounds.csv").read_text().splitlines() for d in (full, killed))
     assert len(csv_a) == len(csv_b) == ROUNDS + 1
-    assert [ln.rsplit(",", 1)[0] for ln in csv_a] == [ln.rsplit(",", 1)[0] for ln in csv_b]  # all but seconds
+    assert [ln.rsplit(",", 1)[0] for ln in csv_a] == [
+        ln.rsplit(",", 1)[0] for ln in csv_b
+    ]  # all but seconds
     assert load_checkpoint(killed)["round"] == ROUNDS
 
 
@@ -77,7 +94,9 @@ def test_resume_extends_rounds_and_keeps_earlier_ones(tmp_path):
     path = tmp_path / "run" / "summary.json"
     elsewhere = {**environment(), "host": "elsewhere"}
     path.write_text(json.dumps({**first, "environment": [elsewhere]}))
-    more = fedlabel.run({**cfg, "rounds": 2, "resume": True, "eval_every": 2}, progress=False)  # may change on resume
+    more = fedlabel.run(
+        {**cfg, "rounds": 2, "resume": True, "eval_every": 2}, progress=False
+    )  # may change on resume
     assert [r["round"] for r in more["rounds"]] == [1, 2]
     assert more["rounds"][:1] == first["rounds"]
     assert more["environment"] == [elsewhere, environment()]
@@ -96,8 +115,11 @@ def test_run_started_on_one_engine_goes_on_on_another(tmp_path):
     assert resumed["status"] == "completed"
     assert resumed["rounds"][:1] == first["rounds"]
     assert load_checkpoint(tmp_path / "run")["config"]["engine"]["name"] == "inprocess"
-    # the same run on the in-process engine throughout: near it, as in test_vectorized_equals_sequential
-    fedlabel.run(tiny_config(tmp_path, engine="inprocess", algorithm="fedavg", name="whole"), progress=False)
+    # the same run on the in-process engine throughout: near it, as in
+    # test_vectorized_equals_sequential
+    fedlabel.run(
+        tiny_config(tmp_path, engine="inprocess", algorithm="fedavg", name="whole"), progress=False
+    )
     a, b = torch.load(tmp_path / "run" / "model.pt"), torch.load(tmp_path / "whole" / "model.pt")
     start = initial_model(config_from_dict(inproc), in_channels=1, num_classes=10, image_size=28)[1]
     moved = max(float((b[k] - start[k]).abs().max()) for k in b)
@@ -110,7 +132,10 @@ def test_resume_refuses_a_different_config_and_keeps_the_outputs(tmp_path):
     fedlabel.run(cfg, progress=False)
     before = (tmp_path / "run" / "summary.json").read_text()
     changed = {**cfg, "resume": True, "seed": 5, "data": {**cfg["data"], "alpha": 0.3}}
-    with pytest.raises(ConfigError, match=r"data\.alpha \(checkpoint 0\.5, now 0\.3\); seed \(checkpoint 0, now 5\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data\.alpha \(checkpoint 0\.5, now 0\.3\); seed \(checkpoint 0, now 5\)",
+    ):
         fedlabel.run(changed, progress=False)
     assert (tmp_path / "run" / "summary.json").read_text() == before
 
@@ -123,6 +148,7 @@ def test_resume_without_checkpoint_is_a_config_error(tmp_path):
 def test_resume_restores_algorithm_server_state(tmp_path):
     """FedMatch keeps client embeddings and models on the server (Algorithm.state_dict) and sends
     helpers every round here: resuming after round 1 must give the uninterrupted round 2."""
+
     def fedmatch(name):
         cfg = tiny_config(tmp_path, algorithm="fedmatch", name=name)
         cfg["algorithm"].update(helper_interval=1, num_helpers=2)
@@ -133,5 +159,8 @@ def test_resume_restores_algorithm_server_state(tmp_path):
     resumed = fedlabel.run({**fedmatch("parts"), "resume": True}, progress=False)
     assert _without_timings(resumed) == _without_timings(whole)
     assert resumed["rounds"][1]["helper_models"] > 0
-    ma, mb = torch.load(tmp_path / "whole" / "model.pt"), torch.load(tmp_path / "parts" / "model.pt")
+    ma, mb = (
+        torch.load(tmp_path / "whole" / "model.pt"),
+        torch.load(tmp_path / "parts" / "model.pt"),
+    )
     assert all(torch.equal(ma[k], mb[k]) for k in ma)

@@ -35,8 +35,16 @@ def _dataset(arrays: dict[str, np.ndarray]) -> ImageDataset:
 
 
 def _partition(dataset: ImageDataset, num_clients: int):
-    return build_federated(dataset, num_clients=num_clients, partition="iid", alpha=1.0, min_client_size=1,
-                           label_ratio=0.5, labeled_class_alpha=0.0, seed=0)  # fmt: skip
+    return build_federated(
+        dataset,
+        num_clients=num_clients,
+        partition="iid",
+        alpha=1.0,
+        min_client_size=1,
+        label_ratio=0.5,
+        labeled_class_alpha=0.0,
+        seed=0,
+    )
 
 
 def test_partition_holds_each_sample_once_plus_a_small_cost_per_client():
@@ -44,8 +52,11 @@ def test_partition_holds_each_sample_once_plus_a_small_cost_per_client():
     fed = _partition(dataset, NUM_CLIENTS)
     assert len(fed.clients) == NUM_CLIENTS
     image_bytes = sum(t.nbytes for c in fed.clients for t in (c.labeled_images, c.unlabeled_images))
-    assert image_bytes == dataset.train_images.nbytes  # every sample in exactly one client, no padding or copies
-    # Python objects per client (ClientData, tensor wrappers, index arrays), from 1,000 to 10,000 clients
+    assert (
+        image_bytes == dataset.train_images.nbytes
+    )  # every sample in exactly one client, no padding or copies
+    # Python objects per client (ClientData, tensor wrappers, index arrays), from 1,000 to 10,000
+    # clients
     per_client = []
     for n in (1_000, NUM_CLIENTS):
         tracemalloc.start()
@@ -54,8 +65,12 @@ def test_partition_holds_each_sample_once_plus_a_small_cost_per_client():
         tracemalloc.stop()
         per_client.append(current / n)
         del fed
-    assert max(per_client) < 2048, per_client  # bytes of Python objects per client (about 480 measured)
-    assert per_client[1] < 1.5 * per_client[0], per_client  # flat: no cost growing with the client count
+    assert max(per_client) < 2048, (
+        per_client
+    )  # bytes of Python objects per client (about 480 measured)
+    assert per_client[1] < 1.5 * per_client[0], (
+        per_client
+    )  # flat: no cost growing with the client count
 
 
 def test_ten_thousand_clients_run_in_process(tmp_path):
@@ -64,8 +79,14 @@ def test_ten_thousand_clients_run_in_process(tmp_path):
     summary = fedlabel.run(
         {
             "algorithm": {"name": "fedavg", "local_steps": 2, "batch_size": 4},
-            "data": {"name": "npz", "root": str(path), "num_clients": NUM_CLIENTS, "partition": "iid",
-                     "min_client_size": 1, "label_ratio": 0.5},  # fmt: skip
+            "data": {
+                "name": "npz",
+                "root": str(path),
+                "num_clients": NUM_CLIENTS,
+                "partition": "iid",
+                "min_client_size": 1,
+                "label_ratio": 0.5,
+            },
             "engine": {"name": "inprocess"},
             "rounds": 2,
             "clients_per_round": 10,

@@ -9,7 +9,10 @@ from tests.engines.conftest import tiny_config
 
 
 def test_clients_go_largest_first_to_the_least_loaded_worker():
-    assert assign_by_work({0: 5, 1: 9, 2: 4, 3: 4, 4: 1}, 2) == [[1, 3], [0, 2, 4]]  # loads 9, 9+4 vs 5, 5+4, 9+1
+    assert assign_by_work({0: 5, 1: 9, 2: 4, 3: 4, 4: 1}, 2) == [
+        [1, 3],
+        [0, 2, 4],
+    ]  # loads 9, 9+4 vs 5, 5+4, 9+1
     assert assign_by_work({7: 1.0}, 3) == [[7], [], []]
 
 
@@ -23,9 +26,10 @@ def one_thread():
 
 def test_two_workers_equal_one_process(tmp_path, one_thread):
     one = fedlabel.run(tiny_config(tmp_path, name="one"), progress=False)
-    two = fedlabel.run(tiny_config(tmp_path, name="two", overrides=["engine.workers=2"]), progress=False)
+    two = fedlabel.run(
+        tiny_config(tmp_path, name="two", overrides=["engine.workers=2"]), progress=False
+    )
     strip = lambda s: [{k: v for k, v in r.items() if k != "seconds"} for r in s["rounds"]]  # noqa: E731
     assert strip(one) == strip(two)
     a, b = torch.load(tmp_path / "one" / "model.pt"), torch.load(tmp_path / "two" / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
-

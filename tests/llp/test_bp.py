@@ -36,15 +36,22 @@ def random_mrf(edges, *, n, c, strength, seed):
 @pytest.mark.parametrize("damping", [0.0, 0.5])
 def test_tree_marginals_are_exact(damping):
     # 7 nodes, 3 states, random unaries and attracting/repelling couplings on a tree of depth 3.
-    mrf = random_mrf([(0, 1), (0, 2), (1, 3), (1, 4), (2, 5), (5, 6)], n=7, c=3, strength=2.0, seed=0)
+    mrf = random_mrf(
+        [(0, 1), (0, 2), (1, 3), (1, 4), (2, 5), (5, 6)], n=7, c=3, strength=2.0, seed=0
+    )
     got = loopy_bp(mrf, iterations=100, damping=damping)
     assert torch.allclose(got, exact_marginals(mrf), atol=1e-6, rtol=0)
 
 
 def test_strong_couplings_stay_finite_and_exact_on_a_chain():
     # Couplings of +-40 (messages near 0 and 1): the O(C) Potts update must not cancel.
-    mrf = PottsMRF(log_unary=torch.tensor([[0.0, 1.0, -1.0], [0.5, 0.0, 0.0], [0.0, 0.0, 2.0]], dtype=torch.float64),
-                   edges=torch.tensor([[0, 1], [1, 2]]), coupling=torch.tensor([40.0, -40.0], dtype=torch.float64))  # fmt: skip
+    mrf = PottsMRF(
+        log_unary=torch.tensor(
+            [[0.0, 1.0, -1.0], [0.5, 0.0, 0.0], [0.0, 0.0, 2.0]], dtype=torch.float64
+        ),
+        edges=torch.tensor([[0, 1], [1, 2]]),
+        coupling=torch.tensor([40.0, -40.0], dtype=torch.float64),
+    )
     got = loopy_bp(mrf, iterations=50, damping=0.0)
     assert torch.isfinite(got).all()
     assert torch.allclose(got, exact_marginals(mrf), atol=1e-6, rtol=0)
@@ -66,7 +73,9 @@ def test_llp_mrf_marginals_match_enumeration_on_a_small_bagged_graph():
     emb = torch.randn(6, 4, generator=g)
     bag_index = torch.tensor([0, 0, 0, 1, 1, 1])
     counts = torch.tensor([[2.0, 1.0], [0.0, 3.0]])
-    mrf = llp_mrf(emb, bag_index, counts, params=BpParams(neighbors=2, lambda_similarity=0.5, lambda_bag=1.0))
+    mrf = llp_mrf(
+        emb, bag_index, counts, params=BpParams(neighbors=2, lambda_similarity=0.5, lambda_bag=1.0)
+    )
     got = loopy_bp(mrf, iterations=200, damping=0.5)
     exact = exact_marginals(mrf)
     assert (got - exact).abs().max() < 0.05
@@ -86,7 +95,10 @@ def test_llp_mrf_energy_equals_the_gibbs_energy():
     diffs = []
     for y in itertools.product(range(2), repeat=5):
         y = torch.tensor(y)
-        score = mrf.log_unary[torch.arange(5), y].sum() + (mrf.coupling * (y[mrf.edges[:, 0]] == y[mrf.edges[:, 1]])).sum()
+        score = (
+            mrf.log_unary[torch.arange(5), y].sum()
+            + (mrf.coupling * (y[mrf.edges[:, 0]] == y[mrf.edges[:, 1]])).sum()
+        )
         onehot = torch.nn.functional.one_hot(y, 2).double()
         per_bag = torch.zeros(2, 2, dtype=torch.float64).index_add_(0, bag_index, onehot)
         energy = params.lambda_similarity * (sim.double() * (y[knn[:, 0]] != y[knn[:, 1]])).sum()

@@ -15,7 +15,9 @@ def test_proportion_loss_hand_computed():
     proportions = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
     bag0 = -math.log(0.625)  # mean [.625, .375], p = [1, 0]
     bag1 = -(0.5 * math.log(0.2) + 0.5 * math.log(0.8))
-    assert math.isclose(float(proportion_loss(logits, bag_of, proportions)), (bag0 + bag1) / 2, rel_tol=1e-6)
+    assert math.isclose(
+        float(proportion_loss(logits, bag_of, proportions)), (bag0 + bag1) / 2, rel_tol=1e-6
+    )
 
 
 def test_bags_absent_from_the_batch_are_ignored_and_ids_need_not_be_contiguous():
@@ -37,5 +39,7 @@ def test_bags_of_one_with_exact_labels_give_cross_entropy():
 
 def test_proportion_loss_has_gradients():
     logits = torch.zeros(4, 3, requires_grad=True)
-    proportion_loss(logits, torch.tensor([0, 0, 1, 1]), torch.tensor([[1.0, 0, 0], [0, 0.5, 0.5]])).backward()
+    proportion_loss(
+        logits, torch.tensor([0, 0, 1, 1]), torch.tensor([[1.0, 0, 0], [0, 0.5, 0.5]])
+    ).backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0

@@ -24,14 +24,21 @@ def _data(n: int, seed: int = 0):
 
 def _one_dp_step(model, params, x, y, *, clip: float, batch_size: int, two_views: bool = False):
     """One DP-SGD step with zero noise and lr 1 on all n records (q = 1 when batch_size >= n)."""
+
     def loss_fn(f, idx):
-        if two_views:  # rows [x; flipped x]: two views of the same records, as FedLabel's kl_input=clean
+        if (
+            two_views
+        ):  # rows [x; flipped x]: two views of the same records, as FedLabel's kl_input=clean
             logits = f(torch.cat([x[idx], x[idx].flip(-1)]))
-            return (F.cross_entropy(logits[: len(idx)], y[idx], reduction="none")
-                    + F.cross_entropy(logits[len(idx):], y[idx], reduction="none")).mean()  # fmt: skip
+            return (
+                F.cross_entropy(logits[: len(idx)], y[idx], reduction="none")
+                + F.cross_entropy(logits[len(idx) :], y[idx], reduction="none")
+            ).mean()
         return F.cross_entropy(f(x[idx]), y[idx])
 
-    trainer = DpSgd(DpSgdSettings(noise_multiplier=0.0, max_grad_norm=clip), torch.Generator().manual_seed(0))
+    trainer = DpSgd(
+        DpSgdSettings(noise_multiplier=0.0, max_grad_norm=clip), torch.Generator().manual_seed(0)
+    )
     ctx = ClientContext(torch.device("cpu"), torch.Generator().manual_seed(1), trainer)
     batches = ctx.batches(len(x), batch_size=batch_size, steps=1)
     new, _ = ctx.train(model, params, batches=batches, loss_fn=loss_fn, sgd=SgdConfig(lr=1.0))
@@ -92,7 +99,9 @@ def test_empty_poisson_batch_takes_noise_only_step_without_calling_the_loss():
         calls.append(len(idx))
         return F.cross_entropy(f(x[idx]), y[idx])
 
-    s = DpSgd(DpSgdSettings(noise_multiplier=0.0, max_grad_norm=1.0), torch.Generator().manual_seed(0))
+    s = DpSgd(
+        DpSgdSettings(noise_multiplier=0.0, max_grad_norm=1.0), torch.Generator().manual_seed(0)
+    )
     ctx = ClientContext(torch.device("cpu"), torch.Generator().manual_seed(3), s)
     batches = ctx.batches(5, batch_size=1, steps=20)
     ctx.train(model, params, batches=batches, loss_fn=loss_fn, sgd=SgdConfig(lr=0.1))
@@ -108,7 +117,9 @@ def test_empty_poisson_batch_takes_noise_only_step_without_calling_the_loss():
 
 
 def test_poisson_batches_have_the_sampling_rate():
-    batches = dpsgd.poisson_batches(200, batch_size=20, steps=500, generator=torch.Generator().manual_seed(0))
+    batches = dpsgd.poisson_batches(
+        200, batch_size=20, steps=500, generator=torch.Generator().manual_seed(0)
+    )
     sizes = torch.tensor([len(b) for b in batches], dtype=torch.float)
     assert abs(float(sizes.mean()) - 20.0) < 0.5  # q n = 20; std of the mean ~0.19
     assert all(len(set(b.tolist())) == len(b) for b in batches)
@@ -122,7 +133,9 @@ def test_opacus_wrapped_keys_handled_at_the_boundary():
     assert dpsgd.from_wrapped(gsm.state_dict()).keys() == params.keys()
     with pytest.raises(KeyError, match="body.0.weight"):
         dpsgd.from_wrapped({"body.0.weight": torch.zeros(1)})
-    assert not any(hasattr(m, "activations") or m._forward_hooks for m in model.modules())  # skeleton untouched
+    assert not any(
+        hasattr(m, "activations") or m._forward_hooks for m in model.modules()
+    )  # skeleton untouched
 
 
 def _private_round(name, privacy, client, rnd):
@@ -131,7 +144,9 @@ def _private_round(name, privacy, client, rnd):
         params = dataclasses.replace(params, unlabeled_steps=2, beta=0.0)
     model, w = tiny_model()
     g = torch.Generator().manual_seed(rnd)
-    return private_client_update(build_algorithm(params), privacy, model, w, client, generator=g, device=torch.device("cpu"))
+    return private_client_update(
+        build_algorithm(params), privacy, model, w, client, generator=g, device=torch.device("cpu")
+    )
 
 
 def test_reported_epsilon_equals_opacus_accountant():
@@ -159,15 +174,23 @@ def test_dpsgd_changes_training_and_no_privacy_leaves_it_alone():
     plain = _private_round("fedavg", PrivacyConfig(), client, 1)
     again = _private_round("fedavg", PrivacyConfig(), client, 1)
     private = _private_round("fedavg", PrivacyConfig(name="dpsgd"), client, 1)
-    assert all(torch.equal(plain.deltas["model"][k], again.deltas["model"][k]) for k in plain.deltas["model"])
-    assert not any(torch.equal(plain.deltas["model"][k], private.deltas["model"][k]) for k in plain.deltas["model"])
+    assert all(
+        torch.equal(plain.deltas["model"][k], again.deltas["model"][k])
+        for k in plain.deltas["model"]
+    )
+    assert not any(
+        torch.equal(plain.deltas["model"][k], private.deltas["model"][k])
+        for k in plain.deltas["model"]
+    )
     assert "dp-steps" not in plain.metrics and private.metrics["dp-steps"] == [3]
 
 
 def test_ledger_metrics_travel_in_a_flower_metric_record():
     from flwr.app import MetricRecord
 
-    update = _private_round("fedlabel", PrivacyConfig(name="dpsgd"), tiny_client(num_labeled=10, num_unlabeled=25), 1)
+    update = _private_round(
+        "fedlabel", PrivacyConfig(name="dpsgd"), tiny_client(num_labeled=10, num_unlabeled=25), 1
+    )
     decoded = dict(MetricRecord(dict(update.metrics)))
     assert decoded == update.metrics and decoded["dp-steps"] == [3, 2]
 
@@ -180,8 +203,15 @@ def test_fedprox_proximal_gradient_is_added_after_the_noise():
     plain = _private_round("fedavg", privacy, client, 1)
     model, w = tiny_model()
     params = ALGORITHMS["fedprox"].params(local_steps=3, batch_size=4, weak_shift=0, mu=10.0)
-    prox = private_client_update(build_algorithm(params), privacy, model, w, client, generator=torch.Generator().manual_seed(1),
-                                 device=torch.device("cpu"))  # fmt: skip
+    prox = private_client_update(
+        build_algorithm(params),
+        privacy,
+        model,
+        w,
+        client,
+        generator=torch.Generator().manual_seed(1),
+        device=torch.device("cpu"),
+    )
     norm = lambda d: float(torch.sqrt(sum((v**2).sum() for v in d.values())))  # noqa: E731
     assert prox.metrics["dp-steps"] == [3]
     assert norm(prox.deltas["model"]) < norm(plain.deltas["model"])

@@ -26,7 +26,12 @@ def test_dpsgd_epsilon_per_round_is_max_over_clients_of_opacus_accounting(tmp_pa
     fed = load_federated(cfg)
     accountants: dict[int, RDPAccountant] = {}
     for r, record in enumerate(summary["rounds"], start=1):
-        for cid in sample_cohort(seed=cfg.seed, round=r, num_clients=cfg.data.num_clients, clients_per_round=cfg.clients_per_round):
+        for cid in sample_cohort(
+            seed=cfg.seed,
+            round=r,
+            num_clients=cfg.data.num_clients,
+            clients_per_round=cfg.clients_per_round,
+        ):
             n = fed.clients[cid].num_labeled
             acc = accountants.setdefault(cid, RDPAccountant())
             for _ in range(cfg.algorithm.local_steps if n else 0):
@@ -34,9 +39,13 @@ def test_dpsgd_epsilon_per_round_is_max_over_clients_of_opacus_accounting(tmp_pa
         expected = max(a.get_epsilon(delta=1e-5) for a in accountants.values() if a.history)
         assert record["epsilon"] == pytest.approx(expected, rel=1e-9)
     per_client = summary["privacy"]["client_epsilon"]
-    assert per_client == pytest.approx({str(c): a.get_epsilon(delta=1e-5) for c, a in accountants.items() if a.history}, rel=1e-9)
+    assert per_client == pytest.approx(
+        {str(c): a.get_epsilon(delta=1e-5) for c, a in accountants.items() if a.history}, rel=1e-9
+    )
     with open(tmp_path / "dp" / "rounds.csv") as fh:
-        assert [float(row["epsilon"]) for row in csv.DictReader(fh)] == [r["epsilon"] for r in summary["rounds"]]
+        assert [float(row["epsilon"]) for row in csv.DictReader(fh)] == [
+            r["epsilon"] for r in summary["rounds"]
+        ]
 
 
 def test_flower_engine_gives_the_same_epsilon(tmp_path, shared_ray):
@@ -44,7 +53,10 @@ def test_flower_engine_gives_the_same_epsilon(tmp_path, shared_ray):
     The epsilon must match the in-process engine round for round, and so must the accuracy (same
     seeds, same noise, one thread; the clipped update passes through w + Delta, so not bitwise)."""
     privacy = {"name": "central_dp", "clipping": "client"}
-    flower = fedlabel.run(_private(tmp_path, "flower", engine="flower", overrides=[shared_ray], **privacy), progress=False)
+    flower = fedlabel.run(
+        _private(tmp_path, "flower", engine="flower", overrides=[shared_ray], **privacy),
+        progress=False,
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

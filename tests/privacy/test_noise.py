@@ -1,4 +1,5 @@
-"""Where DP noise comes from (fedlabel.privacy.noise): seeded noise is reproducible from (seed, round,
+"""Where DP noise comes from (fedlabel.privacy.noise): seeded noise is reproducible from (seed,
+round,
 client), so whoever chose those can regenerate it; with privacy.secure_noise (always when deployed)
 two releases from the same triple differ, DP-SGD's Poisson batches included."""
 
@@ -23,8 +24,15 @@ def _dpsgd_update(secure: bool) -> dict[str, torch.Tensor]:
     privacy = PrivacyConfig(name="dpsgd", secure_noise=secure)
     params = ALGORITHMS["fedavg"].params(local_steps=3, batch_size=4, weak_shift=0)
     model, w = tiny_model()
-    update = private_client_update(build_algorithm(params), privacy, model, w, tiny_client(num_labeled=12, num_unlabeled=0),
-                                   generator=client_generator(seed=0, round=2, client_id=3), device=torch.device("cpu"))  # fmt: skip
+    update = private_client_update(
+        build_algorithm(params),
+        privacy,
+        model,
+        w,
+        tiny_client(num_labeled=12, num_unlabeled=0),
+        generator=client_generator(seed=0, round=2, client_id=3),
+        device=torch.device("cpu"),
+    )
     return update.deltas["model"]
 
 
@@ -63,8 +71,18 @@ def _bag_counts(secure: bool) -> torch.Tensor:
     except Exception as err:  # noqa: BLE001
         pytest.skip(f"Fashion-MNIST not installed: {err}")
     bags = BagSpec(size=8, epsilon=1.0, secure_noise=secure)
-    fed = build_federated(dataset, num_clients=2, partition="iid", alpha=1.0, min_client_size=1, label_ratio=0.5,
-                          labeled_class_alpha=0.0, seed=0, train_samples=200, bags=bags)  # fmt: skip
+    fed = build_federated(
+        dataset,
+        num_clients=2,
+        partition="iid",
+        alpha=1.0,
+        min_client_size=1,
+        label_ratio=0.5,
+        labeled_class_alpha=0.0,
+        seed=0,
+        train_samples=200,
+        bags=bags,
+    )
     return fed.clients[0].bags.counts
 
 
@@ -77,21 +95,38 @@ def test_bag_count_noise_secure_differs_seeded_matches():
 @pytest.mark.parametrize("secure,source", [(False, noise.SEEDED), (True, noise.OS_ENTROPY)])
 def test_summary_records_the_noise_source(secure, source):
     for name in ("dpsgd", "central_dp"):
-        assert ServerPrivacy(Config(privacy=PrivacyConfig(name=name, secure_noise=secure))).summary()["noise_source"] == source
-    bags = Config(privacy=PrivacyConfig(secure_noise=secure), data=DataConfig(bag_size=8, proportion_epsilon=1.0))
+        assert (
+            ServerPrivacy(Config(privacy=PrivacyConfig(name=name, secure_noise=secure))).summary()[
+                "noise_source"
+            ]
+            == source
+        )
+    bags = Config(
+        privacy=PrivacyConfig(secure_noise=secure),
+        data=DataConfig(bag_size=8, proportion_epsilon=1.0),
+    )
     assert ServerPrivacy(bags).summary() == {"mechanism": "none", "noise_source": source}
-    assert ServerPrivacy(Config(privacy=PrivacyConfig(secure_noise=secure))).summary() is None  # no noise at all
+    assert (
+        ServerPrivacy(Config(privacy=PrivacyConfig(secure_noise=secure))).summary() is None
+    )  # no noise at all
 
 
 def test_deployed_config_always_uses_os_entropy():
     cfg = Config(privacy=PrivacyConfig(name="dpsgd", noise_multiplier=0.7))
     site = noise.deployed(cfg)
-    assert site.privacy.secure_noise and dataclasses.replace(site.privacy, secure_noise=False) == cfg.privacy
+    assert (
+        site.privacy.secure_noise
+        and dataclasses.replace(site.privacy, secure_noise=False) == cfg.privacy
+    )
 
 
 def test_secure_bag_noise_is_refused_where_workers_rebuild_the_bags():
-    values = {"engine": {"name": "flower"}, "algorithm": {"name": "fedavg"}, "privacy": {"secure_noise": True},
-              "data": {"bag_size": 8, "proportion_epsilon": 1.0}}  # fmt: skip
+    values = {
+        "engine": {"name": "flower"},
+        "algorithm": {"name": "fedavg"},
+        "privacy": {"secure_noise": True},
+        "data": {"bag_size": 8, "proportion_epsilon": 1.0},
+    }
     with pytest.raises(ConfigError, match=r"privacy\.secure_noise.*engine=inprocess"):
         config_from_dict(values)
     assert config_from_dict({**values, "engine": {"name": "inprocess"}}).privacy.secure_noise
