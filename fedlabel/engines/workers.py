@@ -10,9 +10,9 @@ The server loop aggregates them in client-id order as always, so a run with N wo
 one-process run exactly when every worker uses that run's torch thread count; the workers share
 the process's threads evenly (at least one each).
 
-Updates come back one per client rather than summed inside the workers: aggregations other than
-FedAvg's (FedLabel's split, FedMatch's helper selection) need each client's delta, and a delta
-of the models here is at most a few MB, pickled by value through a pipe.
+Updates come back one per client rather than summed inside the workers: an algorithm's own
+aggregation (robust rules, split deltas, helper selection) may need each client's delta, and a
+delta of the models here is at most a few MB, pickled by value through a pipe.
 """
 
 from __future__ import annotations
