@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fedlabel.errors import check
+
 _OPS = (
     "identity",
     "autocontrast",
@@ -61,6 +63,16 @@ _OPS = (
 )
 _GEOMETRIC = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
 _MAX_MAGNITUDE = 30
+
+
+def check_strong_settings(num_ops: int, magnitude: int, cutout: int) -> None:
+    """ConfigError naming the first ``algorithm.strong_*`` setting :func:`strong_augment` cannot
+    use (checked in this order: magnitude on its 0-30 scale, number of ops, cutout size)."""
+    check(
+        0 <= magnitude <= 30, "algorithm.strong_magnitude", f"must be in [0, 30], got {magnitude}"
+    )
+    check(num_ops >= 0, "algorithm.strong_num_ops", f"must be >= 0, got {num_ops}")
+    check(cutout >= 0, "algorithm.strong_cutout", f"must be >= 0, got {cutout}")
 
 
 def _check_generator(generator: torch.Generator) -> None:

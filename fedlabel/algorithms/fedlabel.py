@@ -65,7 +65,13 @@ from fedlabel.algorithms.batching import (
     stack,
 )
 from fedlabel.algorithms.fedavg import BatchedLabeled, train_labeled
-from fedlabel.augment import StrongDraws, apply_strong, draw_strong, strong_augment
+from fedlabel.augment import (
+    StrongDraws,
+    apply_strong,
+    check_strong_settings,
+    draw_strong,
+    strong_augment,
+)
 from fedlabel.data import ClientData
 from fedlabel.errors import check
 from fedlabel.robust import Combine, weighted_mean
@@ -122,21 +128,7 @@ class FedLabelParams(AlgorithmParams):
                 f"algorithm.{key}",
                 f"unknown value {value!r}; choose from {list(choices)}",
             )
-        check(
-            0 <= self.strong_magnitude <= 30,
-            "algorithm.strong_magnitude",
-            f"must be in [0, 30], got {self.strong_magnitude}",
-        )
-        check(
-            self.strong_num_ops >= 0,
-            "algorithm.strong_num_ops",
-            f"must be >= 0, got {self.strong_num_ops}",
-        )
-        check(
-            self.strong_cutout >= 0,
-            "algorithm.strong_cutout",
-            f"must be >= 0, got {self.strong_cutout}",
-        )
+        check_strong_settings(self.strong_num_ops, self.strong_magnitude, self.strong_cutout)
 
 
 # --------------------------------------------------------------------------------------------

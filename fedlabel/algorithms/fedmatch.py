@@ -67,7 +67,7 @@ from fedlabel.algorithms.base import (
     StateDict,
     total,
 )
-from fedlabel.augment import strong_augment, weak_augment
+from fedlabel.augment import check_strong_settings, strong_augment, weak_augment
 from fedlabel.errors import check
 from fedlabel.robust import Combine, weighted_mean
 from fedlabel.training import Params, SgdConfig, forward, sgd_step, subtract, to_float, zeros_like
@@ -146,21 +146,7 @@ class FedMatchParams(AlgorithmParams):
                 f"algorithm.{key}",
                 f"must be >= 0, got {getattr(self, key)}",
             )
-        check(
-            0 <= self.strong_magnitude <= 30,
-            "algorithm.strong_magnitude",
-            f"must be in [0, 30], got {self.strong_magnitude}",
-        )
-        check(
-            self.strong_num_ops >= 0,
-            "algorithm.strong_num_ops",
-            f"must be >= 0, got {self.strong_num_ops}",
-        )
-        check(
-            self.strong_cutout >= 0,
-            "algorithm.strong_cutout",
-            f"must be >= 0, got {self.strong_cutout}",
-        )
+        check_strong_settings(self.strong_num_ops, self.strong_magnitude, self.strong_cutout)
 
 
 # --------------------------------------------------------------------------------------------

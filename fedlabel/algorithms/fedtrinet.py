@@ -51,7 +51,7 @@ from fedlabel.algorithms.base import (
     StateDict,
 )
 from fedlabel.algorithms.fedmatch import masked_cross_entropy
-from fedlabel.augment import strong_augment, weak_augment
+from fedlabel.augment import check_strong_settings, strong_augment, weak_augment
 from fedlabel.errors import check
 from fedlabel.training import Params, forward, subtract, to_float
 
@@ -104,21 +104,7 @@ class FedTriNetParams(AlgorithmParams):
             "algorithm.evaluation",
             f"unknown value {self.evaluation!r}; choose ensemble or head0",
         )
-        check(
-            0 <= self.strong_magnitude <= 30,
-            "algorithm.strong_magnitude",
-            f"must be in [0, 30], got {self.strong_magnitude}",
-        )
-        check(
-            self.strong_num_ops >= 0,
-            "algorithm.strong_num_ops",
-            f"must be >= 0, got {self.strong_num_ops}",
-        )
-        check(
-            self.strong_cutout >= 0,
-            "algorithm.strong_cutout",
-            f"must be >= 0, got {self.strong_cutout}",
-        )
+        check_strong_settings(self.strong_num_ops, self.strong_magnitude, self.strong_cutout)
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from fedlabel.algorithms.base import Algorithm, ClientUpdate
 from fedlabel.algorithms.fedavg import FedAvgParams, train_labeled
-from fedlabel.augment import strong_augment, weak_augment
+from fedlabel.augment import check_strong_settings, strong_augment, weak_augment
 from fedlabel.errors import check
 from fedlabel.training import subtract, to_float
 
@@ -64,21 +64,7 @@ class SemiSupervisedParams(FedAvgParams):
             "algorithm.unlabeled_ratio",
             f"must be >= 1, got {self.unlabeled_ratio}",
         )
-        check(
-            0 <= self.strong_magnitude <= 30,
-            "algorithm.strong_magnitude",
-            f"must be in [0, 30], got {self.strong_magnitude}",
-        )
-        check(
-            self.strong_num_ops >= 0,
-            "algorithm.strong_num_ops",
-            f"must be >= 0, got {self.strong_num_ops}",
-        )
-        check(
-            self.strong_cutout >= 0,
-            "algorithm.strong_cutout",
-            f"must be >= 0, got {self.strong_cutout}",
-        )
+        check_strong_settings(self.strong_num_ops, self.strong_magnitude, self.strong_cutout)
 
 
 @dataclass(frozen=True)
