@@ -1,9 +1,11 @@
 """Ray nodes started as processes on 127.0.0.1 for tests that join engine=flower to a running
 cluster (engine.ray_address) instead of letting each run start its own Ray.
 
-Only the processes started here are ended: each `ray start --block` leads its own session, and
-stopping it ends its node (GCS, raylet, agents, workers); anything left in that session is then
-killed by PID. `ray stop` is never used: it would end every Ray process of the user."""
+Only the processes started here are ended: each `ray start --block` runs under a reaper
+(fedlabel.engines.reaper) in its own session, so its node (GCS, raylet, agents, workers) ends when
+the test stops it and also when pytest itself dies (SIGTERM, SIGKILL, a timeout); anything left in
+that session is then killed by PID. `ray stop` is never used: it would end every Ray process of
+the user."""
 
 import os
 import signal
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 from fedlabel.engines.flower import free_port
+from fedlabel.engines.reaper import reaped
 
 RAY = Path(sys.executable).parent / "ray"
 
@@ -60,7 +63,11 @@ def start_node(temp_dir: str, log: Path, *extra: str, num_cpus: int = 1) -> subp
         args += [flag, str(free_port())]
     with open(log, "w") as out:
         return subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, env=ray_env(), start_new_session=True
+            reaped(args),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=ray_env(),
+            start_new_session=True,
         )
 
 
@@ -91,8 +98,8 @@ def _session_members(sid: int) -> list[int]:
 
 
 def stop_node(proc: subprocess.Popen) -> None:
-    """End a node we started: SIGTERM to its session's process group (`ray start --block` then
-    ends the node's processes), then SIGKILL whatever is left in its session."""
+    """End a node we started: SIGTERM to its session's process group (its reaper then ends the
+    node's processes), then SIGKILL whatever is left in its session."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
