@@ -160,7 +160,7 @@ def test_label_editing_drops_labels_the_labelling_heads_do_not_keep_in_two_third
     edited = edit_labels(labels, votes)
     # head 0 (labelled by heads 1, 2 as 1): sample 0 head 2 votes 1 in 0/3 -> drop;
     #   sample 1: head 1 votes 1 in 2/3, head 2 in 3/3 -> keep
-    # head 1 (label 0 from heads 0, 2): sample 0 head 2 never votes 0 -> drop; sample 1 was not taken
+    # head 1 (label 0 from heads 0, 2): sample 0 head 2 never votes 0 -> drop; sample 1 not taken
     # head 2 (label 2 from heads 0, 1): sample 0 head 0 votes 2 in 0/3 -> drop;
     #   sample 1: head 0 votes 2 in 1/3 -> drop
     assert edited.mask.tolist() == [[False, True], [False, False], [False, False]]
