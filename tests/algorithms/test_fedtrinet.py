@@ -1,5 +1,8 @@
 """FedTriNet's pieces on tiny tensors: Tri-net agreement labelling with its budget, the
-pseudo-label schedule, the three-head state and its ensemble evaluation, the warm-up."""
+pseudo-label schedule, the loss (the sum of the heads' cross-entropies), output smearing and
+label editing, the three-head state and its ensemble evaluation, the warm-up."""
+
+import math
 
 import pytest
 import torch
@@ -9,10 +12,14 @@ from fedlabel.algorithms.fedtrinet import (
     CONTROL,
     FedTriNet,
     FedTriNetParams,
+    TriLabels,
     TriNet,
+    edit_labels,
     ensemble_head,
     pseudo_label_budget,
+    smeared_labels,
     tri_labels,
+    tri_loss,
 )
 from fedlabel.config import ConfigError
 from fedlabel.training import ClientContext, forward, to_float
@@ -65,11 +72,125 @@ def test_budget_schedule_doubles_after_warmup():
     assert b == [0.0, 0.0, 0.2, 0.4, 0.8, 1.0]
 
 
-def _setup(seed=0):
-    model, params = tiny_model()
-    algo = FedTriNet(
-        FedTriNetParams(local_steps=3, warmup_rounds=1, tri_threshold=0.0, initial_budget=0.5)
+def _ce(logits, target):
+    """-sum_c target_c log softmax(logits)_c of one row, written out."""
+    z = [math.exp(v) for v in logits]
+    return -sum(t * math.log(e / sum(z)) for t, e in zip(target, z, strict=True))
+
+
+def test_loss_is_the_sum_of_the_heads_cross_entropies():
+    # 3 heads, 2 labeled rows, 2 unlabeled rows, 2 classes
+    logits_l = torch.tensor(
+        [[[2.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [3.0, 0.0]], [[0.0, 2.0], [0.5, 0.0]]],
+        requires_grad=True,
     )
+    logits_u = torch.tensor(
+        [[[1.0, 0.0], [0.0, 0.0]], [[0.0, 2.0], [1.0, 0.0]], [[2.0, 1.0], [0.0, 1.0]]]
+    )
+    y = torch.tensor([0, 1])
+    pseudo = TriLabels(
+        torch.tensor([[0, 1], [1, 0], [1, 1]]),
+        torch.tensor([[True, False], [True, True], [False, False]]),
+    )
+    sup, uns = tri_loss(logits_l, y, logits_u, pseudo)
+    one_hot = {0: (1, 0), 1: (0, 1)}
+    want_sup = sum(
+        (_ce(logits_l[k, 0].tolist(), one_hot[0]) + _ce(logits_l[k, 1].tolist(), one_hot[1])) / 2
+        for k in range(3)
+    )
+    # head 0 takes row 0 (label 0), head 1 rows 0 and 1 (labels 1, 0), head 2 nothing
+    want_uns = (
+        _ce([1.0, 0.0], one_hot[0])
+        + (_ce([0.0, 2.0], one_hot[1]) + _ce([1.0, 0.0], one_hot[0])) / 2
+    )
+    assert sup.item() == pytest.approx(want_sup, rel=1e-6)
+    assert uns.item() == pytest.approx(want_uns, rel=1e-6)
+    # each head gets the full gradient of its own cross-entropy (not a third of it)
+    sup.backward()
+    alone = logits_l.detach()[1].clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(alone, y).backward()
+    assert torch.allclose(logits_l.grad[1], alone.grad)
+    # per-head soft (smeared) targets: each head is scored against its own distribution
+    soft = torch.tensor(
+        [[[0.9, 0.1], [0.2, 0.8]], [[1.0, 0.0], [0.0, 1.0]], [[0.5, 0.5], [0.3, 0.7]]]
+    )
+    sup_soft, _ = tri_loss(logits_l, soft, logits_u, pseudo)
+    want = sum(
+        (
+            _ce(logits_l[k, 0].tolist(), soft[k, 0].tolist())
+            + _ce(logits_l[k, 1].tolist(), soft[k, 1].tolist())
+        )
+        / 2
+        for k in range(3)
+    )
+    assert sup_soft.item() == pytest.approx(want, rel=1e-6)
+    # no labeled rows: the labeled part is 0, not NaN
+    assert tri_loss(logits_l[:, :0], y[:0], logits_u, pseudo)[0].item() == 0.0
+
+
+def test_output_smearing_is_seeded_noise_on_the_one_hot_labels_per_head():
+    y = torch.tensor([0, 2, 1])
+    t = smeared_labels(y, 3, std=0.1, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(3, 3, 3, generator=torch.Generator().manual_seed(0)).mul(0.1).clamp_min(0)
+    want = torch.nn.functional.one_hot(y, 3).float() + noise
+    assert torch.allclose(t, want / want.sum(2, keepdim=True))
+    assert torch.allclose(t.sum(2), torch.ones(3, 3))
+    assert (t.argmax(2) == y).all()  # small noise keeps the true class on top
+    assert not torch.equal(t[0], t[1])  # every head its own smeared label set
+    assert torch.equal(t, smeared_labels(y, 3, std=0.1, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(
+        smeared_labels(y, 3, std=0.0, generator=torch.Generator()),
+        torch.nn.functional.one_hot(y, 3).float().expand(3, 3, 3),
+    )
+
+
+def test_label_editing_drops_labels_the_labelling_heads_do_not_keep_in_two_thirds_of_passes():
+    labels = TriLabels(
+        torch.tensor([[1, 1], [0, 0], [2, 2]]),
+        torch.tensor([[True, True], [True, False], [True, True]]),
+    )
+    # 3 passes x 3 heads x 2 samples
+    votes = torch.tensor(
+        [
+            [[0, 0], [1, 1], [2, 1]],
+            [[0, 0], [1, 0], [2, 1]],
+            [[0, 2], [1, 1], [2, 1]],
+        ]
+    )
+    edited = edit_labels(labels, votes)
+    # head 0 (labelled by heads 1, 2 as 1): sample 0 head 2 votes 1 in 0/3 -> drop;
+    #   sample 1: head 1 votes 1 in 2/3, head 2 in 3/3 -> keep
+    # head 1 (label 0 from heads 0, 2): sample 0 head 2 never votes 0 -> drop; sample 1 not taken
+    # head 2 (label 2 from heads 0, 1): sample 0 head 0 votes 2 in 0/3 -> drop;
+    #   sample 1: head 0 votes 2 in 1/3 -> drop
+    assert edited.mask.tolist() == [[False, True], [False, False], [False, False]]
+    assert torch.equal(edited.pseudo_label, labels.pseudo_label)
+    unanimous = edit_labels(labels, labels.pseudo_label.new_tensor([[[1, 1], [1, 1], [1, 1]]] * 3))
+    assert unanimous.mask.tolist() == [[True, True], [False, False], [False, False]]
+
+
+def test_editing_on_a_client_is_seeded_and_only_removes_pseudo_labels():
+    algo, model, params, state = _setup(edit_passes=9, edit_dropout=0.5)
+    plain = _setup(edit_passes=0)[0]
+    client = tiny_client(num_labeled=8, num_unlabeled=40)
+    extras = {CONTROL: algo.client_payload(2, [0], state)[0][CONTROL]}
+
+    def run(a):
+        ctx = ClientContext(torch.device("cpu"), torch.Generator().manual_seed(3))
+        return a.client_update(model, state, client, ctx, extras=extras)
+
+    edited, again, unedited = run(algo), run(algo), run(plain)
+    assert edited.metrics == again.metrics
+    assert edited.metrics["num_kept"] < unedited.metrics["num_kept"]
+
+
+def _setup(seed=0, **overrides):
+    model, params = tiny_model()
+    settings = dict(local_steps=3, warmup_rounds=1, tri_threshold=0.0, initial_budget=0.5)
+    # the untrained tiny model's labels do not survive label editing; the plumbing tests below
+    # see them unedited (editing has its own tests above)
+    settings["edit_passes"] = 0
+    algo = FedTriNet(FedTriNetParams(**{**settings, **overrides}))
     return (
         algo,
         model,
@@ -129,3 +250,32 @@ def test_params_validation_names_field():
         FedTriNetParams(evaluation="vote").validate()
     with pytest.raises(ConfigError, match="algorithm.initial_budget"):
         FedTriNetParams(initial_budget=0.0).validate()
+    for bad in (
+        {"smear_std": -0.1},
+        {"smear_std": math.inf},
+        {"edit_passes": -1},
+        {"edit_dropout": 1.0},
+        {"edit_dropout": -0.1},
+        {"edit_dropout": 0.0},  # with edit_passes > 0 (the default)
+    ):
+        (key,) = bad
+        with pytest.raises(ConfigError, match=f"algorithm.{key}"):
+            FedTriNetParams(**bad).validate()
+    FedTriNetParams(edit_passes=0, edit_dropout=0.0, smear_std=0.0).validate()
+
+
+def test_output_smearing_changes_the_warmup_only():
+    client = tiny_client(num_labeled=8, num_unlabeled=12)
+
+    def update(rnd, **overrides):
+        algo, model, _, state = _setup(**overrides)
+        ctx = ClientContext(torch.device("cpu"), torch.Generator().manual_seed(0))
+        extras = algo.client_payload(rnd, [0], state)[0]
+        return algo.client_update(model, state, client, ctx, extras=extras).deltas["model"]
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    assert not same(update(1, smear_std=0.1), update(1, smear_std=0.0))  # warm-up: smeared
+    assert same(update(1, smear_std=0.1), update(1, smear_std=0.1))  # seeded
+    assert same(update(2, smear_std=0.1), update(2, smear_std=0.0))  # pseudo-label rounds: not

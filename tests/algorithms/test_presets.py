@@ -82,8 +82,14 @@ BEFORE = {
     "fedmatch": FEDMATCH,
     "fedtrinet": FEDTRINET,
 }
-# the key the FedAvg-based names gained (FedProx's mu; 0 runs exactly what ran before)
-GAINED = {"fedavg": {"mu": 0.0}, "fedavg_fixmatch": {"mu": 0.0}, "fedavg_uda": {"mu": 0.0}}
+# the keys names gained since: the FedAvg-based names FedProx's mu (0 runs exactly what ran
+# before), FedTriNet Tri-net's output smearing and label editing
+GAINED = {
+    "fedavg": {"mu": 0.0},
+    "fedavg_fixmatch": {"mu": 0.0},
+    "fedavg_uda": {"mu": 0.0},
+    "fedtrinet": {"smear_std": 0.01, "edit_passes": 9, "edit_dropout": 0.5},
+}
 CORE = {
     "fedavg": FedAvg,
     "fedprox": FedAvg,
