@@ -159,9 +159,7 @@ def _headers(keys: Sequence[str], last: int) -> list[str]:
     return ["run", *keys, *(names.get(m, m) for m, _ in METRICS)]
 
 
-def compare(
-    folders: Sequence[str | Path], *, out: str | Path | None = None, last: int = 5
-) -> str:
+def compare(folders: Sequence[str | Path], *, out: str | Path | None = None, last: int = 5) -> str:
     """Write compare.md, compare.csv and compare.png for ``folders`` into ``out`` (default:
     the folders' common parent) and return the markdown table. CompareError for a folder that
     is not a run, before anything is written."""
