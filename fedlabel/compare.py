@@ -202,29 +202,31 @@ def compare(folders: Sequence[str | Path], *, out: str | Path | None = None, las
     return markdown
 
 
-def sweep_runs(sweep_dir: str | Path) -> list[Path]:
-    """The run folders under a Hydra sweep folder (those with a summary.json), in job order."""
-
-    def order(path: Path) -> list[Any]:
-        return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(path))]
-
-    found = {p.parent for p in Path(sweep_dir).rglob("summary.json") if ".hydra" not in p.parts}
-    return sorted(found, key=order)
+def _natural(path: Path) -> list[Any]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(path))]
 
 
 class MultirunCompare(Callback):
-    """At the end of a Hydra multirun: compare.md/csv/png over the sweep's runs, in the sweep
-    folder (a folder that fails to compare is reported, the sweep's own result is kept)."""
+    """At the end of a Hydra multirun: compare.md/csv/png over the sweep's runs (its folders
+    with a summary.json, in job order), in the sweep folder. Jobs that left no summary.json (a
+    config error) are named; a comparison that fails is reported, the sweep's result is kept."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        runs = sweep_runs(sweep_dir)
+        sweep = Path(config.hydra.sweep.dir)
+        jobs = {p.parent for p in sweep.rglob(".hydra")} | {
+            p.parent for p in sweep.rglob("summary.json") if ".hydra" not in p.parts
+        }
+        runs = sorted((j for j in jobs if (j / "summary.json").is_file()), key=_natural)
+        missing = sorted(jobs - set(runs), key=_natural)
+        if missing:
+            names = ", ".join(os.path.relpath(j, sweep) for j in missing)
+            print(f"fedlabel compare: no summary.json (left out): {names}")
         if not runs:
-            print(f"fedlabel compare: no run folders under {sweep_dir}")
+            print(f"fedlabel compare: no run folders under {sweep}")
             return
         try:
-            print(compare(runs, out=sweep_dir), end="")
+            print(compare(runs, out=sweep), end="")
         except CompareError as err:
             print(f"fedlabel compare: {err}")
             return
-        print(f"comparison: {', '.join(str(sweep_dir / f) for f in FILES)}")
+        print(f"comparison: {', '.join(str(sweep / f) for f in FILES)}")
