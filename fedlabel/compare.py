@@ -94,8 +94,11 @@ def load_run(path: str | Path) -> RunFolder:
         summary = json.loads(file.read_text())
     except (OSError, ValueError) as err:
         raise CompareError(f"{path}: unreadable summary.json ({err})") from err
-    if not isinstance(summary, dict) or not isinstance(summary.get("rounds"), list):
-        raise CompareError(f"{path}: summary.json is not a run summary (no 'rounds' list)")
+    rounds = summary.get("rounds") if isinstance(summary, dict) else None
+    if not isinstance(rounds, list) or not all(
+        isinstance(r, dict) and "round" in r for r in rounds
+    ):
+        raise CompareError(f"{path}: summary.json is not a run summary (no list of rounds)")
     overrides = _overrides(path)
     settings = {k: v for k, v in overrides.items() if k not in IGNORED_KEYS}
     config = summary.get("config")
