@@ -8,6 +8,9 @@ fedlabel deploy <command> ...         run on real sites (server, join, submit, .
 fedlabel privacy-sweep [options] [overrides]
                                       privacy-utility sweep -> docs/privacy.md
                                       (`fedlabel privacy-sweep --help`)
+fedlabel compare DIR... [--last N] [--out DIR]
+                                      one table (compare.md, .csv) and accuracy plot
+                                      (compare.png) across run folders
 """
 
 from __future__ import annotations
@@ -122,6 +125,32 @@ def _simulate(argv: list[str]) -> int:
     return status["code"]
 
 
+def _compare(argv: list[str]) -> int:
+    import argparse
+
+    from fedlabel.compare import CompareError, compare
+
+    ap = argparse.ArgumentParser(
+        prog="fedlabel compare",
+        description="One table and one accuracy plot across run folders: the settings that"
+        " differ, accuracies, ECE, epsilon, wall time, status.",
+    )
+    ap.add_argument("folders", nargs="+", metavar="DIR", help="run folders (with summary.json)")
+    ap.add_argument(
+        "--last", type=int, default=5, help="mean of the last N evaluated rounds' accuracy"
+    )
+    ap.add_argument(
+        "--out", default=None, help="where compare.md/csv/png go (default: the common parent)"
+    )
+    args = ap.parse_args(argv)
+    try:
+        print(compare(args.folders, out=args.out, last=args.last), end="")
+    except CompareError as err:
+        print(f"fedlabel compare: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def privacy_line(summary: dict[str, Any]) -> str | None:
     """'privacy: epsilon 2.91 at delta 1e-05 (dpsgd); bag counts: epsilon 1 (label-DP)\n', or
     None."""
@@ -182,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         from fedlabel.privacy_sweep import main as sweep_main
 
         return sweep_main(rest)
+    if cmd == "compare":
+        return _compare(rest)
     if cmd == "flower-config":
         if "--write" in rest:
             write_flower_config(Path(__file__).resolve().parents[1] / "pyproject.toml")

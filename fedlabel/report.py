@@ -211,27 +211,38 @@ class RunRecorder:
         )
         self._write_summary(status=status, error=error, stop_reason=None if error else stop_reason)
         if self.rounds:
-            plot_accuracy(
-                self.rounds,
+            plot_curves(
+                [("", self.rounds)],
                 self.dir / "accuracy.png",
                 title=str(self.config.get("algorithm", {}).get("name", "")),
             )
         return json.loads((self.dir / "summary.json").read_text())
 
 
-def plot_accuracy(rounds: list[dict[str, Any]], path: Path, *, title: str = "") -> None:
+def plot_curves(
+    curves: Sequence[tuple[str, list[dict[str, Any]]]], path: Path, *, title: str = ""
+) -> None:
+    """Test accuracy against round, one line per (label, rounds); a legend when labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [(r["round"], r["accuracy"]) for r in rounds if r.get("accuracy") is not None]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 60 else None)
+    for label, rounds in curves:
+        pts = [(r["round"], r["accuracy"]) for r in rounds if r.get("accuracy") is not None]
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            marker="." if len(pts) < 60 else None,
+            label=label or None,
+        )
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    if any(label for label, _ in curves):
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
