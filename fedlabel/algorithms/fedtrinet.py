@@ -69,8 +69,9 @@ class FedTriNetParams(AlgorithmParams):
     unlabeled_weight: float = 1.0
     evaluation: str = "ensemble"  # ensemble | head0
     strong_num_ops: int = 1
-    strong_magnitude: int = 10
+    strong_magnitude: int = 10  # on the 0..strong_magnitude_scale scale
     strong_cutout: int = 10
+    strong_magnitude_scale: int = 30  # 30: torchvision's scale, 10: Cubuk et al.'s (augment.py)
 
     def validate(self) -> None:
         super().validate()
@@ -104,7 +105,12 @@ class FedTriNetParams(AlgorithmParams):
             "algorithm.evaluation",
             f"unknown value {self.evaluation!r}; choose ensemble or head0",
         )
-        check_strong_settings(self.strong_num_ops, self.strong_magnitude, self.strong_cutout)
+        check_strong_settings(
+            self.strong_num_ops,
+            self.strong_magnitude,
+            self.strong_cutout,
+            self.strong_magnitude_scale,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,6 +286,7 @@ class FedTriNet(Algorithm):
                     num_ops=p.strong_num_ops,
                     magnitude=p.strong_magnitude,
                     cutout=p.strong_cutout,
+                    magnitude_scale=p.strong_magnitude_scale,
                 )
             logits = f(torch.cat([xl, xu]))
             sup = (

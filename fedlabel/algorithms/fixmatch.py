@@ -53,8 +53,9 @@ class SemiSupervisedParams(FedAvgParams):
     lambda_u: float = 1.0  # weight of the unlabeled loss
     unlabeled_ratio: int = 1  # unlabeled batch = unlabeled_ratio x batch_size (FixMatch's mu)
     strong_num_ops: int = 1
-    strong_magnitude: int = 10
+    strong_magnitude: int = 10  # on the 0..strong_magnitude_scale scale
     strong_cutout: int = 10
+    strong_magnitude_scale: int = 30  # 30: torchvision's scale, 10: Cubuk et al.'s (augment.py)
 
     def validate(self) -> None:
         super().validate()
@@ -64,7 +65,12 @@ class SemiSupervisedParams(FedAvgParams):
             "algorithm.unlabeled_ratio",
             f"must be >= 1, got {self.unlabeled_ratio}",
         )
-        check_strong_settings(self.strong_num_ops, self.strong_magnitude, self.strong_cutout)
+        check_strong_settings(
+            self.strong_num_ops,
+            self.strong_magnitude,
+            self.strong_cutout,
+            self.strong_magnitude_scale,
+        )
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,7 @@ class FixMatch(Algorithm):
                 num_ops=p.strong_num_ops,
                 magnitude=p.strong_magnitude,
                 cutout=p.strong_cutout,
+                magnitude_scale=p.strong_magnitude_scale,
             )
             with torch.no_grad():
                 weak_logits = f(weak)

@@ -40,6 +40,7 @@ ALTERNATIVES = {
     "strong_num_ops": 2,
     "strong_magnitude": 20,
     "strong_cutout": 0,
+    "strong_magnitude_scale": 10,
 }
 BASE = {"local_steps": 2, "unlabeled_steps": 2}
 
