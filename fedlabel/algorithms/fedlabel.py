@@ -60,6 +60,7 @@ choice (lambda is capped at lambda0 since s* may now be the less confident model
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -238,6 +239,24 @@ def unlabeled_loss(
     return (ce + choice.consistency_weight * kl).mean()
 
 
+def batch_loss(
+    f: Callable[[Tensor], Tensor],
+    strong: Tensor,
+    clean: Tensor,
+    choice: ExpertChoice,
+    p: FedLabelParams,
+) -> Tensor:
+    """F_U of one batch for the student ``f`` (images -> logits): CE on ``strong`` = psi(x), and
+    the consistency term on ``strong`` or ``clean`` = x as ``p.kl_input`` says, in the direction
+    ``p.kl_direction`` (the module docstring's D(x))."""
+    if p.kl_input == "strong":
+        student = student_kl = f(strong)
+    else:
+        both = f(torch.cat([strong, clean]))
+        student, student_kl = both[: len(strong)], both[len(strong) :]
+    return unlabeled_loss(student, student_kl, choice, kl_direction=p.kl_direction)
+
+
 def _rows(choice: ExpertChoice, idx: torch.Tensor) -> ExpertChoice:
     return ExpertChoice(*(getattr(choice, f)[idx] for f in choice.__dataclass_fields__))
 
@@ -383,14 +402,7 @@ class FedLabel(Algorithm):
                 cutout=p.strong_cutout,
                 magnitude_scale=p.strong_magnitude_scale,
             )
-            if p.kl_input == "strong":
-                student = student_kl = f(strong)
-            else:
-                both = f(torch.cat([strong, clean]))
-                student, student_kl = both[: len(idx)], both[len(idx) :]
-            return unlabeled_loss(
-                student, student_kl, _rows(choice, idx), kl_direction=p.kl_direction
-            )
+            return batch_loss(f, strong, clean, _rows(choice, idx), p)
 
         unl, loss_u = ctx.train(model, global_params, batches=batches, loss_fn=loss_fn, sgd=p.sgd())
         truth = (
@@ -464,16 +476,13 @@ class FedLabelBatched(BatchedUpdate):
             target: Tensor,
             count: Tensor,
         ) -> Tensor:
-            if p.kl_input == "strong":
-                student = student_kl = functional_call(model, params, (strong,))
-            else:
-                both = functional_call(model, params, (torch.cat([strong, clean]),))
-                student, student_kl = both[: len(strong)], both[len(strong) :]
             choice = ExpertChoice(
                 pseudo, keep, keep, weight, target, keep
             )  # the fields unlabeled_loss reads
-            # unlabeled_loss is the mean over all (padded) rows; rescale to this client's rows
-            loss = unlabeled_loss(student, student_kl, choice, kl_direction=p.kl_direction)
+            # batch_loss is the mean over all (padded) rows; rescale to this client's rows
+            loss = batch_loss(
+                lambda x: functional_call(model, params, (x,)), strong, clean, choice, p
+            )
             return loss * len(strong) / count.clamp_min(1)
 
         self._step = vmap(grad_and_value(loss_fn))
