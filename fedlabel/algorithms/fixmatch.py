@@ -21,7 +21,8 @@ baselines), as config values:
    branches; the labeled CE goes through the shared supervised branch (train_labeled), so
    FedProx's term and any labeled-loss variant apply to it unchanged.
  - weak view = the shared weak_shift translation (as on the labeled batches); strong view = the
-   project's RandAugment (strong_num_ops=1 op at strong_magnitude=10) + strong_cutout=10 cutout,
+   project's RandAugment (strong_num_ops=1 op at strong_magnitude=10 on the 0..30 scale of
+   strong_magnitude_scale=30, a third of each op's range) + strong_cutout=10 cutout,
    the same psi FedLabel uses, so that methods differ in their losses, not their augmentations.
    FixMatch itself draws 2 ops at a random magnitude.
  - r_k = |D_L| + number of distinct unlabeled samples whose pseudo-label was kept at least once
