@@ -13,7 +13,7 @@ the zero-padded image) and, optionally, a horizontal flip with probability 0.5.
 signed ops, a random sign ``s`` per sample and op. Ranges follow torchvision's ``RandAugment``;
 ``l = 1`` is each op's strongest setting. The default S = 30 is torchvision's scale (its 31
 magnitude bins), on which m = 10 is a third of the strongest; S = 10 is Cubuk et al.'s scale
-(AutoAugment's, "10 is the maximum"), on which their M = 10 is ``l = 1``. Config:
+(AutoAugment's, with 10 the strongest), on which their M = 10 is ``l = 1``. Config:
 ``algorithm.strong_magnitude`` and ``algorithm.strong_magnitude_scale``.
 
 ====================  ==========================================================
