@@ -9,8 +9,12 @@ the zero-padded image) and, optionally, a horizontal flip with probability 0.5.
 
 ``strong_augment``: RandAugment (Cubuk et al. 2020) as used by FixMatch. Each sample draws
 ``num_ops`` ops uniformly, with replacement, from the list below; each op runs at the fixed
-``magnitude`` m on the 0..30 scale, with level ``l = m / 30`` and, for signed ops, a random
-sign ``s`` per sample and op. Ranges follow torchvision's ``RandAugment``:
+``magnitude`` m on the scale 0..``magnitude_scale`` (S), with level ``l = m / S`` and, for
+signed ops, a random sign ``s`` per sample and op. Ranges follow torchvision's ``RandAugment``;
+``l = 1`` is each op's strongest setting. The default S = 30 is torchvision's scale (its 31
+magnitude bins), on which m = 10 is a third of the strongest; S = 10 is Cubuk et al.'s scale
+(AutoAugment's, with 10 the strongest), on which their M = 10 is ``l = 1``. Config:
+``algorithm.strong_magnitude`` and ``algorithm.strong_magnitude_scale``.
 
 ====================  ==========================================================
 identity              no change
@@ -62,14 +66,24 @@ _OPS = (
     "translate_y",
 )
 _GEOMETRIC = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
-_MAX_MAGNITUDE = 30
+TORCHVISION_SCALE = 30  # torchvision's RandAugment: 31 magnitude bins, 0..30
+CUBUK_SCALE = 10  # Cubuk et al. 2020 (and AutoAugment): 0..10
 
 
-def check_strong_settings(num_ops: int, magnitude: int, cutout: int) -> None:
+def check_strong_settings(num_ops: int, magnitude: int, cutout: int, magnitude_scale: int) -> None:
     """ConfigError naming the first ``algorithm.strong_*`` setting :func:`strong_augment` cannot
-    use (checked in this order: magnitude on its 0-30 scale, number of ops, cutout size)."""
+    use (checked in this order: the magnitude scale, the magnitude on it, number of ops, cutout
+    size)."""
     check(
-        0 <= magnitude <= 30, "algorithm.strong_magnitude", f"must be in [0, 30], got {magnitude}"
+        magnitude_scale >= 1,
+        "algorithm.strong_magnitude_scale",
+        f"must be >= 1 ({TORCHVISION_SCALE}: torchvision's scale, {CUBUK_SCALE}: Cubuk et al.'s),"
+        f" got {magnitude_scale}",
+    )
+    check(
+        0 <= magnitude <= magnitude_scale,
+        "algorithm.strong_magnitude",
+        f"must be in [0, {magnitude_scale}] (algorithm.strong_magnitude_scale), got {magnitude}",
     )
     check(num_ops >= 0, "algorithm.strong_num_ops", f"must be >= 0, got {num_ops}")
     check(cutout >= 0, "algorithm.strong_cutout", f"must be >= 0, got {cutout}")
@@ -251,17 +265,23 @@ def strong_augment(
     num_ops: int = 1,
     magnitude: int = 10,
     cutout: int = 10,
+    magnitude_scale: int = TORCHVISION_SCALE,
 ) -> Tensor:
-    """RandAugment with ``num_ops`` random ops per sample at ``magnitude`` (0..30), then a
-    ``cutout`` square filled with 0.5 (see the module docstring for ops and ranges)."""
+    """RandAugment with ``num_ops`` random ops per sample at ``magnitude`` (0..magnitude_scale),
+    then a ``cutout`` square filled with 0.5 (see the module docstring for ops and ranges)."""
     _check_images(x)
     n, _, h, w = x.shape
-    return apply_strong(
-        x,
-        draw_strong(
-            n, h, w, generator=generator, num_ops=num_ops, magnitude=magnitude, cutout=cutout
-        ),
+    draws = draw_strong(
+        n,
+        h,
+        w,
+        generator=generator,
+        num_ops=num_ops,
+        magnitude=magnitude,
+        cutout=cutout,
+        magnitude_scale=magnitude_scale,
     )
+    return apply_strong(x, draws)
 
 
 @dataclass(frozen=True)
@@ -272,6 +292,12 @@ class StrongDraws:
     ops: Tensor  # n x num_ops op indices into _OPS
     signs: Tensor  # n x num_ops, +-1.0
     cutout: Tensor | None  # n x 1 x H x W bool, None without cutout
+    magnitude_scale: int
+
+    @property
+    def level(self) -> float:
+        """The ops' strength in [0, 1]: ``magnitude / magnitude_scale``."""
+        return self.magnitude / self.magnitude_scale
 
     @staticmethod
     def cat(draws: list[StrongDraws]) -> StrongDraws:
@@ -284,6 +310,7 @@ class StrongDraws:
             torch.cat([d.ops for d in draws]),
             torch.cat([d.signs for d in draws]),
             cutout,
+            draws[0].magnitude_scale,
         )
 
 
@@ -296,18 +323,19 @@ def draw_strong(
     num_ops: int = 1,
     magnitude: int = 10,
     cutout: int = 10,
+    magnitude_scale: int = TORCHVISION_SCALE,
 ) -> StrongDraws:
     """Draw :func:`strong_augment`'s choices for ``n`` images of ``h x w``, in its order."""
     _check_generator(generator)
-    if num_ops < 0 or cutout < 0 or not 0 <= magnitude <= _MAX_MAGNITUDE:
+    if num_ops < 0 or cutout < 0 or magnitude_scale < 1 or not 0 <= magnitude <= magnitude_scale:
         raise ValueError(
-            f"need num_ops >= 0, cutout >= 0 and 0 <= magnitude <= {_MAX_MAGNITUDE}; "
-            f"got {num_ops}, {cutout}, {magnitude}"
+            "need num_ops >= 0, cutout >= 0, magnitude_scale >= 1 and 0 <= magnitude <= "
+            f"magnitude_scale; got {num_ops}, {cutout}, {magnitude_scale}, {magnitude}"
         )
     ops = torch.randint(0, len(_OPS), (n, num_ops), generator=generator)
     signs = torch.randint(0, 2, (n, num_ops), generator=generator).float() * 2 - 1
     mask = _cutout_mask(n, h, w, size=cutout, generator=generator) if cutout else None
-    return StrongDraws(magnitude, ops, signs, mask)
+    return StrongDraws(magnitude, ops, signs, mask, magnitude_scale)
 
 
 def apply_strong(x: Tensor, draws: StrongDraws) -> Tensor:
@@ -315,7 +343,7 @@ def apply_strong(x: Tensor, draws: StrongDraws) -> Tensor:
     so the result for a concatenation is the concatenation of the results."""
     _check_images(x)
     n, _, h, w = x.shape
-    level = draws.magnitude / _MAX_MAGNITUDE
+    level = draws.level
     ops, signs = draws.ops, draws.signs.to(x.dtype)
     out = x.clone()
     geometric = torch.tensor([_OPS.index(name) for name in _GEOMETRIC])

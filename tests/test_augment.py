@@ -7,7 +7,17 @@ import pytest
 import torch
 from torch import Tensor
 
-from fedlabel.augment import strong_augment, weak_augment
+from fedlabel.augment import (
+    _OPS,
+    _PIXEL_OPS,
+    _affine_thetas,
+    _factor,
+    check_strong_settings,
+    draw_strong,
+    strong_augment,
+    weak_augment,
+)
+from fedlabel.errors import ConfigError
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -126,8 +136,6 @@ def test_strong_ops_match_pil() -> None:
     pil = pytest.importorskip("PIL.Image")
     enhance = pytest.importorskip("PIL.ImageEnhance")
     ops = pytest.importorskip("PIL.ImageOps")
-    from fedlabel.augment import _OPS, _PIXEL_OPS, _affine_thetas
-
     x = torch.randint(0, 256, (1, 3, 16, 16), generator=_gen()).float() / 255
     image = pil.fromarray((x[0] * 255).round().byte().permute(1, 2, 0).numpy().copy())
     level, plus = 10 / 30, torch.ones(1)
@@ -156,12 +164,69 @@ def test_strong_ops_match_pil() -> None:
         assert (got * 255 - expected).abs().max() <= 1.5, name
 
 
+@pytest.mark.parametrize(("scale", "level", "bits"), [(30, 1 / 3, 7), (10, 1.0, 4)])
+def test_magnitude_scale_sets_the_ops_strength(scale: int, level: float, bits: int) -> None:
+    # M = 10: a third of every op's range on torchvision's 0..30 scale, all of it on Cubuk et
+    # al.'s 0..10 scale (rotate 30 degrees, shear 0.3, translate 0.45 of the side, enhancement
+    # factors 1 +- 0.9, posterize to 4 bits, solarize everything).
+    draws = draw_strong(4, 16, 16, generator=_gen(), magnitude=10, magnitude_scale=scale)
+    assert draws.level == level
+    plus = torch.ones(1)
+
+    def theta(op: str) -> Tensor:
+        return _affine_thetas(torch.tensor([_OPS.index(op)]), plus, draws.level, 16, 16)[0]
+
+    rotate = theta("rotate")
+    assert np.degrees(float(torch.atan2(rotate[1, 0], rotate[0, 0]))) == pytest.approx(30 * level)
+    assert float(theta("shear_x")[0, 1]) == pytest.approx(0.3 * level)
+    assert float(theta("translate_x")[0, 2]) == pytest.approx(-2 * 0.45 * level)  # [-1, 1] units
+    assert float(_factor(plus, draws.level)) == pytest.approx(1 + 0.9 * level)
+    white, grey = torch.ones(1, 1, 1, 1), torch.full((1, 1, 1, 1), 0.25)
+    posterized = float(_PIXEL_OPS["posterize"](white, plus, draws.level)) * 255
+    assert posterized == pytest.approx(256 - 2 ** (8 - bits))
+    solarized = float(_PIXEL_OPS["solarize"](grey, plus, draws.level))
+    assert solarized == (0.75 if level == 1.0 else 0.25)
+
+
+def test_magnitude_scale_changes_only_the_level() -> None:
+    x = _images(200, 3)
+    cubuk = strong_augment(x, generator=_gen(), num_ops=2, magnitude=10, magnitude_scale=10)
+    assert torch.equal(cubuk, strong_augment(x, generator=_gen(), num_ops=2, magnitude=30))
+    default = strong_augment(x, generator=_gen(), num_ops=2, magnitude=10)
+    assert torch.equal(
+        default, strong_augment(x, generator=_gen(), num_ops=2, magnitude=10, magnitude_scale=30)
+    )
+    assert not torch.equal(default, cubuk)
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ((1, 10, 10, 0), "strong_magnitude_scale"),
+        ((1, 31, 10, 30), "strong_magnitude"),
+        ((1, 11, 10, 10), "strong_magnitude"),
+        ((1, -1, 10, 10), "strong_magnitude"),
+        ((-1, 10, 10, 30), "strong_num_ops"),
+        ((1, 10, -1, 30), "strong_cutout"),
+    ],
+)
+def test_check_strong_settings_names_the_bad_setting(settings: tuple, field: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^algorithm\.{field}: ") as err:
+        check_strong_settings(*settings)
+    assert "\n" not in str(err.value)
+    check_strong_settings(1, 10, 10, 10)  # Cubuk et al.'s M = 10 on their scale
+
+
 def test_invalid_arguments() -> None:
     x = _images(2)
     with pytest.raises(ValueError):
         weak_augment(x, generator=_gen(), max_shift=-1)
     with pytest.raises(ValueError):
         strong_augment(x, generator=_gen(), magnitude=31)
+    with pytest.raises(ValueError):
+        strong_augment(x, generator=_gen(), magnitude=11, magnitude_scale=10)
+    with pytest.raises(ValueError):
+        strong_augment(x, generator=_gen(), magnitude=0, magnitude_scale=0)
     with pytest.raises(ValueError):
         strong_augment(x[0], generator=_gen())
 

@@ -1,7 +1,8 @@
 """Algorithm registry: every ``algorithm.name`` -> its Preset, the core algorithm it runs and the
 Params values it sets. Six core algorithms (FedAvg, FixMatch, UDA, FedLabel, FedMatch, FedTriNet)
 carry the client updates; the other names are presets of them (FedProx = FedAvg with mu, the
-Table 1 ablations = FedLabel with the expert fixed).
+Table 1 ablations = FedLabel with the expert fixed, fedlabel_paper = FedLabel as its equations are
+written).
 
     params = ALGORITHMS["fedprox"].params(lr=0.1)  # FedAvgParams(name="fedprox", mu=0.01, lr=0.1)
     algorithm = build_algorithm(params)            # a FedAvg
@@ -17,7 +18,7 @@ from typing import Any
 
 from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate
 from fedlabel.algorithms.fedavg import FEDPROX_MU, FedAvg
-from fedlabel.algorithms.fedlabel import FedLabel
+from fedlabel.algorithms.fedlabel import FEDLABEL_PAPER, FedLabel
 from fedlabel.algorithms.fedmatch import FedMatch
 from fedlabel.algorithms.fedtrinet import FedTriNet
 from fedlabel.algorithms.fixmatch import FixMatch
@@ -78,6 +79,7 @@ ALGORITHMS: dict[str, Preset] = {
         Preset("fedprox_uda", Uda, defaults=FEDPROX),
         Preset("fedlabel_local_only", FedLabel, fixed={"expert": "local"}),
         Preset("fedlabel_global_only", FedLabel, fixed={"expert": "global"}),
+        Preset("fedlabel_paper", FedLabel, fixed=FEDLABEL_PAPER),
         Preset("fedmatch", FedMatch),
         Preset("fedtrinet", FedTriNet),
     )

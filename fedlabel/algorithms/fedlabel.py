@@ -7,9 +7,20 @@ Per round, client k:
  3. threshold: y_hat = argmax s*, kept iff max softmax(s*) > beta;
  4. unlabeled branch: w_U <- w, tau' SGD steps on
         F_U = mean_x [ CE(f(w_U, psi(x)), y_hat) 1(kept)
-                       + lambda(x) KL(s- || f(w_U, .)) 1(kept and argmax s- == y_hat) ],
+                       + lambda(x) D(x) 1(kept and argmax s- == y_hat) ],
     lambda(x) = lambda0 h(s-) / h(s*)  (<= lambda0 since s* is the more confident);
  5. upload Delta_L + Delta_U and r_k = |D_L| + #kept. Server: w + sum_k r_k/sum r Delta_k.
+s* and s- are computed once per round on the unaugmented x; CE(., y_hat) always sees psi(x), a
+RandAugment view drawn anew at every step.
+
+The consistency term D(x), with q = softmax(s-) and KL(a, b) = sum_c a_c log(a_c / b_c):
+ - the paper's equations (6) and (8) as written: D(x) = KL(softmax(f(w_U, x)), q), the student
+   on the unaugmented x and first in the KL. Preset fedlabel_paper (kl_input="clean",
+   kl_direction="student_teacher", strong_magnitude_scale=10; the rest as below).
+ - the defaults (kl_input="strong", kl_direction="teacher_student"): D(x) =
+   KL(q, softmax(f(w_U, psi(x)))), the student on the same psi(x) as in the CE term and second
+   in the KL, as in an unofficial reimplementation. The paper does not discuss either choice
+   beyond writing the equations; algorithm=fedlabel takes any combination of the two keys.
 
 Choices the paper leaves open, as config values (defaults and why):
  - confidence="variance": the paper's default h (logit variance); "entropy" uses log(C) - H(p)
@@ -18,10 +29,10 @@ Choices the paper leaves open, as config values (defaults and why):
  - lambda0=1.0: Fig. 5's grid {0, 0.5, 1, 2}: > 0 always helps, too large hurts.
  - unlabeled_steps (tau') = local_steps (tau) = 10, lr 0.05, batch 32: not reported in the paper;
    the values of the reference Fashion-MNIST trial.
- - kl_direction="teacher_student": KL(s- || student), as in the formula and the unofficial
-   reimplementation; "student_teacher" is KL(student || s-).
+ - kl_direction="teacher_student": KL(q, student), the unofficial reimplementation's;
+   "student_teacher" is KL(student, q), the equations' order.
  - kl_input="strong": the student sees psi(x) in the KL term too (unofficial reimplementation);
-   "clean" feeds it x.
+   "clean" feeds it x, as the equations do.
  - unlabeled_sampling="all": batches are drawn from all unlabeled samples and the loss is the
    mean over the batch with the masks, exactly the formula (the unlabeled step shrinks when few
    samples pass beta); "kept" draws batches only from kept samples.
@@ -31,7 +42,10 @@ Choices the paper leaves open, as config values (defaults and why):
  - aggregation="weighted": FedAvg over the summed delta by r_k (the paper). "split" uploads the
    two deltas and averages Delta_L uniformly and Delta_U by #kept, then takes the mean of the
    two (seen in another implementation; kept as an option only).
- - strong view psi: RandAugment with strong_num_ops=1 op at strong_magnitude=10, plus cutout.
+ - strong view psi: RandAugment with strong_num_ops=1 op at strong_magnitude=10 (the paper's
+   1 op at magnitude 10), plus a strong_cutout=10 square (FixMatch's; fedlabel_paper too).
+   The default strong_magnitude_scale=30 (torchvision's) makes magnitude 10 a third of each op's
+   strongest setting; fedlabel_paper's 10 (Cubuk et al.'s scale) makes it the strongest.
  - weak_shift=2 (shared with FedAvg): the labeled batches of both get the same weak view.
 
 expert="local"/"global" fixes who pseudo-labels (the paper's Table 1 ablation, registered as
@@ -46,6 +60,7 @@ choice (lambda is capped at lambda0 since s* may now be the less confident model
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +81,7 @@ from fedlabel.algorithms.batching import (
 )
 from fedlabel.algorithms.fedavg import BatchedLabeled, train_labeled
 from fedlabel.augment import (
+    CUBUK_SCALE,
     StrongDraws,
     apply_strong,
     check_strong_settings,
@@ -86,6 +102,12 @@ from fedlabel.training import (
 )
 
 CONFIDENCES = ("variance", "entropy", "maxprob")
+# The settings that make the default FedLabel the paper's equations as written (module docstring).
+FEDLABEL_PAPER = {
+    "kl_input": "clean",
+    "kl_direction": "student_teacher",
+    "strong_magnitude_scale": CUBUK_SCALE,
+}
 
 
 @dataclass(frozen=True)
@@ -102,8 +124,9 @@ class FedLabelParams(AlgorithmParams):
     delta_combination: str = "sum"
     aggregation: str = "weighted"
     strong_num_ops: int = 1
-    strong_magnitude: int = 10
+    strong_magnitude: int = 10  # on the 0..strong_magnitude_scale scale
     strong_cutout: int = 10
+    strong_magnitude_scale: int = 30  # 30: torchvision's scale, 10: Cubuk et al.'s (augment.py)
 
     def validate(self) -> None:
         super().validate()
@@ -128,7 +151,12 @@ class FedLabelParams(AlgorithmParams):
                 f"algorithm.{key}",
                 f"unknown value {value!r}; choose from {list(choices)}",
             )
-        check_strong_settings(self.strong_num_ops, self.strong_magnitude, self.strong_cutout)
+        check_strong_settings(
+            self.strong_num_ops,
+            self.strong_magnitude,
+            self.strong_cutout,
+            self.strong_magnitude_scale,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,8 +226,9 @@ def unlabeled_loss(
     *,
     kl_direction: str = "teacher_student",
 ) -> torch.Tensor:
-    """F_U for one batch: mean over the batch of CE(student, y_hat) 1(kept)
-    + lambda KL(s- || student) 1(agree). ``choice`` holds this batch's rows."""
+    """F_U for one batch: mean over the batch of CE(student, y_hat) 1(kept) + lambda D 1(agree)
+    with D = KL(q, softmax(student_kl)) ("teacher_student") or KL(softmax(student_kl), q)
+    ("student_teacher"), q = softmax(s-). ``choice`` holds this batch's rows."""
     ce = F.cross_entropy(student_logits, choice.pseudo_label, reduction="none") * choice.keep
     log_student = student_kl_logits.log_softmax(dim=1)
     target = choice.minus_probs
@@ -208,6 +237,24 @@ def unlabeled_loss(
     else:
         kl = (log_student.exp() * (log_student - target.clamp_min(1e-12).log())).sum(dim=1)
     return (ce + choice.consistency_weight * kl).mean()
+
+
+def batch_loss(
+    f: Callable[[Tensor], Tensor],
+    strong: Tensor,
+    clean: Tensor,
+    choice: ExpertChoice,
+    p: FedLabelParams,
+) -> Tensor:
+    """F_U of one batch for the student ``f`` (images -> logits): CE on ``strong`` = psi(x), and
+    the consistency term on ``strong`` or ``clean`` = x as ``p.kl_input`` says, in the direction
+    ``p.kl_direction`` (the module docstring's D(x))."""
+    if p.kl_input == "strong":
+        student = student_kl = f(strong)
+    else:
+        both = f(torch.cat([strong, clean]))
+        student, student_kl = both[: len(strong)], both[len(strong) :]
+    return unlabeled_loss(student, student_kl, choice, kl_direction=p.kl_direction)
 
 
 def _rows(choice: ExpertChoice, idx: torch.Tensor) -> ExpertChoice:
@@ -353,15 +400,9 @@ class FedLabel(Algorithm):
                 num_ops=p.strong_num_ops,
                 magnitude=p.strong_magnitude,
                 cutout=p.strong_cutout,
+                magnitude_scale=p.strong_magnitude_scale,
             )
-            if p.kl_input == "strong":
-                student = student_kl = f(strong)
-            else:
-                both = f(torch.cat([strong, clean]))
-                student, student_kl = both[: len(idx)], both[len(idx) :]
-            return unlabeled_loss(
-                student, student_kl, _rows(choice, idx), kl_direction=p.kl_direction
-            )
+            return batch_loss(f, strong, clean, _rows(choice, idx), p)
 
         unl, loss_u = ctx.train(model, global_params, batches=batches, loss_fn=loss_fn, sgd=p.sgd())
         truth = (
@@ -435,16 +476,13 @@ class FedLabelBatched(BatchedUpdate):
             target: Tensor,
             count: Tensor,
         ) -> Tensor:
-            if p.kl_input == "strong":
-                student = student_kl = functional_call(model, params, (strong,))
-            else:
-                both = functional_call(model, params, (torch.cat([strong, clean]),))
-                student, student_kl = both[: len(strong)], both[len(strong) :]
             choice = ExpertChoice(
                 pseudo, keep, keep, weight, target, keep
             )  # the fields unlabeled_loss reads
-            # unlabeled_loss is the mean over all (padded) rows; rescale to this client's rows
-            loss = unlabeled_loss(student, student_kl, choice, kl_direction=p.kl_direction)
+            # batch_loss is the mean over all (padded) rows; rescale to this client's rows
+            loss = batch_loss(
+                lambda x: functional_call(model, params, (x,)), strong, clean, choice, p
+            )
             return loss * len(strong) / count.clamp_min(1)
 
         self._step = vmap(grad_and_value(loss_fn))
@@ -523,6 +561,7 @@ class FedLabelBatched(BatchedUpdate):
                         num_ops=p.strong_num_ops,
                         magnitude=p.strong_magnitude,
                         cutout=p.strong_cutout,
+                        magnitude_scale=p.strong_magnitude_scale,
                     )
                     for b in bs
                 ]
@@ -593,5 +632,6 @@ def _step_strong(
         torch.zeros(width - n, p.strong_num_ops, dtype=torch.long),
         torch.ones(width - n, p.strong_num_ops),
         cutout,
+        p.strong_magnitude_scale,
     )
     return pad if got is None else StrongDraws.cat([got, pad])

@@ -94,8 +94,9 @@ class FedMatchParams(AlgorithmParams):
     psi_factor: float = 0.2
     l1_thres: float = 5e-6  # |psi| below this is dropped at evaluation
     strong_num_ops: int = 1
-    strong_magnitude: int = 10
+    strong_magnitude: int = 10  # on the 0..strong_magnitude_scale scale
     strong_cutout: int = 10
+    strong_magnitude_scale: int = 30  # 30: torchvision's scale, 10: Cubuk et al.'s (augment.py)
 
     def validate(self) -> None:
         super().validate()
@@ -146,7 +147,12 @@ class FedMatchParams(AlgorithmParams):
                 f"algorithm.{key}",
                 f"must be >= 0, got {getattr(self, key)}",
             )
-        check_strong_settings(self.strong_num_ops, self.strong_magnitude, self.strong_cutout)
+        check_strong_settings(
+            self.strong_num_ops,
+            self.strong_magnitude,
+            self.strong_cutout,
+            self.strong_magnitude_scale,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,6 +408,7 @@ class FedMatch(Algorithm):
                     num_ops=p.strong_num_ops,
                     magnitude=p.strong_magnitude,
                     cutout=p.strong_cutout,
+                    magnitude_scale=p.strong_magnitude_scale,
                 )
                 theta = {k: sigma[k].detach() + psi[k] for k in sigma}
                 logits = forward(model, theta, torch.cat([weak, strong]))

@@ -99,8 +99,9 @@ class FedTriNetParams(AlgorithmParams):
     edit_passes: int = 9  # label editing: dropout passes per labelling head (0 = no editing)
     edit_dropout: float = 0.5  # dropout rate on the shared features in those passes
     strong_num_ops: int = 1
-    strong_magnitude: int = 10
+    strong_magnitude: int = 10  # on the 0..strong_magnitude_scale scale
     strong_cutout: int = 10
+    strong_magnitude_scale: int = 30  # 30: torchvision's scale, 10: Cubuk et al.'s (augment.py)
 
     def validate(self) -> None:
         super().validate()
@@ -154,7 +155,12 @@ class FedTriNetParams(AlgorithmParams):
             "algorithm.edit_dropout",
             "must be > 0 when edit_passes > 0 (without dropout every pass is the same)",
         )
-        check_strong_settings(self.strong_num_ops, self.strong_magnitude, self.strong_cutout)
+        check_strong_settings(
+            self.strong_num_ops,
+            self.strong_magnitude,
+            self.strong_cutout,
+            self.strong_magnitude_scale,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -435,6 +441,7 @@ class FedTriNet(Algorithm):
                     num_ops=p.strong_num_ops,
                     magnitude=p.strong_magnitude,
                     cutout=p.strong_cutout,
+                    magnitude_scale=p.strong_magnitude_scale,
                 )
             logits = f(torch.cat([xl, xu]))
             sup, uns = tri_loss(

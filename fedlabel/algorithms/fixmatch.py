@@ -21,7 +21,8 @@ baselines), as config values:
    branches; the labeled CE goes through the shared supervised branch (train_labeled), so
    FedProx's term and any labeled-loss variant apply to it unchanged.
  - weak view = the shared weak_shift translation (as on the labeled batches); strong view = the
-   project's RandAugment (strong_num_ops=1 op at strong_magnitude=10) + strong_cutout=10 cutout,
+   project's RandAugment (strong_num_ops=1 op at strong_magnitude=10 on the 0..30 scale of
+   strong_magnitude_scale=30, a third of each op's range) + strong_cutout=10 cutout,
    the same psi FedLabel uses, so that methods differ in their losses, not their augmentations.
    FixMatch itself draws 2 ops at a random magnitude.
  - r_k = |D_L| + number of distinct unlabeled samples whose pseudo-label was kept at least once
@@ -53,8 +54,9 @@ class SemiSupervisedParams(FedAvgParams):
     lambda_u: float = 1.0  # weight of the unlabeled loss
     unlabeled_ratio: int = 1  # unlabeled batch = unlabeled_ratio x batch_size (FixMatch's mu)
     strong_num_ops: int = 1
-    strong_magnitude: int = 10
+    strong_magnitude: int = 10  # on the 0..strong_magnitude_scale scale
     strong_cutout: int = 10
+    strong_magnitude_scale: int = 30  # 30: torchvision's scale, 10: Cubuk et al.'s (augment.py)
 
     def validate(self) -> None:
         super().validate()
@@ -64,7 +66,12 @@ class SemiSupervisedParams(FedAvgParams):
             "algorithm.unlabeled_ratio",
             f"must be >= 1, got {self.unlabeled_ratio}",
         )
-        check_strong_settings(self.strong_num_ops, self.strong_magnitude, self.strong_cutout)
+        check_strong_settings(
+            self.strong_num_ops,
+            self.strong_magnitude,
+            self.strong_cutout,
+            self.strong_magnitude_scale,
+        )
 
 
 @dataclass(frozen=True)
@@ -131,6 +138,7 @@ class FixMatch(Algorithm):
                 num_ops=p.strong_num_ops,
                 magnitude=p.strong_magnitude,
                 cutout=p.strong_cutout,
+                magnitude_scale=p.strong_magnitude_scale,
             )
             with torch.no_grad():
                 weak_logits = f(weak)

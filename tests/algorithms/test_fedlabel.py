@@ -6,9 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fedlabel.algorithms import ALGORITHMS
 from fedlabel.algorithms.fedlabel import (
+    ExpertChoice,
     FedLabel,
     FedLabelParams,
+    batch_loss,
     confidence,
     select_experts,
     unlabeled_loss,
@@ -98,6 +101,44 @@ def test_unlabeled_loss_zero_when_nothing_kept():
     assert unlabeled_loss(torch.randn(3, 4), torch.randn(3, 4), c).item() == 0.0
 
 
+# Two unlabeled samples, two classes; the "student" reads its logits off the 2 x 1 x 1 images.
+# Sample 0 is kept and the two experts agree (y_hat = 0, lambda = 0.5, q = softmax(s-) =
+# (3/4, 1/4)); sample 1 is dropped. The student's logits: (ln 3, 0) on psi(x_0), softmax (3/4,
+# 1/4) = q; (0, 0) on x_0, softmax (1/2, 1/2).
+HAND_CHOICE = ExpertChoice(
+    pseudo_label=torch.tensor([0, 1]),
+    keep=torch.tensor([True, False]),
+    agree=torch.tensor([True, False]),
+    consistency_weight=torch.tensor([0.5, 0.0]),
+    minus_probs=torch.tensor([[0.75, 0.25], [0.5, 0.5]]),
+    global_is_expert=torch.tensor([True, False]),
+)
+HAND_STRONG = torch.tensor([[math.log(3), 0.0], [5.0, -5.0]]).view(2, 2, 1, 1)
+HAND_CLEAN = torch.tensor([[0.0, 0.0], [-5.0, 5.0]]).view(2, 2, 1, 1)
+HAND_CE = -math.log(0.75)  # CE(psi(x_0), y_hat = 0)
+
+
+def _hand_loss(params: FedLabelParams) -> float:
+    return batch_loss(lambda x: x.flatten(1), HAND_STRONG, HAND_CLEAN, HAND_CHOICE, params).item()
+
+
+def test_paper_preset_consistency_is_kl_of_student_on_clean_x_to_s_minus():
+    # Eqs. (6), (8) as written: KL(softmax(f(w_U, x)), q)
+    #   = 1/2 ln((1/2) / (3/4)) + 1/2 ln((1/2) / (1/4)) = 1/2 ln(4/3)
+    kl = 0.5 * math.log(4 / 3)
+    paper = ALGORITHMS["fedlabel_paper"].params()
+    assert _hand_loss(paper) == pytest.approx((HAND_CE + 0.5 * kl) / 2, rel=1e-6)
+
+
+def test_default_consistency_is_kl_of_s_minus_to_student_on_psi_x():
+    # KL(q, softmax(f(w_U, psi(x)))) = 0: the student on psi(x_0) already predicts q
+    assert _hand_loss(ALGORITHMS["fedlabel"].params()) == pytest.approx(HAND_CE / 2, rel=1e-6)
+    # the clean input with the default order: KL(q, (1/2, 1/2)) = 3/4 ln(3/2) + 1/4 ln(1/2)
+    kl = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    clean = ALGORITHMS["fedlabel"].params(kl_input="clean")
+    assert _hand_loss(clean) == pytest.approx((HAND_CE + 0.5 * kl) / 2, rel=1e-6)
+
+
 def _update(client, **overrides):
     params = FedLabelParams(local_steps=2, unlabeled_steps=2, batch_size=4, **overrides)
     model, global_params = tiny_model()
@@ -157,3 +198,7 @@ def test_params_validation_names_field():
         FedLabelParams(beta=1.5).validate()
     with pytest.raises(ConfigError, match="algorithm.kl_direction"):
         FedLabelParams(kl_direction="sideways").validate()
+    with pytest.raises(ConfigError, match="algorithm.strong_magnitude_scale: must be >= 1"):
+        FedLabelParams(strong_magnitude_scale=0).validate()
+    with pytest.raises(ConfigError, match=r"algorithm.strong_magnitude: must be in \[0, 10\]"):
+        FedLabelParams(strong_magnitude_scale=10, strong_magnitude=20).validate()

@@ -82,13 +82,20 @@ BEFORE = {
     "fedmatch": FEDMATCH,
     "fedtrinet": FEDTRINET,
 }
-# the keys names gained since: the FedAvg-based names FedProx's mu (0 runs exactly what ran
-# before), FedTriNet Tri-net's output smearing and label editing
+# the keys the names gained since: FedProx's mu (FedAvg-based names) and the strong magnitude's
+# scale (names with a strong view), at defaults that run exactly what ran before; FedTriNet
+# Tri-net's output smearing and label editing (a repair: its numbers change)
 GAINED = {
-    "fedavg": {"mu": 0.0},
-    "fedavg_fixmatch": {"mu": 0.0},
-    "fedavg_uda": {"mu": 0.0},
-    "fedtrinet": {"smear_std": 0.01, "edit_passes": 9, "edit_dropout": 0.5},
+    name: {
+        **({"mu": 0.0} if name in ("fedavg", "fedavg_fixmatch", "fedavg_uda") else {}),
+        **({"strong_magnitude_scale": 30} if "strong_magnitude" in before else {}),
+        **(
+            {"smear_std": 0.01, "edit_passes": 9, "edit_dropout": 0.5}
+            if name == "fedtrinet"
+            else {}
+        ),
+    }
+    for name, before in BEFORE.items()
 }
 CORE = {
     "fedavg": FedAvg,
@@ -116,6 +123,7 @@ def test_the_registered_names_are_kept():
         "fedprox_uda",
         "fedlabel_local_only",
         "fedlabel_global_only",
+        "fedlabel_paper",
         "fedmatch",
         "fedtrinet",
     ]
@@ -133,6 +141,24 @@ def test_every_name_has_the_params_it_had(name):
     )  # summary.json's config reads back (fixed keys too)
 
 
+def test_fedlabel_paper_is_fedlabel_with_the_equations_settings():
+    """fedlabel_paper: the student on the clean x and first in the KL, RandAugment on Cubuk
+    et al.'s scale; every other value is FedLabel's default, and stays open."""
+    paper = {"kl_input": "clean", "kl_direction": "student_teacher", "strong_magnitude_scale": 10}
+    want = {**dataclasses.asdict(ALGORITHMS["fedlabel"].params()), **paper}
+    cfg = config_from_dict({"algorithm": {"name": "fedlabel_paper"}})
+    assert dataclasses.asdict(cfg.algorithm) == {**want, "name": "fedlabel_paper"}
+    assert type(build_algorithm(cfg.algorithm)) is FedLabel
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    assert not set(paper) & set(ALGORITHMS["fedlabel_paper"].keys())
+    tuned = config_from_dict(
+        {"algorithm": {"name": "fedlabel_paper", "beta": 0.3, "strong_magnitude": 7}}
+    ).algorithm
+    assert (tuned.beta, tuned.strong_magnitude, tuned.strong_magnitude_scale) == (0.3, 7, 10)
+    with pytest.raises(ConfigError, match=r"algorithm\.strong_magnitude: must be in \[0, 10\]"):
+        config_from_dict({"algorithm": {"name": "fedlabel_paper", "strong_magnitude": 11}})
+
+
 def test_presets_set_their_defaults_and_leave_them_open():
     cfg = config_from_dict({"algorithm": {"name": "fedprox", "mu": 0.5, "lr": 0.1}})
     assert (cfg.algorithm.name, cfg.algorithm.mu, cfg.algorithm.lr) == ("fedprox", 0.5, 0.1)
@@ -145,6 +171,9 @@ def test_presets_set_their_defaults_and_leave_them_open():
     [
         ("fedlabel_local_only", "expert", "both", "local"),
         ("fedlabel_global_only", "expert", "local", "global"),
+        ("fedlabel_paper", "kl_input", "strong", "clean"),
+        ("fedlabel_paper", "kl_direction", "teacher_student", "student_teacher"),
+        ("fedlabel_paper", "strong_magnitude_scale", 30, 10),
     ],
 )
 def test_overriding_a_fixed_key_is_refused_naming_it(name, key, value, fixed):
@@ -178,7 +207,7 @@ def test_run_config_of_a_preset_holds_only_its_keys():
     common = {f"algorithm.{k}" for k in SUPERVISED} | {"algorithm.name"}
     flat = to_run_config(config_from_dict({"algorithm": {"name": "fedlabel_local_only"}}))
     assert _algorithm_keys(flat) == common | {
-        f"algorithm.fedlabel_local_only.{k}" for k in FEDLABEL
+        f"algorithm.fedlabel_local_only.{k}" for k in [*FEDLABEL, "strong_magnitude_scale"]
     }
     assert flat["algorithm.name"] == "fedlabel_local_only" and not any("expert" in k for k in flat)
     flat = to_run_config(config_from_dict({"algorithm": {"name": "fedprox"}}))

@@ -40,6 +40,7 @@ ALTERNATIVES = {
     "strong_num_ops": 2,
     "strong_magnitude": 20,
     "strong_cutout": 0,
+    "strong_magnitude_scale": 10,
 }
 BASE = {"local_steps": 2, "unlabeled_steps": 2}
 
@@ -137,7 +138,18 @@ def test_batched_equals_sequential_with_each_setting_changed(federation, algorit
         or not torch.equal(_flat(a), _flat(b))
         for a, b in zip(seq, before)
     ), field
-    for a, b in zip(seq, vec):
+    _assert_same(seq, vec, field)
+
+
+def test_batched_equals_sequential_for_the_paper_preset(federation):
+    """fedlabel_paper's settings together (each is also changed alone above)."""
+    params = ALGORITHMS["fedlabel_paper"].params(**BASE)
+    seq = _updates(federation, params, batched=False)
+    _assert_same(seq, _updates(federation, params, batched=True), "fedlabel_paper")
+
+
+def _assert_same(seq, vec, field: str) -> None:
+    for a, b in zip(seq, vec, strict=True):
         assert (a.client_id, a.weight, a.deltas.keys()) == (b.client_id, b.weight, b.deltas.keys())
         assert a.metrics.keys() == b.metrics.keys()
         for k, v in a.metrics.items():
