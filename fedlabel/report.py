@@ -274,7 +274,14 @@ def plot_reliability(bins: Reliability, path: Path, *, title: str = "") -> None:
     )
     ax.bar(lefts, accuracy, width=width, align="edge", edgecolor="black", label="accuracy")
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
-    ax.plot(confidence, shown, marker=".", linestyle="", color="red", label="mean confidence")
+    ax.plot(
+        confidence,
+        shown,
+        marker=".",
+        linestyle="",
+        color="red",
+        label="(mean confidence, accuracy)",
+    )
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
