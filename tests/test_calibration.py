@@ -14,6 +14,7 @@ from fedlabel.calibration import (
     reliability,
 )
 from fedlabel.data import DataError, load_fashion_mnist
+from fedlabel.report import format_table
 from tests.engines.conftest import tiny_config
 
 # Five predictions, 15 bins of width 1/15 (bin b holds (b/15, (b+1)/15]):
@@ -91,3 +92,5 @@ def test_a_run_records_validation_and_calibration(tmp_path):
     assert [float(row["ece"]) for row in rows[1:]] == [r["ece"] for r in rounds[1:]]
     assert float(rows[2]["val_loss"]) == rounds[2]["val_loss"] and rows[0]["val_loss"] == ""
     assert (out / "reliability.png").stat().st_size > 0
+    heads = format_table(rounds).splitlines()[0].split()
+    assert heads[:5] == ["round", "accuracy", "loss", "val_acc", "ece"]
