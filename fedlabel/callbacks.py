@@ -25,13 +25,14 @@ import torch
 from torch import nn
 
 from fedlabel.algorithms import Algorithm, ClientUpdate
+from fedlabel.calibration import Reliability, logits_reliability
 from fedlabel.checkpoint import load_checkpoint, save_checkpoint, set_rng_states
 from fedlabel.config import Config, config_to_dict, flatten
 from fedlabel.llp.setup import proportion_epsilon
 from fedlabel.privacy.mechanism import ServerPrivacy
-from fedlabel.report import RunRecorder
+from fedlabel.report import RunRecorder, plot_reliability
 from fedlabel.stopping import stop_reason
-from fedlabel.training import Params, evaluate
+from fedlabel.training import Params, evaluate, predict_logits, scores
 
 log = logging.getLogger("fedlabel.server")
 
@@ -86,23 +87,49 @@ class PrivacyAccounting(Callback):
 
 
 class CentralEvaluation(Callback):
-    """Test-set ``accuracy`` and ``loss`` every cfg.eval_every rounds, the last cfg.eval_last
-    rounds and the last round (None in the other rounds)."""
+    """Every cfg.eval_every rounds, the last cfg.eval_last rounds and the last round (None in
+    the other rounds): the test set's ``accuracy``, ``loss`` and ``ece`` (expected calibration
+    error, fedlabel.calibration), and the validation set's ``val_accuracy`` and ``val_loss``
+    (None without one: data.val_fraction=0). When the run ends, reliability.png of the last
+    evaluation on the test set."""
+
+    FIELDS = ("accuracy", "loss", "ece", "val_accuracy", "val_loss")
 
     def __init__(
-        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device
+        self,
+        model: nn.Module,
+        test: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor],
+        device: torch.device,
+        recorder: RunRecorder,
     ) -> None:
-        self.model, self.images, self.labels, self.device = model, images, labels, device
+        self.model, self.test, self.val, self.device = model, test, val, device
+        self.recorder = recorder
+        self.reliability: Reliability | None = None
 
     def on_round_end(self, run: Run, rnd: Round) -> None:
-        cfg, n = run.cfg, rnd.number
-        if n % cfg.eval_every == 0 or n > cfg.rounds - max(cfg.eval_last, 1):
-            params = run.algorithm.eval_params(run.params)
-            rnd.record["accuracy"], rnd.record["loss"] = evaluate(
-                self.model, params, self.images, self.labels, device=self.device
+        cfg, n, record = run.cfg, rnd.number, rnd.record
+        record.update(dict.fromkeys(self.FIELDS))
+        if not (n % cfg.eval_every == 0 or n > cfg.rounds - max(cfg.eval_last, 1)):
+            return
+        params = run.algorithm.eval_params(run.params)
+        images, labels = self.test
+        logits = predict_logits(self.model, params, images, device=self.device)
+        record["accuracy"], record["loss"] = scores(logits, labels)
+        self.reliability = logits_reliability(logits, labels)
+        record["ece"] = self.reliability.ece
+        if len(self.val[1]):
+            record["val_accuracy"], record["val_loss"] = evaluate(
+                self.model, params, *self.val, device=self.device
             )
-        else:
-            rnd.record["accuracy"] = rnd.record["loss"] = None
+
+    def on_end(self, run: Run, *, status: str, error: str | None) -> None:
+        if self.reliability is not None:
+            plot_reliability(
+                self.reliability,
+                self.recorder.dir / "reliability.png",
+                title=run.cfg.algorithm.name,
+            )
 
 
 class LlpEpsilon(Callback):
@@ -325,14 +352,15 @@ def default_callbacks(
     recorder: RunRecorder,
     privacy: ServerPrivacy,
     model: nn.Module,
-    test_images: torch.Tensor,
-    test_labels: torch.Tensor,
+    test: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
     device: torch.device,
 ) -> list[Callback]:
-    """The loop's callbacks for ``cfg``, in the order they run."""
+    """The loop's callbacks for ``cfg``, in the order they run; ``test`` and ``val`` are the
+    (images, labels) of the central test and validation sets (an empty one: none)."""
     callbacks = [
         PrivacyAccounting(privacy, recorder),
-        CentralEvaluation(model, test_images, test_labels, device),
+        CentralEvaluation(model, test, val, device, recorder),
         LlpEpsilon(cfg),
         Recording(recorder),
     ]

@@ -113,8 +113,12 @@ def _simulate(argv: list[str]) -> int:
                 f"final accuracy: {acc:.4f}  (mean of the last {len(evaluated)} evaluations: "
                 f"{sum(evaluated) / len(evaluated):.4f}; {summary['wall_seconds']:.1f} s)"
             )
+        print(selection_line(summary) or "", end="")
         print(privacy_line(summary) or "", end="")
-        print(f"outputs: {out}/summary.json, rounds.csv, accuracy.png, clients.json, model.pt")
+        print(
+            f"outputs: {out}/summary.json, rounds.csv, accuracy.png, reliability.png, clients.json,"
+            " model.pt"
+        )
 
     multirun = any(a in ("-m", "--multirun") for a in argv)
     given = [a.split("=", 1)[1] for a in argv if a.startswith("output_dir=")]
@@ -149,6 +153,19 @@ def _compare(argv: list[str]) -> int:
         print(f"fedlabel compare: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def selection_line(summary: dict[str, Any]) -> str | None:
+    """'best validation accuracy 0.8123 (round 27); final test ECE 0.0412\n', or None."""
+    parts = []
+    if summary.get("best_val_accuracy") is not None:
+        parts.append(
+            f"best validation accuracy {summary['best_val_accuracy']:.4f} (round"
+            f" {summary['best_val_round']})"
+        )
+    if summary.get("ece") is not None:
+        parts.append(f"final test ECE {summary['ece']:.4f}")
+    return "; ".join(parts) + "\n" if parts else None
 
 
 def privacy_line(summary: dict[str, Any]) -> str | None:

@@ -31,6 +31,10 @@ class DataConfig:
     download: bool = True  # allow downloading Fashion-MNIST into cache_dir
     num_clients: int = 100
     train_samples: int = 0  # >0: use a seeded random subset of this many training samples
+    # Share of the training samples (after train_samples) held out of every client, seeded and
+    # class-stratified, as the server's validation set (val_accuracy / val_loss); the paper's 5%.
+    # 0 = none.
+    val_fraction: float = 0.05
     partition: str = "dirichlet"  # iid | dirichlet
     alpha: float = 0.1  # Dirichlet concentration over classes (smaller = more skew)
     min_client_size: int = 10  # redraw the Dirichlet split until every client has this many
@@ -460,6 +464,11 @@ def validate(cfg: Config) -> None:
     check(d.num_clients >= 1, "data.num_clients", f"must be >= 1, got {d.num_clients}")
     check(
         d.train_samples >= 0, "data.train_samples", f"must be >= 0 (0 = all), got {d.train_samples}"
+    )
+    check(
+        0 <= d.val_fraction < 1,
+        "data.val_fraction",
+        f"must be in [0, 1) (0 = no validation set), got {d.val_fraction}",
     )
     check(d.min_client_size >= 1, "data.min_client_size", f"must be >= 1, got {d.min_client_size}")
     _validate_bags(d, cfg.algorithm.name)

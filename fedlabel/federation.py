@@ -21,7 +21,14 @@ from fedlabel.algorithms.base import ServerSetup, StateDict
 from fedlabel.callbacks import Callback, Round, Run, default_callbacks
 from fedlabel.checkpoint import check_resumable, load_checkpoint
 from fedlabel.config import Config, config_to_dict
-from fedlabel.data import DataError, FederatedData, ImageDataset, build_federated, load_images
+from fedlabel.data import (
+    DataError,
+    FederatedData,
+    ImageDataset,
+    build_federated,
+    load_images,
+    validation_set,
+)
 from fedlabel.faults import TIMEOUT, ClientFailure
 from fedlabel.lifecycle import RunStopped
 from fedlabel.llp.setup import bag_spec
@@ -81,8 +88,26 @@ def load_federated(cfg: Config, dataset: ImageDataset | None = None) -> Federate
         labeled_class_alpha=d.labeled_class_alpha,
         seed=cfg.seed,
         train_samples=d.train_samples,
+        val_fraction=d.val_fraction,
         bags=bag_spec(cfg),
     )
+
+
+def load_validation(cfg: Config, dataset: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The server's validation set: the share data.val_fraction of the training split that
+    :func:`load_federated` holds out of every client (in a deployment, of the training split of
+    the server's own data.root file; the sites' data never comes from it)."""
+    d = cfg.data
+    images, labels = validation_set(
+        dataset, seed=cfg.seed, train_samples=d.train_samples, val_fraction=d.val_fraction
+    )
+    if d.val_fraction > 0 and len(labels) == 0:
+        log.warning(
+            "data.val_fraction=%g holds out no sample of %s's training split: no validation",
+            d.val_fraction,
+            dataset.name,
+        )
+    return images, labels
 
 
 def initial_model(
@@ -135,6 +160,8 @@ def run_federation(
     params: Params,
     test_images: torch.Tensor,
     test_labels: torch.Tensor,
+    val_images: torch.Tensor,
+    val_labels: torch.Tensor,
     train_cohort: TrainCohort,
     recorder: RunRecorder,
     device: torch.device,
@@ -144,10 +171,11 @@ def run_federation(
     aggregate, then the callbacks of :func:`fedlabel.callbacks.default_callbacks` (evaluate,
     account, record, stop early, checkpoint, ...). With cfg.resume, continue from the
     checkpoint in the recorder's directory (``recorder`` from :func:`open_recorder`).
-    ``client_sizes`` (samples per client) bounds each weight r_k. Saves the final parameters
-    as model.pt and returns the summary (status completed, or stopped_early); on any error the
-    summary is closed as failed, on RunStopped (a signal) as stopped, with the rounds recorded
-    so far (the last checkpoint stays), and the error re-raised."""
+    ``client_sizes`` (samples per client) bounds each weight r_k. The test set and the
+    validation set (:func:`load_validation`; empty: none) are evaluated centrally. Saves the
+    final parameters as model.pt and returns the summary (status completed, or stopped_early);
+    on any error the summary is closed as failed, on RunStopped (a signal) as stopped, with the
+    rounds recorded so far (the last checkpoint stays), and the error re-raised."""
     algorithm = build_algorithm(cfg.algorithm)
     privacy = ServerPrivacy(cfg)
     setup = ServerSetup(model=model, seed=cfg.seed, input_shape=tuple(test_images.shape[1:]))
@@ -161,8 +189,8 @@ def run_federation(
         recorder=recorder,
         privacy=privacy,
         model=model,
-        test_images=test_images,
-        test_labels=test_labels,
+        test=(test_images, test_labels),
+        val=(val_images, val_labels),
         device=device,
     )
     try:

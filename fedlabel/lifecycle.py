@@ -28,6 +28,7 @@ RUN_FILES = (
     "summary.json",
     "rounds.csv",
     "accuracy.png",
+    "reliability.png",
     "clients.json",
     "model.pt",
     "checkpoint.pt",

@@ -16,15 +16,21 @@ from typing import Any
 
 from tqdm import tqdm
 
+from fedlabel.calibration import Reliability
+
 
 def round_fields(algorithm_fields: Sequence[str] = ()) -> list[str]:
-    """rounds.csv's columns: the round, its central evaluation, the pooled metrics every
+    """rounds.csv's columns: the round, its central evaluation (test accuracy, loss and expected
+    calibration error, validation accuracy and loss), the pooled metrics every
     algorithm reports with ``algorithm_fields`` (the algorithms' own) among them, the round's
     failures, epsilon, and seconds (always last)."""
     return [
         "round",
         "accuracy",
         "loss",
+        "ece",
+        "val_accuracy",
+        "val_loss",
         "pseudo_label_coverage",
         "pseudo_label_accuracy",
         *algorithm_fields,
@@ -177,12 +183,25 @@ class RunRecorder:
         evaluated = [r["accuracy"] for r in self.rounds if r.get("accuracy") is not None]
         return evaluated[-1] if evaluated else None
 
+    def selection(self) -> dict[str, Any]:
+        """summary.json's ``best_val_accuracy`` and ``best_val_round`` (the first round that
+        reached it; None without a validation set) and ``ece`` (the last evaluated round's)."""
+        val = [r for r in self.rounds if r.get("val_accuracy") is not None]
+        best = max(val, key=lambda r: r["val_accuracy"], default=None)
+        ece = [r["ece"] for r in self.rounds if r.get("ece") is not None]
+        return {
+            "best_val_accuracy": None if best is None else best["val_accuracy"],
+            "best_val_round": None if best is None else best["round"],
+            "ece": ece[-1] if ece else None,
+        }
+
     def _write_summary(
         self, *, status: str, error: str | None = None, stop_reason: str | None = None
     ) -> None:
         summary = {
             "status": status,
             "final_accuracy": self.final_accuracy(),
+            **self.selection(),
             "wall_seconds": self.wall_seconds(),
             "rounds": self.rounds,
             "config": self.config,
@@ -248,6 +267,48 @@ def plot_curves(
     plt.close(fig)
 
 
+def plot_reliability(bins: Reliability, path: Path, *, title: str = "") -> None:
+    """A reliability diagram: per confidence bin, the share correct against the mean confidence
+    (the diagonal is perfect calibration), and the share of predictions in each bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = 1 / len(bins.counts)
+    lefts = [b * width for b in range(len(bins.counts))]
+    accuracy = [0.0 if a is None else a for a in bins.accuracy()]
+    confidence = [c for c in bins.mean_confidence() if c is not None]
+    shown = [a for a, n in zip(accuracy, bins.counts) if n]
+    fig, (ax, share) = plt.subplots(
+        2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    ax.bar(lefts, accuracy, width=width, align="edge", edgecolor="black", label="accuracy")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
+    ax.plot(
+        confidence,
+        shown,
+        marker=".",
+        linestyle="",
+        color="red",
+        label="(mean confidence, accuracy)",
+    )
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{title} (ECE {bins.ece:.4f})".strip())
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    total = sum(bins.counts)
+    share.bar(lefts, [n / total for n in bins.counts], width=width, align="edge")
+    share.set_xlabel("confidence")
+    share.set_ylabel("share of predictions")
+    share.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def round_line(record: dict[str, Any], total: int) -> str:
     """One line per round for logs: 'round 3/30: accuracy 0.6123, loss 1.0312, coverage 0.41,
     eps 2.31, clients 10 (failed 0, rejected 0)'; fields without a value are left out."""
@@ -270,8 +331,9 @@ def round_line(record: dict[str, Any], total: int) -> str:
 
 
 def format_table(rounds: list[dict[str, Any]], *, max_rows: int = 12) -> str:
-    """A compact console table of selected rounds (evenly spaced, always the last); an ``eps``
-    column when a privacy mechanism reports epsilon (DP-SGD, central DP, label-DP proportions)."""
+    """A compact console table of selected rounds (evenly spaced, always the last); ``val_acc``
+    and ``ece`` columns when rounds report them, an ``eps`` column when a privacy mechanism
+    reports epsilon (DP-SGD, central DP, label-DP proportions)."""
     cols = [
         ("round", "{:>5}"),
         ("accuracy", "{:>8.4f}"),
@@ -282,6 +344,12 @@ def format_table(rounds: list[dict[str, Any]], *, max_rows: int = 12) -> str:
         ("seconds", "{:>7.2f}"),
     ]
     heads = ["round", "accuracy", "loss", "coverage", "pl_acc", "glob_exp", "sec"]
+    at = 3  # after round, accuracy, loss
+    for key, head in (("val_accuracy", "val_acc"), ("ece", "ece")):
+        if any(r.get(key) is not None for r in rounds):
+            cols.insert(at, (key, "{:>7.4f}"))
+            heads.insert(at, head)
+            at += 1
     for key in ("epsilon", "proportion_epsilon"):
         if any(r.get(key) is not None for r in rounds):
             cols.insert(-1, (key, "{:>7.3g}"))

@@ -198,8 +198,12 @@ def evaluate(
     device: torch.device,
 ) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) on a labeled set."""
-    logits = predict_logits(model, params, images, device=device)
-    labels = labels.to(device)
+    return scores(predict_logits(model, params, images, device=device), labels)
+
+
+def scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of N x C ``logits`` against ``labels``."""
+    labels = labels.to(logits.device)
     loss = F.cross_entropy(logits, labels).item()
     acc = (logits.argmax(1) == labels).float().mean().item()
     return acc, loss

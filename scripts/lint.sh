@@ -9,7 +9,7 @@ code=(fedlabel server clients tests benchmarks configs)
 .venv/bin/ruff format --check "${code[@]}"
 .venv/bin/ruff check "${code[@]}"
 core=(
-  fedlabel/training.py fedlabel/augment.py fedlabel/robust.py fedlabel/models.py fedlabel/stopping.py
+  fedlabel/training.py fedlabel/calibration.py fedlabel/augment.py fedlabel/robust.py fedlabel/models.py fedlabel/stopping.py
   fedlabel/algorithms/batching.py fedlabel/llp fedlabel/privacy/accountant.py fedlabel/privacy/noise.py
   fedlabel/privacy/central.py fedlabel/data/partition.py fedlabel/data/bags.py fedlabel/data/label_dp.py
 )

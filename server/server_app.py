@@ -3,9 +3,13 @@
 Round logic (cohort sampling, aggregation, evaluation, outputs) is fedlabel.federation's; this
 file only discovers which node holds which client (a simulated partition, or a real site that
 reads its own data), sends train messages to the sampled nodes, and sorts their replies into
-updates, failures and rejections; server/codec.py encodes and decodes the messages. In a
-deployment, data.name/data.root name the server's own test set (only its test split is used, for
-central evaluation)."""
+updates, failures and rejections; server/codec.py encodes and decodes the messages. Central
+evaluation is the server's: the test split of data.name/data.root and the validation set that
+data.val_fraction holds out of its training split (in simulation the ClientApps hold the same
+samples out of every partition). In a deployment, data.name/data.root name the server's own file:
+its test split and the data.val_fraction share of its training split are the server's test and
+validation sets, and the rest of its training split is unused; the sites' data never comes from
+this file."""
 
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from fedlabel.federation import (
     CohortResult,
     initial_model,
     load_dataset,
+    load_validation,
     open_recorder,
     run_federation,
 )
@@ -216,8 +221,9 @@ def main(grid: Grid, context: Context) -> None:
         cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite
     )  # `flwr run` without fedlabel
     device = resolve_device(cfg.device)
-    say("loading the server's test set")
+    say("loading the server's test and validation sets")
     dataset = load_dataset(cfg)
+    val_images, val_labels = load_validation(cfg, dataset)
     model, params = initial_model(
         cfg,
         in_channels=dataset.in_channels,
@@ -282,6 +288,8 @@ def main(grid: Grid, context: Context) -> None:
         params=params,
         test_images=dataset.test_images,
         test_labels=dataset.test_labels,
+        val_images=val_images,
+        val_labels=val_labels,
         train_cohort=train_cohort,
         recorder=recorder,
         device=device,

@@ -5,9 +5,20 @@ from fedlabel.data.bags import Bags, BagSpec, InstanceLabelsUnavailable
 from fedlabel.data.dataset import ImageDataset
 from fedlabel.data.errors import DataError
 from fedlabel.data.fashion_mnist import load_fashion_mnist
-from fedlabel.data.federated import ClientData, FederatedData, build_federated, load_images
+from fedlabel.data.federated import (
+    ClientData,
+    FederatedData,
+    build_federated,
+    load_images,
+    validation_set,
+)
 from fedlabel.data.npz import load_npz
-from fedlabel.data.partition import partition_dirichlet, partition_iid, split_labeled
+from fedlabel.data.partition import (
+    partition_dirichlet,
+    partition_iid,
+    split_labeled,
+    split_validation,
+)
 from fedlabel.data.site import load_site, save_site
 
 __all__ = [
@@ -27,4 +38,6 @@ __all__ = [
     "partition_iid",
     "save_site",
     "split_labeled",
+    "split_validation",
+    "validation_set",
 ]

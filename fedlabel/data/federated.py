@@ -21,7 +21,12 @@ from fedlabel.data.errors import DataError
 from fedlabel.data.fashion_mnist import load_fashion_mnist
 from fedlabel.data.label_dp import os_entropy_rng
 from fedlabel.data.npz import load_npz
-from fedlabel.data.partition import partition_dirichlet, partition_iid, split_labeled
+from fedlabel.data.partition import (
+    partition_dirichlet,
+    partition_iid,
+    split_labeled,
+    split_validation,
+)
 
 
 @dataclass(frozen=True, init=False, eq=False)
@@ -170,6 +175,46 @@ def load_images(
     raise DataError(f"unknown dataset {name!r}; choose fashion_mnist or npz")
 
 
+def training_pool(
+    labels: np.ndarray, *, seed: int, train_samples: int = 0, val_fraction: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(the clients' pool, the validation set): sorted indices into the training split.
+
+    ``train_samples`` > 0 first keeps a seeded random subset of that many samples (for quick runs
+    and tests); ``val_fraction`` > 0 then holds a seeded, class-stratified share of what is left
+    out of the pool (:func:`~fedlabel.data.partition.split_validation`), before any client is
+    formed, so no client ever holds a validation sample. The validation draw has its own
+    generator: with val_fraction=0 the pool, and every draw after it, are what they are without
+    a validation split."""
+    pool = np.arange(len(labels))
+    if 0 < train_samples < len(labels):
+        pool = np.sort(
+            np.random.default_rng(np.random.SeedSequence([seed, 18])).choice(
+                len(labels), train_samples, replace=False
+            )
+        )
+    if val_fraction == 0:
+        return pool, pool[:0]
+    val_rng = np.random.default_rng(np.random.SeedSequence([seed, 20]))
+    val, rest = split_validation(labels[pool], fraction=val_fraction, rng=val_rng)
+    return pool[rest], pool[val]
+
+
+def validation_set(
+    dataset: ImageDataset, *, seed: int, train_samples: int = 0, val_fraction: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (images, labels) that :func:`build_federated` with the same arguments holds out of the
+    training split for central validation (empty with val_fraction=0)."""
+    _, val = training_pool(
+        dataset.train_labels.numpy(),
+        seed=seed,
+        train_samples=train_samples,
+        val_fraction=val_fraction,
+    )
+    index = torch.from_numpy(val)
+    return dataset.train_images[index], dataset.train_labels[index]
+
+
 def build_federated(
     dataset: ImageDataset,
     *,
@@ -181,14 +226,16 @@ def build_federated(
     labeled_class_alpha: float,
     seed: int,
     train_samples: int = 0,
+    val_fraction: float = 0.0,
     bags: BagSpec | None = None,
 ) -> FederatedData:
     """Partition the train split over clients ("iid" or "dirichlet"), then split each client into
     labeled/unlabeled.
 
     Deterministic in seed; the labeled split uses its own generator, so the partition depends on
-    seed and the partition knobs only. ``train_samples`` > 0 first keeps a seeded random subset of
-    that many training samples (for quick runs and tests). ``bags`` turns every client's labeled
+    seed and the partition knobs only. The clients share :func:`training_pool`'s pool:
+    ``train_samples`` > 0 keeps a seeded subset, ``val_fraction`` > 0 holds the validation set
+    (:func:`validation_set`) out of it. ``bags`` turns every client's labeled
     part into bags that keep only (possibly noisy) class counts, drawn from a third generator
     (the count noise from the OS's entropy instead with ``bags.secure_noise``).
     """
@@ -203,13 +250,9 @@ def build_federated(
             " > 0 for random bags"
         )
     labels = dataset.train_labels.numpy()
-    pool = np.arange(len(labels))
-    if 0 < train_samples < len(labels):
-        pool = np.sort(
-            np.random.default_rng(np.random.SeedSequence([seed, 18])).choice(
-                len(labels), train_samples, replace=False
-            )
-        )
+    pool, _ = training_pool(
+        labels, seed=seed, train_samples=train_samples, val_fraction=val_fraction
+    )
     if num_clients > len(pool):
         raise DataError(
             f"dataset {dataset.name!r}: {len(pool)} training samples cannot be split over"

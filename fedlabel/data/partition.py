@@ -108,3 +108,27 @@ def split_labeled(
     mask = np.zeros(len(indices), dtype=bool)
     mask[chosen] = True
     return np.sort(indices[mask]), np.sort(indices[~mask])
+
+
+def split_validation(
+    labels: np.ndarray, *, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions range(len(labels)) into (validation, rest), stratified by class.
+
+    round(fraction * len(labels)) samples are held out: class c gives floor(fraction * n_c) of its
+    n_c, and the classes with the largest remainders (ties: lower class first) one more each, so
+    every class's count is within 1 of fraction * n_c. Which samples of a class: a uniform draw.
+    """
+    labels = np.asarray(labels)
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"need 0 <= fraction < 1, got fraction={fraction}")
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = fraction * counts
+    take = np.floor(quota).astype(np.int64)
+    extra = int(round(fraction * len(labels))) - int(take.sum())
+    take[np.argsort(take - quota, kind="stable")[:extra]] += 1
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take) if k]
+    mask = np.zeros(len(labels), dtype=bool)
+    if chosen:
+        mask[np.concatenate(chosen)] = True
+    return np.flatnonzero(mask).astype(np.int64), np.flatnonzero(~mask).astype(np.int64)

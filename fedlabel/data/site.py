@@ -9,6 +9,9 @@ A site directory holds
 Any other file is ignored (reserved for further data types, e.g. bags with label proportions
 only). Everything is checked on load against what the federation's model expects (channels,
 image size, number of classes, all sent by the server); an error names the file and the problem.
+
+A site holds no validation split: everything in its files trains. The server holds the validation
+set (data.val_fraction) as it holds the test set, from its own data file (server/server_app.py).
 """
 
 from __future__ import annotations

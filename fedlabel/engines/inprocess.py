@@ -16,7 +16,9 @@ from fedlabel.federation import (
     TrainCohort,
     client_generator,
     initial_model,
+    load_dataset,
     load_federated,
+    load_validation,
     open_recorder,
     run_federation,
 )
@@ -81,7 +83,9 @@ def run_inprocess(
     """Run the whole simulation in this process; returns the summary dict. ``on_round`` is
     called with each round's record (e.g. to sample memory)."""
     device = resolve_device(cfg.device)
-    fed = load_federated(cfg)
+    dataset = load_dataset(cfg)
+    fed = load_federated(cfg, dataset)
+    val_images, val_labels = load_validation(cfg, dataset)
     model, params = initial_model(
         cfg, in_channels=fed.in_channels, num_classes=fed.num_classes, image_size=fed.image_size
     )
@@ -100,6 +104,8 @@ def run_inprocess(
             params=params,
             test_images=fed.test_images,
             test_labels=fed.test_labels,
+            val_images=val_images,
+            val_labels=val_labels,
             train_cohort=with_faults(cfg, train_cohort),
             recorder=recorder,
             device=device,
