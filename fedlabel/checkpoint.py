@@ -41,6 +41,12 @@ MAY_DIFFER = {
     "stop",
     "mlflow",
 }
+# Fields added after checkpoints were first written, with the value that runs what a checkpoint
+# without the field ran: such a checkpoint goes on where the current config has that value.
+ADDED_SINCE = {
+    "data.val_fraction": 0.0,
+    "algorithm.strong_magnitude_scale": 30,
+}
 
 
 def rng_states() -> dict[str, Any]:
@@ -118,7 +124,7 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
         name = prefix + key
         if name in MAY_DIFFER:
             continue
-        a, b = saved.get(key), current.get(key)
+        a, b = saved.get(key, ADDED_SINCE.get(name)), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out.extend(config_differences(a, b, name + "."))
         elif a != b:

@@ -169,11 +169,14 @@ class PrivacyConfig:
 
 @dataclass(frozen=True)
 class StopConfig:
-    """Early stopping on the central test accuracy (checked at evaluated rounds; summary.json's
-    status is then "stopped_early", with the reason in stop_reason)."""
+    """Early stopping on the central validation accuracy, or the test accuracy in a run without
+    a validation set (checked at evaluated rounds; summary.json's status is then
+    "stopped_early", with the reason in stop_reason)."""
 
-    patience: int = 0  # stop after this many rounds without a higher accuracy; 0 = off
-    target_accuracy: float = 0.0  # stop once the accuracy reaches this; 0 = off
+    # stop after this many rounds without a higher accuracy (validation accuracy where the run
+    # has a validation set, else test accuracy); 0 = off
+    patience: int = 0
+    target_accuracy: float = 0.0  # stop once that accuracy reaches this; 0 = off
 
 
 @dataclass(frozen=True)

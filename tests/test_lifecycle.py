@@ -97,6 +97,7 @@ def test_overwrite_leaves_only_the_new_runs_files(tmp_path):
         "checkpoint.pt",
         "clients.json",
         "model.pt",
+        "reliability.png",
         "rounds.csv",
         "summary.json",
     ]

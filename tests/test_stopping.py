@@ -32,3 +32,14 @@ def test_only_evaluated_rounds_and_zero_settings_never_stop():
     )  # round 3 was not evaluated
     assert stop_reason(_rounds(0.9, 0.1, 0.1), patience=0, target_accuracy=0) is None
     assert stop_reason([], patience=1, target_accuracy=0.5) is None
+
+
+def test_a_run_with_a_validation_set_stops_on_it_not_on_the_test_set():
+    rounds = [
+        {"round": i, "accuracy": a, "val_accuracy": v}
+        for i, (a, v) in enumerate([(0.5, 0.5), (0.9, 0.6), (0.95, 0.7)], start=1)
+    ]
+    assert stop_reason(rounds, patience=0, target_accuracy=0.8) is None  # test 0.95, val 0.7
+    assert stop_reason(
+        rounds[:2] + [{**rounds[2], "val_accuracy": 0.6}], patience=1, target_accuracy=0
+    ) == ("no validation accuracy above 0.6000 (round 2) in 1 rounds (stop.patience=1)")

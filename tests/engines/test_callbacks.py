@@ -51,9 +51,10 @@ def test_patience_stops_a_run_that_does_not_improve(tmp_path):
         3,
     ]
     assert len({r["accuracy"] for r in summary["rounds"]}) == 1
-    assert (
+    assert len({r["val_accuracy"] for r in summary["rounds"]}) == 1
+    assert (  # judged on the validation set (data.val_fraction), not the test set
         summary["stop_reason"]
-        == f"no accuracy above {summary['final_accuracy']:.4f} (round 1) in 2 rounds"
+        == f"no validation accuracy above {summary['best_val_accuracy']:.4f} (round 1) in 2 rounds"
         " (stop.patience=2)"
     )
 

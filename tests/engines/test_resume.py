@@ -164,3 +164,17 @@ def test_resume_restores_algorithm_server_state(tmp_path):
         torch.load(tmp_path / "parts" / "model.pt"),
     )
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+def test_a_checkpoint_from_before_the_validation_split_goes_on_only_without_one(tmp_path):
+    """Checkpoints written before data.val_fraction existed ran without a validation set."""
+    from fedlabel.checkpoint import check_resumable, config_differences
+
+    old = tiny_config(tmp_path, overrides=["data.val_fraction=0"])
+    saved = {**old, "data": {k: v for k, v in old["data"].items() if k != "val_fraction"}}
+    state = {"config": saved, "round": 1, "rounds": [], "stop_reason": None}
+    check_resumable(state, old)
+    new = tiny_config(tmp_path)
+    assert config_differences(saved, new) == ["data.val_fraction (checkpoint 0.0, now 0.05)"]
+    with pytest.raises(ConfigError, match="data.val_fraction"):
+        check_resumable(state, new)
