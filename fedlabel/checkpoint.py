@@ -45,6 +45,7 @@ MAY_DIFFER = {
 # without the field ran: such a checkpoint goes on where the current config has that value.
 ADDED_SINCE = {
     "data.val_fraction": 0.0,
+    "data.test_samples": 0,
     "algorithm.strong_magnitude_scale": 30,
 }
 

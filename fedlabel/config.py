@@ -35,6 +35,9 @@ class DataConfig:
     # class-stratified, as the server's validation set (val_accuracy / val_loss); the paper's 5%.
     # 0 = none.
     val_fraction: float = 0.05
+    # >0: evaluate on a seeded, class-stratified subset of this many test images (quick runs and
+    # tests; the reported accuracy is then that subset's); 0 = the whole test set.
+    test_samples: int = 0
     partition: str = "dirichlet"  # iid | dirichlet
     alpha: float = 0.1  # Dirichlet concentration over classes (smaller = more skew)
     min_client_size: int = 10  # redraw the Dirichlet split until every client has this many
@@ -473,6 +476,7 @@ def validate(cfg: Config) -> None:
         "data.val_fraction",
         f"must be in [0, 1) (0 = no validation set), got {d.val_fraction}",
     )
+    check(d.test_samples >= 0, "data.test_samples", f"must be >= 0 (0 = all), got {d.test_samples}")
     check(d.min_client_size >= 1, "data.min_client_size", f"must be >= 1, got {d.min_client_size}")
     _validate_bags(d, cfg.algorithm.name)
     check(

@@ -27,6 +27,7 @@ from fedlabel.data import (
     ImageDataset,
     build_federated,
     load_images,
+    test_set,
     validation_set,
 )
 from fedlabel.faults import TIMEOUT, ClientFailure
@@ -91,6 +92,11 @@ def load_federated(cfg: Config, dataset: ImageDataset | None = None) -> Federate
         val_fraction=d.val_fraction,
         bags=bag_spec(cfg),
     )
+
+
+def load_test(cfg: Config, dataset: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The server's test set: the dataset's test split, or its data.test_samples subset."""
+    return test_set(dataset, seed=cfg.seed, test_samples=cfg.data.test_samples)
 
 
 def load_validation(cfg: Config, dataset: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:

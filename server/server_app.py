@@ -30,6 +30,7 @@ from fedlabel.federation import (
     CohortResult,
     initial_model,
     load_dataset,
+    load_test,
     load_validation,
     open_recorder,
     run_federation,
@@ -223,6 +224,7 @@ def main(grid: Grid, context: Context) -> None:
     device = resolve_device(cfg.device)
     say("loading the server's test and validation sets")
     dataset = load_dataset(cfg)
+    test_images, test_labels = load_test(cfg, dataset)
     val_images, val_labels = load_validation(cfg, dataset)
     model, params = initial_model(
         cfg,
@@ -286,8 +288,8 @@ def main(grid: Grid, context: Context) -> None:
         cfg,
         model=model,
         params=params,
-        test_images=dataset.test_images,
-        test_labels=dataset.test_labels,
+        test_images=test_images,
+        test_labels=test_labels,
         val_images=val_images,
         val_labels=val_labels,
         train_cohort=train_cohort,

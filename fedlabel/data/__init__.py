@@ -10,6 +10,7 @@ from fedlabel.data.federated import (
     FederatedData,
     build_federated,
     load_images,
+    test_set,
     validation_set,
 )
 from fedlabel.data.npz import load_npz
@@ -39,5 +40,6 @@ __all__ = [
     "save_site",
     "split_labeled",
     "split_validation",
+    "test_set",
     "validation_set",
 ]

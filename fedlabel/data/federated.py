@@ -215,6 +215,20 @@ def validation_set(
     return dataset.train_images[index], dataset.train_labels[index]
 
 
+def test_set(
+    dataset: ImageDataset, *, seed: int, test_samples: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (images, labels) evaluated centrally: the whole test split, or with ``test_samples``
+    > 0 a seeded, class-stratified subset of that many (in the split's order)."""
+    labels = dataset.test_labels
+    if not 0 < test_samples < len(labels):
+        return dataset.test_images, labels
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 21]))
+    keep, _ = split_validation(labels.numpy(), fraction=test_samples / len(labels), rng=rng)
+    index = torch.from_numpy(keep)
+    return dataset.test_images[index], labels[index]
+
+
 def build_federated(
     dataset: ImageDataset,
     *,

@@ -18,6 +18,7 @@ from fedlabel.federation import (
     initial_model,
     load_dataset,
     load_federated,
+    load_test,
     load_validation,
     open_recorder,
     run_federation,
@@ -85,6 +86,7 @@ def run_inprocess(
     device = resolve_device(cfg.device)
     dataset = load_dataset(cfg)
     fed = load_federated(cfg, dataset)
+    test_images, test_labels = load_test(cfg, dataset)
     val_images, val_labels = load_validation(cfg, dataset)
     model, params = initial_model(
         cfg, in_channels=fed.in_channels, num_classes=fed.num_classes, image_size=fed.image_size
@@ -102,8 +104,8 @@ def run_inprocess(
             cfg,
             model=model,
             params=params,
-            test_images=fed.test_images,
-            test_labels=fed.test_labels,
+            test_images=test_images,
+            test_labels=test_labels,
             val_images=val_images,
             val_labels=val_labels,
             train_cohort=with_faults(cfg, train_cohort),

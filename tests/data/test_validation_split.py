@@ -16,6 +16,7 @@ from fedlabel.data import (
     build_federated,
     load_fashion_mnist,
     split_validation,
+    test_set,
     validation_set,
 )
 from tests.engines.conftest import tiny_config
@@ -196,3 +197,24 @@ def test_flower_server_evaluates_the_validation_set_the_clients_lack(tmp_path):
     assert stats == json.loads((tmp_path / "inproc" / "clients.json").read_text())
     assert sum(s["num_labeled"] + s["num_unlabeled"] for s in stats) == 1900
     assert (tmp_path / "flower" / "reliability.png").stat().st_size > 0
+
+
+def test_test_samples_evaluates_a_seeded_stratified_subset_of_the_test_split():
+    ds = indexed()
+    images, labels = test_set(ds, seed=0, test_samples=0)
+    assert ids(images) == list(range(N, N + 50))  # 0: the whole test split, as it is
+    images, labels = test_set(ds, seed=0, test_samples=20)
+    picked = ids(images)
+    assert len(picked) == 20 and picked == sorted(picked) and set(picked) <= set(range(N, N + 50))
+    assert labels.tolist() == [ds.test_labels[i - N].item() for i in picked]
+    counts = np.bincount(ds.test_labels.numpy(), minlength=NUM_CLASSES)
+    kept = np.bincount(labels.numpy(), minlength=NUM_CLASSES)
+    assert np.all(np.abs(kept - counts * 20 / 50) < 1)
+    assert ids(test_set(ds, seed=0, test_samples=20)[0]) == picked
+    assert ids(test_set(ds, seed=1, test_samples=20)[0]) != picked
+    assert ids(test_set(ds, seed=0, test_samples=500)[0]) == list(range(N, N + 50))
+
+
+def test_negative_test_samples_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"^data.test_samples: must be >= 0"):
+        config_from_dict(tiny_config(tmp_path, overrides=["data.test_samples=-1"]))
