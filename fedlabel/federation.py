@@ -26,8 +26,8 @@ from fedlabel.data import (
     FederatedData,
     ImageDataset,
     build_federated,
+    evaluation_test_set,
     load_images,
-    test_set,
     validation_set,
 )
 from fedlabel.faults import TIMEOUT, ClientFailure
@@ -96,7 +96,7 @@ def load_federated(cfg: Config, dataset: ImageDataset | None = None) -> Federate
 
 def load_test(cfg: Config, dataset: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
     """The server's test set: the dataset's test split, or its data.test_samples subset."""
-    return test_set(dataset, seed=cfg.seed, test_samples=cfg.data.test_samples)
+    return evaluation_test_set(dataset, seed=cfg.seed, test_samples=cfg.data.test_samples)
 
 
 def load_validation(cfg: Config, dataset: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:

@@ -77,7 +77,12 @@ def test_compare_three_runs(runs, tmp_path):
         accuracies = [r["accuracy"] for r in summary["rounds"]]
         assert row[:3] == [f"seed{seed}", str(seed), f"{summary['final_accuracy']:.4f}"]
         assert row[3] == f"{sum(accuracies[-2:]) / 2:.4f}"
-        assert row[4:8] == ["-"] * 4  # no validation split, ECE, privacy in these runs
+        assert row[4:8] == [  # best validation accuracy and round, final ECE; no privacy
+            f"{summary['best_val_accuracy']:.4f}",
+            str(summary["best_val_round"]),
+            f"{summary['ece']:.4f}",
+            "-",
+        ]
         assert row[-2:] == [f"{len(summary['rounds'])}/2", "completed"]
     assert len(rows) == 4
     with open(tmp_path / "cmp" / "compare.csv", newline="") as fh:

@@ -9,8 +9,8 @@ from fedlabel.data.federated import (
     ClientData,
     FederatedData,
     build_federated,
+    evaluation_test_set,
     load_images,
-    test_set,
     validation_set,
 )
 from fedlabel.data.npz import load_npz
@@ -40,6 +40,6 @@ __all__ = [
     "save_site",
     "split_labeled",
     "split_validation",
-    "test_set",
+    "evaluation_test_set",
     "validation_set",
 ]

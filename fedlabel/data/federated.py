@@ -215,7 +215,7 @@ def validation_set(
     return dataset.train_images[index], dataset.train_labels[index]
 
 
-def test_set(
+def evaluation_test_set(
     dataset: ImageDataset, *, seed: int, test_samples: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The (images, labels) evaluated centrally: the whole test split, or with ``test_samples``

@@ -14,9 +14,9 @@ from fedlabel.data import (
     DataError,
     ImageDataset,
     build_federated,
+    evaluation_test_set,
     load_fashion_mnist,
     split_validation,
-    test_set,
     validation_set,
 )
 from tests.engines.conftest import tiny_config
@@ -201,18 +201,18 @@ def test_flower_server_evaluates_the_validation_set_the_clients_lack(tmp_path):
 
 def test_test_samples_evaluates_a_seeded_stratified_subset_of_the_test_split():
     ds = indexed()
-    images, labels = test_set(ds, seed=0, test_samples=0)
+    images, labels = evaluation_test_set(ds, seed=0, test_samples=0)
     assert ids(images) == list(range(N, N + 50))  # 0: the whole test split, as it is
-    images, labels = test_set(ds, seed=0, test_samples=20)
+    images, labels = evaluation_test_set(ds, seed=0, test_samples=20)
     picked = ids(images)
     assert len(picked) == 20 and picked == sorted(picked) and set(picked) <= set(range(N, N + 50))
     assert labels.tolist() == [ds.test_labels[i - N].item() for i in picked]
     counts = np.bincount(ds.test_labels.numpy(), minlength=NUM_CLASSES)
     kept = np.bincount(labels.numpy(), minlength=NUM_CLASSES)
     assert np.all(np.abs(kept - counts * 20 / 50) < 1)
-    assert ids(test_set(ds, seed=0, test_samples=20)[0]) == picked
-    assert ids(test_set(ds, seed=1, test_samples=20)[0]) != picked
-    assert ids(test_set(ds, seed=0, test_samples=500)[0]) == list(range(N, N + 50))
+    assert ids(evaluation_test_set(ds, seed=0, test_samples=20)[0]) == picked
+    assert ids(evaluation_test_set(ds, seed=1, test_samples=20)[0]) != picked
+    assert ids(evaluation_test_set(ds, seed=0, test_samples=500)[0]) == list(range(N, N + 50))
 
 
 def test_negative_test_samples_is_a_config_error(tmp_path):

@@ -16,6 +16,7 @@ BASE = [
     "clients_per_round=3",
     "rounds=3",
     f"faults.attack_client={ATTACKER}",
+    "data.val_fraction=0",  # the clients' data as when these bounds were measured
 ]
 ATTACKS = {
     "x100": ["faults.attack=scale", "faults.attack_scale=100"],
