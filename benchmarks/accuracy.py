@@ -232,7 +232,8 @@ class Store:
         diffs = self.checked and config_differences(cfg, intended(run), saved_as="run")
         if diffs:
             folder = self.out / run.name
-            where = folder if (folder / "summary.json").is_file() else f"{self.archive}/{run.name}"
+            archived = f"{self.archive}/{run.name}.json.gz"
+            where = folder if (folder / "summary.json").is_file() else archived
             raise SystemExit(
                 f"{where}: a completed run with other settings than this benchmark's:"
                 f" {'; '.join(diffs)}; move it away or use another --out and --archive"
