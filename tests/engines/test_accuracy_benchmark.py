@@ -345,8 +345,9 @@ def test_a_run_from_before_the_validation_split_is_not_taken_as_done(tmp_path):
     proc = _bench(tmp_path, *args, "--archive", str(old))
     assert proc.returncode != 0
     assert proc.stderr.strip() == (
-        f"{old}/a0.1_fedavg_5_s0.json.gz: a completed run with other settings than this benchmark's:"
-        " data.val_fraction (run 0.0, now 0.05); move it away or use another --out and --archive"
+        f"{old}/a0.1_fedavg_5_s0.json.gz: a completed run with other settings than this"
+        " benchmark's: data.val_fraction (run 0.0, now 0.05); move it away or use another --out"
+        " and --archive"
     )
     # as the untuned grid beside a new one, it is reported as it is
     proc = _bench(tmp_path, *args, "--report-only", "--untuned-archive", str(old))
