@@ -24,6 +24,30 @@ seeds that exist per cell (the count is shown when seeds are missing), the comma
 method, one PNG of accuracy against round per setting, the sweeps, and the machines that computed
 them. `--report-only --no-report` only archives finished runs.
 
+Tuning (--tune) gives every method in --methods, and FedAvg with 100% labels unless
+--no-reference, the same budget: one run per value of algorithm.lr in --tune-lrs at
+--tune-setting, seed --tune-seed (refused if among --seeds), --tune-rounds rounds, evaluated like
+the grid; these runs (a<alpha>_<method>_<ratio>_lr<lr>_s<seed>) live, resume and are archived
+beside the grid's. Chosen per method: the lr with the highest validation accuracy (the split
+data.val_fraction holds out of every client) averaged over the last --last evaluated rounds, the
+smaller lr on a tie; the test accuracy is only shown. --tune runs these runs, not the grid, and
+writes --tuned (default benchmarks/tuned.json, committed): the protocol, the command, and per
+method whose runs all completed the chosen lr and its score. Where --tuned exists the grid and
+the sweeps run each method at its chosen lr (the override algorithm.lr=...; others at their
+default, "untuned" in the report), and the report gains a Tuning section: the protocol, every
+tuning run's validation / test accuracy, the chosen values and the command.
+
+A completed run counts as done only if its summary's config is what its overrides compose to now
+(rounds aside, which extend it; also engine, device, evaluation and output settings, and fields
+added since at the value that ran before them, as fedlabel.checkpoint resumes): otherwise the
+benchmark stops with one line naming the folder. Run names do not say the lr, so the tuned grid
+needs its own --out (and so archive) beside the untuned one in benchmarks/runs/accuracy, whose
+table --untuned-archive adds to the report as a section, read as archived, unchecked:
+
+    python benchmarks/accuracy.py --tune --out outputs/bench/accuracy-tuned   # ~2 CPU-hours
+    python benchmarks/accuracy.py --out outputs/bench/accuracy-tuned \
+        --untuned-archive benchmarks/runs/accuracy                             # the tuned grid
+
     python benchmarks/accuracy.py --jobs 2                      # the full grid (tens of CPU-hours)
     python benchmarks/accuracy.py --report-only                 # rewrite the report from runs
     python benchmarks/accuracy.py --alphas 0.1 --label-ratios 0.05 --methods fedavg fedlabel \\
