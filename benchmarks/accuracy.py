@@ -24,6 +24,30 @@ seeds that exist per cell (the count is shown when seeds are missing), the comma
 method, one PNG of accuracy against round per setting, the sweeps, and the machines that computed
 them. `--report-only --no-report` only archives finished runs.
 
+Tuning (--tune) gives every method in --methods, and FedAvg with 100% labels unless
+--no-reference, the same budget: one run per value of algorithm.lr in --tune-lrs at
+--tune-setting, seed --tune-seed (refused if among --seeds), --tune-rounds rounds, evaluated like
+the grid; these runs (a<alpha>_<method>_<ratio>_lr<lr>_s<seed>) live, resume and are archived
+beside the grid's. Chosen per method: the lr with the highest validation accuracy (the split
+data.val_fraction holds out of every client) averaged over the last --last evaluated rounds, the
+smaller lr on a tie; the test accuracy is only shown. --tune runs these runs, not the grid, and
+writes --tuned (default benchmarks/tuned.json, committed): the protocol, the command, and per
+method whose runs all completed the chosen lr and its score. Where --tuned exists the grid and
+the sweeps run each method at its chosen lr (the override algorithm.lr=...; others at their
+default, "untuned" in the report), and the report gains a Tuning section: the protocol, every
+tuning run's validation / test accuracy, the chosen values and the command.
+
+A completed run counts as done only if its summary's config is what its overrides compose to now
+(rounds aside, which extend it; also engine, device, evaluation and output settings, and fields
+added since at the value that ran before them, as fedlabel.checkpoint resumes): otherwise the
+benchmark stops with one line naming the folder. Run names do not say the lr, so the tuned grid
+needs its own --out (and so archive) beside the untuned one in benchmarks/runs/accuracy, whose
+table --untuned-archive adds to the report as a section, read as archived, unchecked:
+
+    python benchmarks/accuracy.py --tune --out outputs/bench/accuracy-tuned   # ~2 CPU-hours
+    python benchmarks/accuracy.py --out outputs/bench/accuracy-tuned \
+        --untuned-archive benchmarks/runs/accuracy                             # the tuned grid
+
     python benchmarks/accuracy.py --jobs 2                      # the full grid (tens of CPU-hours)
     python benchmarks/accuracy.py --report-only                 # rewrite the report from runs
     python benchmarks/accuracy.py --alphas 0.1 --label-ratios 0.05 --methods fedavg fedlabel \\
@@ -49,7 +73,7 @@ import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +83,7 @@ ARCHIVE = ROOT / "benchmarks" / "runs"
 sys.path.insert(0, str(ROOT))
 
 from fedlabel.algorithms import ALGORITHMS  # noqa: E402
+from fedlabel.checkpoint import config_differences  # noqa: E402
 
 # Display names and order of known methods; any other registered name is appended as is.
 LABELS = {
@@ -93,6 +118,12 @@ SEMI_SUPERVISED = [
     "fedtrinet",
     "fedmatch",
 ]
+TUNED_KEY = "algorithm.lr"  # the tuned setting
+DEFAULT_TUNED = ROOT / "benchmarks" / "tuned.json"
+SELECTION = (
+    "the lr whose validation accuracy, averaged over the last {last} evaluated rounds, is highest"
+    " (on a tie the smaller lr); the test set plays no part"
+)
 SWEEP_KEYS = {
     "beta": ["algorithm.beta"],
     "lambda0": ["algorithm.lambda0"],
@@ -113,9 +144,23 @@ class Run:
         return ["fedlabel", "simulate", *self.overrides, f"output_dir={out / self.name}"]
 
 
+@cache
+def intended(run: Run) -> dict:
+    """The config the run's overrides compose to (what its summary's config must say)."""
+    from fedlabel import compose
+    from fedlabel.config import config_from_dict, config_to_dict
+    from fedlabel.errors import ConfigError
+
+    try:
+        return config_to_dict(config_from_dict(compose([*run.overrides, "output_dir=."])))
+    except ConfigError as err:
+        raise SystemExit(f"{run.name}: {err}") from err
+
+
 @dataclass
 class Result:
     evals: list[tuple[int, float]]  # (round, test accuracy) of every evaluated round
+    val: list[tuple[int, float]]  # (round, validation accuracy) of every validated round
     wall: float
     rounds: list[dict] = field(repr=False)
     environment: list[dict] = field(repr=False, default_factory=list)
@@ -174,6 +219,7 @@ class Store:
 
     out: Path
     archive: Path | None = None
+    checked: bool = True  # False: trust a finished run's name (an archive of older runs)
 
     def summary(self, run: Run) -> dict | None:
         try:
@@ -198,13 +244,24 @@ class Store:
             return None
 
     def completed(self, run: Run, s: dict | None = None) -> bool:
-        """A finished run with the same algorithm, seed and rounds (everything else is in its name);
-        ``s``: its summary, if already read."""
+        """A finished run with the same algorithm, seed and rounds (fewer rounds: it goes on);
+        ``s``: its summary, if already read. Where ``checked``, one computed with other settings
+        than the run's overrides compose to (where and how it ran aside: checkpoint.MAY_DIFFER)
+        is an error naming it."""
         s = s or self.summary(run)
         if s is None or s["status"] != "completed":
             return False
         want = dict(o.split("=", 1) for o in run.overrides)
         cfg = s["config"]
+        diffs = self.checked and config_differences(cfg, intended(run), saved_as="run")
+        if diffs:
+            folder = self.out / run.name
+            archived = f"{self.archive}/{run.name}.json.gz"
+            where = folder if (folder / "summary.json").is_file() else archived
+            raise SystemExit(
+                f"{where}: a completed run with other settings than this benchmark's:"
+                f" {'; '.join(diffs)}; move it away or use another --out and --archive"
+            )
         return (
             cfg["algorithm"]["name"] == want["algorithm"]
             and cfg["rounds"] == run.rounds
@@ -266,8 +323,14 @@ class Store:
         if not self.completed(run, s):
             return None
         evals = [(r["round"], r["accuracy"]) for r in s["rounds"] if r["accuracy"] is not None]
+        val = [
+            (r["round"], r["val_accuracy"])
+            for r in s["rounds"]
+            if r.get("val_accuracy") is not None
+        ]
         return Result(
             evals,
+            val,
             s["wall_seconds"],
             s["rounds"],
             s.get("environment") or [],
@@ -277,6 +340,49 @@ class Store:
 
 def last_mean(r: Result, last: int) -> float:
     return statistics.fmean(a for _, a in r.evals[-last:])
+
+
+def val_mean(r: Result, last: int, name: str) -> float:
+    """The tuning score: the validation accuracy averaged over the last ``last`` validated
+    rounds."""
+    if not r.val:
+        raise SystemExit(f"{name}: no validation accuracy (data.val_fraction=0?); tuning needs it")
+    return statistics.fmean(a for _, a in r.val[-last:])
+
+
+def tuning_runs(protocol: dict) -> dict[tuple[str, float], Run]:
+    """(method, lr) -> Run for the tuning protocol (``tuned.json``'s ``protocol``); the method
+    "reference" is FedAvg with 100% labels."""
+    run_of = partial(grid_run, experiment=protocol["experiment"], extra=protocol["extra"])
+    return {
+        (m, lr): run_of(
+            "fedavg" if m == "reference" else m,
+            protocol["alpha"],
+            1.0 if m == "reference" else protocol["label_ratio"],
+            protocol["seed"],
+            protocol["rounds"],
+            tag=f"_lr{lr:g}",
+            more=[f"{TUNED_KEY}={lr:g}"],
+        )
+        for m in protocol["methods"]
+        for lr in protocol["lrs"]
+    }
+
+
+def choose(protocol: dict, results: dict[tuple[str, float], Result | None]) -> dict[str, dict]:
+    """Per method whose every tuning run completed: the lr with the highest tuning score (the
+    smaller lr on a tie) and that score."""
+    chosen = {}
+    for m in protocol["methods"]:
+        if any(results[(m, lr)] is None for lr in protocol["lrs"]):
+            continue
+        scores = {
+            lr: val_mean(results[(m, lr)], protocol["last"], f"tuning run {m} lr {lr:g}")
+            for lr in protocol["lrs"]
+        }
+        best = max(sorted(scores), key=scores.__getitem__)  # max keeps the first of equals
+        chosen[m] = {"lr": best, "val_accuracy": scores[best]}
+    return chosen
 
 
 def late_gain(r: Result) -> float:
@@ -331,17 +437,22 @@ def parse_sweeps(items: list[str]) -> dict[str, list[float]]:
 
 
 def build_grid(
-    args, methods, settings
+    args, methods, settings, lrs: dict[str, float] | None = None
 ) -> tuple[dict[tuple, Run], dict[tuple, Run], dict[str, list[float]]]:
+    """The grid's and the sweeps' runs; ``lrs``: the tuned lr per method (and "reference")."""
+    lrs = lrs or {}
+    tuned = lambda m: [f"{TUNED_KEY}={lrs[m]:g}"] if m in lrs else []  # noqa: E731
     run_of = partial(grid_run, experiment=args.experiment, extra=args.extra)
     grid: dict[tuple, Run] = {}
     for alpha, ratio in settings:
         for seed in args.seeds:
             ref = (alpha, None, "reference", seed)
             if ref not in grid and not args.no_reference:  # with the first label ratio of its alpha
-                grid[ref] = run_of("fedavg", alpha, 1.0, seed, args.rounds)
+                grid[ref] = run_of("fedavg", alpha, 1.0, seed, args.rounds, more=tuned("reference"))
             for m in methods:
-                grid[(alpha, ratio, m, seed)] = run_of(m, alpha, ratio, seed, args.rounds)
+                grid[(alpha, ratio, m, seed)] = run_of(
+                    m, alpha, ratio, seed, args.rounds, more=tuned(m)
+                )
     sweeps = {} if args.no_sweeps or "fedlabel" not in ALGORITHMS else parse_sweeps(args.sweep)
     sweep_runs: dict[tuple, Run] = {}
     alpha_s, ratio_s = args.sweep_setting
@@ -354,7 +465,15 @@ def build_grid(
                 if v == getattr(
                     defaults, SWEEP_KEYS[key][0].split(".")[1]
                 ):  # the default: one run for every sweep
-                    run = run_of("fedlabel", alpha_s, ratio_s, seed, rounds_s, tag=rtag)
+                    run = run_of(
+                        "fedlabel",
+                        alpha_s,
+                        ratio_s,
+                        seed,
+                        rounds_s,
+                        tag=rtag,
+                        more=tuned("fedlabel"),
+                    )
                 else:
                     value = f"{int(v)}" if key == "tau" else f"{v:g}"
                     run = run_of(
@@ -364,7 +483,7 @@ def build_grid(
                         seed,
                         rounds_s,
                         tag=f"_{key}{value}{rtag}",
-                        more=[f"{k}={value}" for k in SWEEP_KEYS[key]],
+                        more=[*tuned("fedlabel"), *(f"{k}={value}" for k in SWEEP_KEYS[key])],
                     )
                 sweep_runs[(key, v, seed)] = run
     return grid, sweep_runs, sweeps
@@ -448,6 +567,34 @@ def main() -> None:
         help="run, but write no report (e.g. on a machine without matplotlib)",
     )
     ap.add_argument("--extra", nargs="*", default=[], help="extra overrides for every run")
+    ap.add_argument(
+        "--tune",
+        action="store_true",
+        help="run the tuning runs (not the grid) and write the chosen lrs to --tuned",
+    )
+    ap.add_argument(
+        "--tune-lrs", type=float, nargs="+", default=[0.0125, 0.025, 0.05, 0.1], help=TUNED_KEY
+    )
+    ap.add_argument(
+        "--tune-setting", type=float, nargs=2, default=[0.1, 0.05], metavar=("ALPHA", "RATIO")
+    )
+    ap.add_argument("--tune-seed", type=int, default=100, help="not one of --seeds")
+    ap.add_argument("--tune-rounds", type=int, default=100)
+    ap.add_argument(
+        "--tuned",
+        type=Path,
+        default=DEFAULT_TUNED,
+        help="the chosen lrs (committed); the grid runs with them where the file exists",
+    )
+    ap.add_argument(
+        "--untuned-archive",
+        type=Path,
+        default=None,
+        help="an archive of the same grid run untuned: its table becomes a section of the report",
+    )
+    ap.add_argument(
+        "--untuned-rounds", type=int, default=0, help="rounds of those runs (0: --rounds)"
+    )
     args = ap.parse_args()
 
     known = [m for m in LABELS if m in ALGORITHMS] + [m for m in ALGORITHMS if m not in LABELS]
@@ -456,18 +603,38 @@ def main() -> None:
         raise SystemExit(f"--methods: unknown {unknown}; registered: {sorted(ALGORITHMS)}")
     methods = [m for m in known if m in (args.methods or known)]
     settings = [(a, r) for a in args.alphas for r in args.label_ratios]
-    grid, sweep_runs, sweeps = build_grid(args, methods, settings)
     archive = args.archive or (
         ARCHIVE / args.out.name if args.out.resolve().is_relative_to(ROOT) else None
     )
     store = Store(args.out, archive)
+    errors: list[str] = []
+    if args.tune:
+        tuned = tune(args, store, methods, errors)
+    else:
+        tuned = json.loads(args.tuned.read_text()) if args.tuned.is_file() else None
+    if tuned:
+        protocol = tuned["protocol"]
+        if protocol["experiment"] != args.experiment:
+            raise SystemExit(
+                f"--tuned {shown(args.tuned)}: tuned on {protocol['experiment']}, not"
+                f" {args.experiment}; give --tuned another file"
+            )
+        if protocol["seed"] in args.seeds:
+            raise SystemExit(
+                f"--seeds: {protocol['seed']} is the tuning seed of {shown(args.tuned)}; the"
+                " reported seeds must not include it"
+            )
+    lrs = {m: c["lr"] for m, c in tuned["chosen"].items()} if tuned else None
+    grid, sweep_runs, sweeps = build_grid(args, methods, settings, lrs)
+    tuning = tuning_runs(tuned["protocol"]) if tuned else {}
     for run in [
         *grid.values(),
         *sweep_runs.values(),
+        *tuning.values(),
     ]:  # e.g. run folders brought back from another machine
         store.keep(run)
 
-    if not args.report_only:
+    if not args.report_only and not args.tune:
         runs = (
             [r for _, r in sorted(grid.items(), key=lambda kv: args.seeds.index(kv[0][3]))]
             if args.seeds_first
@@ -478,17 +645,61 @@ def main() -> None:
         )
         if args.sweeps_only:
             order = list(sweep_runs.values())
-        todo = list({r.name: r for r in order if not store.completed(r)}.values())
-        print(f"{len(todo)} of {len({r.name for r in order})} runs to do", flush=True)
-        evaluation = [f"eval_every={args.eval_every}", f"eval_last={args.last}"]
-        with ThreadPoolExecutor(args.jobs) as pool:
-            errors = [e for e in pool.map(lambda r: store.execute(r, evaluation), todo) if e]
-        for e in errors:
-            print(e, file=sys.stderr)
+        errors += run_all(args, store, order)
     if not args.no_report:
-        write_report(args, store, methods, settings, grid, sweeps, sweep_runs)
-    if not args.report_only and errors:
+        write_report(args, store, methods, settings, grid, sweeps, sweep_runs, tuned)
+    if errors:
         raise SystemExit(f"{len(errors)} run(s) failed (above)")
+
+
+def run_all(args, store: Store, runs: list[Run]) -> list[str]:
+    """Run (or continue) those of ``runs`` not completed, --jobs at a time; their errors."""
+    todo = list({r.name: r for r in runs if not store.completed(r)}.values())
+    print(f"{len(todo)} of {len({r.name for r in runs})} runs to do", flush=True)
+    evaluation = [f"eval_every={args.eval_every}", f"eval_last={args.last}"]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        errors = [e for e in pool.map(lambda r: store.execute(r, evaluation), todo) if e]
+    for e in errors:
+        print(e, file=sys.stderr)
+    return errors
+
+
+def tune(args, store: Store, methods: list[str], errors: list[str]) -> dict:
+    """--tune: run the tuning runs (unless --report-only) and write --tuned from those that
+    completed; returns its content."""
+    if args.tune_seed in args.seeds:
+        raise SystemExit(
+            f"--tune-seed {args.tune_seed} is among --seeds; the reported seeds must not include it"
+        )
+    protocol = {
+        "experiment": args.experiment,
+        "methods": ([] if args.no_reference else ["reference"]) + methods,
+        "key": TUNED_KEY,
+        "lrs": sorted(args.tune_lrs),
+        "alpha": args.tune_setting[0],
+        "label_ratio": args.tune_setting[1],
+        "seed": args.tune_seed,
+        "rounds": args.tune_rounds,
+        "last": args.last,
+        "eval_every": args.eval_every,
+        "extra": args.extra,
+    }
+    runs = tuning_runs(protocol)
+    if not args.report_only:
+        errors += run_all(args, store, list(runs.values()))
+    chosen = choose(protocol, {k: store.load(r) for k, r in runs.items()})
+    tuned = {
+        "protocol": protocol,
+        "selection": SELECTION.format(last=args.last),
+        "command": command_line(args, methods),
+        "chosen": chosen,
+    }
+    args.tuned.parent.mkdir(parents=True, exist_ok=True)
+    args.tuned.write_text(json.dumps(tuned, indent=1) + "\n")
+    missing = [m for m in protocol["methods"] if m not in chosen]
+    print(f"{shown(args.tuned)}: chosen for {len(chosen)} of {len(protocol['methods'])}", end="")
+    print(f" (not yet: {' '.join(missing)})" if missing else "", flush=True)
+    return tuned
 
 
 def command_line(args, methods) -> str:
@@ -511,16 +722,29 @@ def command_line(args, methods) -> str:
             f"--sweep {' '.join(args.sweep)} --sweep-seeds {' '.join(map(str, args.sweep_seeds))} "
             f"--sweep-rounds {args.sweep_rounds}"
         )
+    if args.tune:
+        parts.append(
+            f"--tune --tune-lrs {' '.join(f'{lr:g}' for lr in args.tune_lrs)}"
+            f" --tune-setting {' '.join(f'{v:g}' for v in args.tune_setting)}"
+            f" --tune-seed {args.tune_seed} --tune-rounds {args.tune_rounds}"
+        )
+    if args.no_reference:
+        parts.append("--no-reference")
     if args.extra:
         parts.append(f"--extra {' '.join(args.extra)}")
     for flag, value, default in (
         ("--out", args.out, DEFAULT_OUT),
         ("--report", args.report, DEFAULT_REPORT),
+        ("--tuned", args.tuned, DEFAULT_TUNED),
     ):
         if value.resolve() != default:
             parts.append(f"{flag} {shown(value)}")
     if args.archive:
         parts.append(f"--archive {shown(args.archive)}")
+    if args.untuned_archive:
+        parts.append(f"--untuned-archive {shown(args.untuned_archive)}")
+        if args.untuned_rounds:
+            parts.append(f"--untuned-rounds {args.untuned_rounds}")
     if args.title != "Results":
         parts.append(f"--title {shlex.quote(args.title)}")
     return " ".join(parts)
@@ -574,7 +798,110 @@ def claims_section(args, settings, cell, label) -> list[str]:
     return lines
 
 
-def write_report(args, store: Store, methods, settings, grid, sweeps, sweep_runs) -> None:
+def label(m: str) -> str:
+    return REFERENCE if m == "reference" else LABELS.get(m, m)
+
+
+def cell_of(results: dict[tuple, Result | None], seeds):
+    """cell(alpha, ratio, method) -> the completed runs of that grid cell."""
+
+    def cell(alpha, ratio, m) -> list[Result]:
+        found = [results.get((alpha, None if m == "reference" else ratio, m, s)) for s in seeds]
+        return [x for x in found if x is not None]
+
+    return cell
+
+
+def accuracy_table(cell, alpha, ratios, rows, args, marked=lambda m: "") -> list[str]:
+    lines = [
+        "| method | " + " | ".join(f"{pct(r)}% labels" for r in ratios) + " |",
+        "|---|" + "---|" * len(ratios),
+    ]
+    for m in rows:
+        means = [
+            mean_std([last_mean(x, args.last) for x in cell(alpha, r, m)], len(args.seeds))
+            for r in ratios
+        ]
+        lines.append(f"| {label(m)}{marked(m)} | " + " | ".join(means) + " |")
+    return lines
+
+
+def tuning_section(store: Store, tuned: dict, rows: list[str]) -> list[str]:
+    """The protocol, the whole tuning table and the lr each of ``rows`` runs with."""
+    p, chosen = tuned["protocol"], tuned["chosen"]
+    runs = tuning_runs(p)
+    results = {k: store.load(r) for k, r in runs.items()}
+    val_fraction = intended(next(iter(runs.values())))["data"]["val_fraction"]
+    lines = [
+        "",
+        "## Tuning",
+        "",
+        f"Every method gets the same budget: one run per value of {p['key']} in"
+        f" {', '.join(f'{lr:g}' for lr in p['lrs'])}, at Dirichlet({p['alpha']:g}),"
+        f" {pct(p['label_ratio'])}% labels (FedAvg with 100% labels: all of them), seed"
+        f" {p['seed']} (no reported seed), {p['rounds']} rounds, evaluated every"
+        f" {p['eval_every']} rounds and in each of the last {p['last']}."
+        f" Chosen: {tuned['selection']}."
+        f" The validation set is {pct(val_fraction)}% of the training set, class-stratified and"
+        " held out of every client. Cells: validation accuracy / test accuracy (shown only to"
+        f" compare), each the mean of the last {p['last']} evaluated rounds; **bold**: chosen;"
+        " `-`: not run yet.",
+        "",
+        "| method | " + " | ".join(f"lr {lr:g}" for lr in p["lrs"]) + " |",
+        "|---|" + "---|" * len(p["lrs"]),
+    ]
+    for m in p["methods"]:
+        cols = []
+        for lr in p["lrs"]:
+            x = results[(m, lr)]
+            text = "-"
+            if x is not None:
+                val = val_mean(x, p["last"], runs[(m, lr)].name)
+                text = f"{val:.4f} / {last_mean(x, p['last']):.4f}"
+            cols.append(f"**{text}**" if chosen.get(m, {}).get("lr") == lr else text)
+        lines.append(f"| {label(m)} | " + " | ".join(cols) + " |")
+    lines += [
+        "",
+        "The grid runs with (untuned: no tuned value yet, the method's default lr):",
+        "",
+        "| method | lr | validation accuracy |",
+        "|---|---|---|",
+    ]
+    for m in rows:
+        algo = "fedavg" if m == "reference" else m
+        lines.append(
+            f"| {label(m)} | {chosen[m]['lr']:g} | {chosen[m]['val_accuracy']:.4f} |"
+            if m in chosen
+            else f"| {label(m)} | untuned ({ALGORITHMS[algo].params().lr:g}) | - |"
+        )
+    return [*lines, "", "Produced by:", "", "```bash", tuned["command"], "```"]
+
+
+def untuned_section(args, methods, settings) -> list[str]:
+    """--untuned-archive: the same grid's table from runs made before tuning."""
+    old = argparse.Namespace(**{**vars(args), "rounds": args.untuned_rounds or args.rounds})
+    grid, _, _ = build_grid(old, methods, settings)
+    store = Store(args.untuned_archive, args.untuned_archive, checked=False)
+    cell = cell_of({k: store.load(r) for k, r in grid.items()}, args.seeds)
+    rows = ([] if args.no_reference else ["reference"]) + methods
+    lines = [
+        "",
+        f"## Before tuning ({old.rounds} rounds, every method at its default lr)",
+        "",
+        f"The same grid as computed before the tuning above and the validation split (the"
+        f" training set without a held-out part): {shown(args.untuned_archive)}/<run>.json.gz."
+        f" Mean ± std over seeds of the test accuracy averaged over the last {args.last} rounds.",
+    ]
+    for alpha in args.alphas:
+        ratios = [r for a, r in settings if a == alpha]
+        lines += ["", f"### Dirichlet({alpha:g}), untuned", ""]
+        lines += accuracy_table(cell, alpha, ratios, rows, args)
+    return lines
+
+
+def write_report(
+    args, store: Store, methods, settings, grid, sweeps, sweep_runs, tuned=None
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -586,12 +913,11 @@ def write_report(args, store: Store, methods, settings, grid, sweeps, sweep_runs
     report: Path = args.report
     (report.parent / "figures").mkdir(parents=True, exist_ok=True)
     seeds, last = args.seeds, args.last
-    label = lambda m: REFERENCE if m == "reference" else LABELS.get(m, m)  # noqa: E731
     rows = ([] if args.no_reference else ["reference"]) + methods
+    cell = cell_of(results, seeds)
 
-    def cell(alpha, ratio, m) -> list[Result]:
-        found = [results.get((alpha, None if m == "reference" else ratio, m, s)) for s in seeds]
-        return [x for x in found if x is not None]
+    def untuned(m: str) -> str:
+        return " (untuned)" if tuned and m not in tuned["chosen"] else ""
 
     # a run may fill several cells (the sweeps' shared default; a sweep cell that is a grid cell):
     # count it once
@@ -619,23 +945,37 @@ def write_report(args, store: Store, methods, settings, grid, sweeps, sweep_runs
             "to the next, so single rounds mislead); `(n=k)` marks a cell with only k seeds so far,"
             " `-` one with none."
         ),
-        (
-            "Every method runs with its documented defaults: the same lr (0.05), batch size (32),"
-            " local steps"
+        *(
+            [
+                "Every method runs with its documented defaults (batch size 32, local steps 10"
+                " labeled and 10 unlabeled where a method has them, weak augmentation) except the"
+                " lr, tuned per method on a validation set with the same budget for every method"
+                " (section Tuning); a method marked untuned runs its default lr."
+            ]
+            if tuned
+            else [
+                (
+                    "Every method runs with its documented defaults: the same lr (0.05), batch size"
+                    " (32), local steps"
+                ),
+                (
+                    "(10 labeled, 10 unlabeled where a method has them) and weak augmentation for"
+                    " all; no per-method tuning."
+                ),
+                (
+                    "The one tuning budget: the lr, picked from 0.025, 0.05 and 0.1 with"
+                    " labeled-only FedAvg (Dirichlet(0.1), 5%"
+                ),
+                (
+                    "labels, 60 rounds) and then used by every method; in that test FedLabel alone"
+                    " did better early with 0.025"
+                ),
+                (
+                    "([fedlabel-investigation.md](fedlabel-investigation.md)) and keeps 0.05 like"
+                    " the others."
+                ),
+            ]
         ),
-        (
-            "(10 labeled, 10 unlabeled where a method has them) and weak augmentation for all; no"
-            " per-method tuning."
-        ),
-        (
-            "The one tuning budget: the lr, picked from 0.025, 0.05 and 0.1 with labeled-only"
-            " FedAvg (Dirichlet(0.1), 5%"
-        ),
-        (
-            "labels, 60 rounds) and then used by every method; in that test FedLabel alone did"
-            " better early with 0.025"
-        ),
-        "([fedlabel-investigation.md](fedlabel-investigation.md)) and keeps 0.05 like the others.",
         f"Runs completed: {have} of {expected}."
         + (
             " Each run's summary.json (every round's metrics, the config, the"
@@ -685,19 +1025,8 @@ def write_report(args, store: Store, methods, settings, grid, sweeps, sweep_runs
     ]
     for alpha in args.alphas:
         ratios = [r for a, r in settings if a == alpha]
-        lines += [
-            "",
-            f"## Dirichlet({alpha:g})",
-            "",
-            "| method | " + " | ".join(f"{pct(r)}% labels" for r in ratios) + " |",
-            "|---|" + "---|" * len(ratios),
-        ]
-        for m in rows:
-            cells = [
-                mean_std([last_mean(x, last) for x in cell(alpha, r, m)], len(seeds))
-                for r in ratios
-            ]
-            lines.append(f"| {label(m)} | " + " | ".join(cells) + " |")
+        lines += ["", f"## Dirichlet({alpha:g})", ""]
+        lines += accuracy_table(cell, alpha, ratios, rows, args, untuned)
         if all(m in methods for m in ABLATION):
             lines += [
                 "",
@@ -759,6 +1088,10 @@ def write_report(args, store: Store, methods, settings, grid, sweeps, sweep_runs
 
     if "fedlabel" in methods:
         lines += claims_section(args, settings, cell, label)
+    if tuned:
+        lines += tuning_section(store, tuned, rows)
+    if args.untuned_archive:
+        lines += untuned_section(args, methods, settings)
 
     machines = Counter(k for x in finished.values() for k in x.machines())
     whole = Counter(

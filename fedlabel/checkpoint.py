@@ -118,8 +118,11 @@ def load_checkpoint(output_dir: str | Path) -> dict[str, Any]:
     return state
 
 
-def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """Dotted names of the fields that differ between two config dicts (MAY_DIFFER excepted)."""
+def config_differences(
+    saved: dict, current: dict, prefix: str = "", saved_as: str = "checkpoint"
+) -> list[str]:
+    """Dotted names of the fields that differ between two config dicts (MAY_DIFFER excepted),
+    each with both values; ``saved_as`` names the saved side."""
     out = []
     for key in sorted(set(saved) | set(current)):
         name = prefix + key
@@ -127,9 +130,9 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
             continue
         a, b = saved.get(key, ADDED_SINCE.get(name)), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out.extend(config_differences(a, b, name + "."))
+            out.extend(config_differences(a, b, name + ".", saved_as))
         elif a != b:
-            out.append(f"{name} (checkpoint {a!r}, now {b!r})")
+            out.append(f"{name} ({saved_as} {a!r}, now {b!r})")
     return out
 
 

@@ -223,3 +223,153 @@ def test_difference_says_above_below_or_within_noise(bench):
     assert bench.difference([0.80, 0.90], [0.79, 0.91]) == "+0.0 ± 7.8, within noise"
     assert bench.difference([0.8], [0.7, 0.72]) == "+9.0 (one seed)"
     assert bench.difference([], [0.7]) == "-"
+
+
+TUNE = ["--tune-lrs", "0.01", "0.2", "--tune-rounds", "2", "--seeds", "0", "--no-sweeps"]
+
+
+def _summary(tmp_path, name):
+    return json.loads((tmp_path / "runs" / name / "summary.json").read_text())
+
+
+def _edit_last_round(tmp_path, name, **values):
+    path = tmp_path / "runs" / name / "summary.json"
+    s = json.loads(path.read_text())
+    s["rounds"][-1] |= values
+    path.write_text(json.dumps(s))
+
+
+def test_tuning_chooses_by_validation_and_the_grid_runs_with_the_choice(tmp_path):
+    tuned = tmp_path / "tuned.json"
+    proc = _bench(tmp_path, "--tune", *TUNE, "--tuned", str(tuned), *GRID)
+    assert proc.returncode == 0, proc.stderr
+    names = {
+        (m, lr): f"a0.1_fedavg_{ratio}_lr{lr}_s100"
+        for m, ratio in (("reference", 100), ("fedavg", 5))
+        for lr in ("0.01", "0.2")
+    }
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(names.values())
+    for m in ("reference", "fedavg"):  # as run: the argmax of the last round's validation accuracy
+        val = {
+            lr: _summary(tmp_path, names[(m, lr)])["rounds"][-1]["val_accuracy"]
+            for lr in ("0.01", "0.2")
+        }
+        best = max(sorted(val, key=float), key=val.__getitem__)
+        assert json.loads(tuned.read_text())["chosen"][m] == {
+            "lr": float(best),
+            "val_accuracy": val[best],
+        }
+
+    # validation and test disagree: lr 0.01 is best on validation, 0.2 on test; the reference's
+    # validation accuracies tie (the smaller lr wins) while 0.2 is better on test
+    _edit_last_round(tmp_path, names[("fedavg", "0.01")], val_accuracy=0.9, accuracy=0.1)
+    _edit_last_round(tmp_path, names[("fedavg", "0.2")], val_accuracy=0.2, accuracy=0.8)
+    _edit_last_round(tmp_path, names[("reference", "0.01")], val_accuracy=0.5, accuracy=0.3)
+    _edit_last_round(tmp_path, names[("reference", "0.2")], val_accuracy=0.5, accuracy=0.7)
+    proc = _bench(tmp_path, "--tune", *TUNE, "--tuned", str(tuned), "--report-only", *GRID)
+    assert proc.returncode == 0, proc.stderr
+    written = json.loads(tuned.read_text())
+    assert written["chosen"] == {
+        "reference": {"lr": 0.01, "val_accuracy": 0.5},
+        "fedavg": {"lr": 0.01, "val_accuracy": 0.9},
+    }
+    assert written["protocol"] | {"extra": []} == {
+        "experiment": "fmnist_cross_device",
+        "methods": ["reference", "fedavg"],
+        "key": "algorithm.lr",
+        "lrs": [0.01, 0.2],
+        "alpha": 0.1,
+        "label_ratio": 0.05,
+        "seed": 100,
+        "rounds": 2,
+        "last": 1,
+        "eval_every": 1,
+        "extra": [],
+    }
+    assert "--tune --tune-lrs 0.01 0.2" in written["command"]
+    report = (tmp_path / "docs" / "results.md").read_text()
+    assert "| FedAvg, labeled part only | **0.9000 / 0.1000** | 0.2000 / 0.8000 |" in report
+    assert "| FedAvg, 100% labels | **0.5000 / 0.3000** | 0.5000 / 0.7000 |" in report
+    assert written["command"] in report
+
+    # the grid runs with the chosen lr; a method without one runs its default, marked untuned
+    grid = [*GRID, "--methods", "fedavg", "fedprox"]
+    proc = _bench(tmp_path, "--rounds", "2", *TUNE, "--tuned", str(tuned), *grid)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 of 3 runs to do" in proc.stdout  # the tuning runs are not grid runs
+    lr = {
+        n: _summary(tmp_path, n)["config"]["algorithm"]["lr"]
+        for n in ("a0.1_fedavg_100_s0", "a0.1_fedavg_5_s0", "a0.1_fedprox_5_s0")
+    }
+    assert lr == {"a0.1_fedavg_100_s0": 0.01, "a0.1_fedavg_5_s0": 0.01, "a0.1_fedprox_5_s0": 0.05}
+    report = (tmp_path / "docs" / "results.md").read_text()
+    assert "| FedProx, labeled part only (untuned) |" in report
+    assert "| FedProx, labeled part only | untuned (0.05) | - |" in report
+    assert "| FedAvg, labeled part only | 0.01 | 0.9000 |" in report
+
+    # another tuned lr: the finished grid run with the old one is an error naming it, not reused
+    tuned.write_text(
+        json.dumps(
+            written | {"chosen": written["chosen"] | {"fedavg": {"lr": 0.2, "val_accuracy": 0.9}}}
+        )
+    )
+    proc = _bench(tmp_path, "--rounds", "2", *TUNE, "--tuned", str(tuned), *grid)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        f"{tmp_path / 'runs' / 'a0.1_fedavg_5_s0'}: a completed run with other settings than this"
+        " benchmark's: algorithm.lr (run 0.01, now 0.2); move it away or use another --out and"
+        " --archive"
+    ]
+
+
+def test_a_run_from_before_the_validation_split_is_not_taken_as_done(tmp_path):
+    proc = _bench(
+        tmp_path,
+        "--rounds",
+        "2",
+        "--no-reference",
+        *TUNE,
+        "--tuned",
+        str(tmp_path / "none.json"),
+        *GRID,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # archived as runs were before data.val_fraction existed (no key: no validation set)
+    s = _summary(tmp_path, "a0.1_fedavg_5_s0")
+    del s["config"]["data"]["val_fraction"]
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "a0.1_fedavg_5_s0.json.gz").write_bytes(gzip.compress(json.dumps(s).encode()))
+    shutil.rmtree(tmp_path / "runs")
+    args = ["--rounds", "2", "--no-reference", *TUNE, "--tuned", str(tmp_path / "none.json"), *GRID]
+    proc = _bench(tmp_path, *args, "--archive", str(old))
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == (
+        f"{old}/a0.1_fedavg_5_s0.json.gz: a completed run with other settings than this"
+        " benchmark's: data.val_fraction (run 0.0, now 0.05); move it away or use another --out"
+        " and --archive"
+    )
+    # as the untuned grid beside a new one, it is reported as it is
+    proc = _bench(tmp_path, *args, "--report-only", "--untuned-archive", str(old))
+    assert proc.returncode == 0, proc.stderr
+    report = (tmp_path / "docs" / "results.md").read_text()
+    mean = s["rounds"][-1]["accuracy"]
+    untuned = report[report.index("## Before tuning (2 rounds") :]
+    assert f"| FedAvg, labeled part only | {mean:.4f} |" in untuned
+    assert "| FedAvg, labeled part only | - |" in report[: report.index("## Before tuning")]
+
+
+def test_the_tuning_seed_is_not_a_reported_seed(tmp_path):
+    proc = _bench(
+        tmp_path, "--tune", *TUNE, "--tune-seed", "0", "--tuned", str(tmp_path / "t.json"), *GRID
+    )
+    assert proc.returncode != 0
+    assert "--tune-seed 0 is among --seeds; the reported seeds must not include it" in proc.stderr
+    assert not (tmp_path / "t.json").exists() and not (tmp_path / "runs").exists()
+    # nor may the grid report the seed a tuned file was chosen on
+    (tmp_path / "t.json").write_text(
+        json.dumps({"protocol": {"experiment": "fmnist_cross_device", "seed": 0}, "chosen": {}})
+    )
+    proc = _bench(tmp_path, "--rounds", "2", *TUNE, "--tuned", str(tmp_path / "t.json"), *GRID)
+    assert proc.returncode != 0
+    assert f"--seeds: 0 is the tuning seed of {tmp_path / 't.json'}" in proc.stderr
