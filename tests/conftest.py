@@ -11,6 +11,13 @@ from fedlabel.engines.flower import free_port
 from tests.ray_nodes import RAY, head_args, start_node, stop_node
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow (they start Flower, Ray or deployment processes, or whole runs) go
+    first: under pytest-xdist (scripts/test.sh) the workers then end together instead of one
+    finishing a long test alone. The order within each group stays as collected."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def shared_ray(tmp_path_factory):
     """`engine.ray_address=...` of one local Ray head (all CPUs, as a run's private Ray gets),

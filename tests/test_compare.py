@@ -15,6 +15,8 @@ from fedlabel.compare import compare
 from fedlabel.data import DataError, load_fashion_mnist
 from tests.engines.conftest import tiny_config
 
+pytestmark = pytest.mark.slow
+
 ENV = dict(
     os.environ, OMP_NUM_THREADS="1", FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1"
 )

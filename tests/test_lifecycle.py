@@ -19,6 +19,8 @@ from fedlabel.errors import ConfigError
 from fedlabel.report import format_table, round_line
 from tests.engines.conftest import tiny_config
 
+pytestmark = pytest.mark.slow
+
 SMOKE = [
     "experiment=smoke",
     "engine=inprocess",

@@ -21,6 +21,8 @@ from fedlabel.data import (
 )
 from tests.engines.conftest import tiny_config
 
+pytestmark = pytest.mark.slow
+
 N, NUM_CLASSES = 1200, 5
 
 

@@ -18,6 +18,8 @@ from fedlabel.data import save_site
 from fedlabel.deploy_local import kill
 from tests.deploy.federation import RUN_TIMEOUT_S, submit, two_site_federation
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow
+
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 
 

@@ -21,6 +21,8 @@ from fedlabel.deploy_local import LocalFederation
 from fedlabel.deploy_trust import ADMIN_FILE
 from tests.deploy.federation import submit, two_site_federation
 
+pytestmark = pytest.mark.slow
+
 APP = Path(__file__).resolve().parent / "outsider_app"
 REFUSED = "fedlabel: REFUSED app"
 

@@ -14,6 +14,8 @@ from fedlabel.errors import ConfigError
 from fedlabel.faults import CRASHED, TIMEOUT
 from server.server_app import assign_client_ids, collect_replies
 
+pytestmark = pytest.mark.slow
+
 SHAPE = dict(in_channels=1, image_size=8, num_classes=3)
 
 

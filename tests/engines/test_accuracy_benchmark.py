@@ -15,6 +15,8 @@ import pytest
 import fedlabel
 from fedlabel.config import config_from_dict
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 GRID = [
     "--alphas",
@@ -33,6 +35,7 @@ GRID = [
     "data.num_clients=6",
     "clients_per_round=2",
     "data.train_samples=1200",
+    "data.test_samples=500",
     "algorithm.local_steps=2",
     "device=cpu",
 ]

@@ -9,6 +9,8 @@ import fedlabel
 from fedlabel.validation import COUNTERS
 from tests.engines.conftest import tiny_config
 
+pytestmark = pytest.mark.slow
+
 ATTACKER = 0
 BASE = [
     "algorithm.name=fedavg",

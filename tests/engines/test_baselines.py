@@ -7,6 +7,8 @@ import torch
 import fedlabel
 from tests.engines.conftest import tiny_config
 
+pytestmark = pytest.mark.slow
+
 SEMI_SUPERVISED = [
     "fedavg_fixmatch",
     "fedprox_fixmatch",

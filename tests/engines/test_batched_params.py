@@ -18,6 +18,8 @@ from fedlabel.federation import client_generator, initial_model, load_federated
 from fedlabel.training import ClientContext
 from tests.engines.conftest import tiny_config
 
+pytestmark = pytest.mark.slow
+
 # a value unlike the base's below, for every field (a new field needs one here)
 ALTERNATIVES = {
     "lr": 0.1,

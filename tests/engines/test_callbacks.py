@@ -10,6 +10,8 @@ from fedlabel.checkpoint import load_checkpoint
 from fedlabel.errors import ConfigError
 from tests.engines.conftest import tiny_config
 
+pytestmark = pytest.mark.slow
+
 
 def test_target_accuracy_stops_the_run_and_a_finished_run_is_not_resumed(tmp_path):
     stop = ["rounds=3", "stop.target_accuracy=0.01"]  # any trained model reaches 1%

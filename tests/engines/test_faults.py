@@ -20,6 +20,8 @@ from fedlabel.validation import CLIENT, UNDECODABLE
 from server.server_app import collect_replies
 from tests.engines.conftest import tiny_config
 
+pytestmark = pytest.mark.slow
+
 # Seed 14 with these probabilities, 2 of 4 clients per round, 3 rounds: a crash in round 1, a
 # dropout in round 2, a straggler in round 3, each beside a healthy client (so one sleeping client
 # never holds back the other on a 2-core machine); test_seed_gives_every_fault_kind checks it.

@@ -9,6 +9,8 @@ import torch
 import fedlabel
 from tests.engines.conftest import tiny_config
 
+pytestmark = pytest.mark.slow
+
 SETTINGS = {
     # helpers every round; round 2's cohort (1, 3) holds client 3, seen in round 1 beside client 2
     "fedmatch": {"helper_interval": 1, "num_helpers": 2},

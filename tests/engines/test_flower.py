@@ -10,6 +10,8 @@ import fedlabel
 from fedlabel.engines.flower import FlowerRunError
 from tests.engines.conftest import tiny_config
 
+pytestmark = pytest.mark.slow
+
 # Both engines run the same client code with the same seeds, sum updates in client-id order and
 # evaluate the same way, so with the same torch thread count they do the same arithmetic: Flower's
 # Ray workers run clients with one thread, so the in-process side runs with one thread too and the

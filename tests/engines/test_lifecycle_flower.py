@@ -20,6 +20,8 @@ from fedlabel.engines.reaper import descendants
 from tests.engines.conftest import tiny_config
 from tests.test_lifecycle import _alive, rounds_in
 
+pytestmark = pytest.mark.slow
+
 ROUNDS = 4
 SMOKE = [
     "experiment=smoke",

@@ -16,6 +16,8 @@ from fedlabel.errors import ConfigError
 from tests.engines.conftest import tiny_config
 from tests.ray_nodes import RAY, head_args, ray_env, start_node, stop_node
 
+pytestmark = pytest.mark.slow
+
 TEST_LIMIT_S = 110  # the nodes are stopped then, which fails a run still going
 
 # Run as a Ray driver in a subprocess (this test process never joins the cluster). It prints the

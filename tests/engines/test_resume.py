@@ -19,6 +19,8 @@ from fedlabel.federation import initial_model
 from fedlabel.report import environment
 from tests.engines.conftest import tiny_config
 
+pytestmark = pytest.mark.slow
+
 ROUNDS = 3
 SMOKE = [
     "experiment=smoke",

@@ -14,6 +14,8 @@ import fedlabel
 from fedlabel.training import ClientContext
 from tests.engines.conftest import tiny_config
 
+pytestmark = pytest.mark.slow
+
 COUNTS = [
     "round",
     "clients",

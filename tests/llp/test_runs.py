@@ -8,6 +8,8 @@ from tests.engines.conftest import (
     tiny_config,
 )  # noqa: F401 (autouse fixture)
 
+pytestmark = pytest.mark.slow
+
 
 def bagged_config(
     tmp_path, *, engine="inprocess", algorithm="fedavg", name="run", overrides=(), **data

@@ -12,6 +12,8 @@ from fedlabel.config import config_from_dict
 from fedlabel.federation import load_federated, sample_cohort
 from tests.engines.conftest import tiny_config
 
+pytestmark = pytest.mark.slow
+
 
 def _private(tmp_path, run, *, engine="inprocess", overrides=(), **privacy):
     cfg = tiny_config(tmp_path, engine=engine, algorithm="fedavg", name=run, overrides=overrides)
