@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh dev
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
-# Tests run in parallel processes (pytest-xdist, slow ones first: tests/conftest.py): most of the suite's time is Flower's,
-# Ray's and the deployments' processes starting and polling, which overlap well on 2 cores.
-# FEDLABEL_TEST_WORKERS=0 runs everything in this one process.
+# Tests run in 3 parallel processes (pytest-xdist; the slow ones first, tests/conftest.py): most
+# of the suite's time is Flower's, Ray's and the deployments' processes starting and polling,
+# which overlap on 2 cores. FEDLABEL_TEST_WORKERS=0 runs everything in this one process.
 exec .venv/bin/python -m pytest -n "${FEDLABEL_TEST_WORKERS:-3}" "$@"
