@@ -47,6 +47,7 @@ ADDED_SINCE = {
     "data.val_fraction": 0.0,
     "data.test_samples": 0,
     "algorithm.strong_magnitude_scale": 30,
+    "algorithm.mu": 0.0,  # FedAvg, FixMatch and UDA before FedProx became their mu
 }
 
 
@@ -128,7 +129,7 @@ def config_differences(
         name = prefix + key
         if name in MAY_DIFFER:
             continue
-        a, b = saved.get(key, ADDED_SINCE.get(name)), current.get(key)
+        a, b = saved.get(key, ADDED_SINCE.get(name) if key in current else None), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out.extend(config_differences(a, b, name + ".", saved_as))
         elif a != b:

@@ -180,3 +180,9 @@ def test_a_checkpoint_from_before_the_validation_split_goes_on_only_without_one(
     assert config_differences(saved, new) == ["data.val_fraction (checkpoint 0.0, now 0.05)"]
     with pytest.raises(ConfigError, match="data.val_fraction"):
         check_resumable(state, new)
+    # FedAvg before FedProx became its mu ran mu=0; FedLabel has no mu, then or now
+    fedavg = tiny_config(tmp_path, algorithm="fedavg")
+    no_mu = {**fedavg, "algorithm": {k: v for k, v in fedavg["algorithm"].items() if k != "mu"}}
+    assert config_differences(no_mu, fedavg) == []
+    assert config_differences(no_mu, {**fedavg, "algorithm": {**fedavg["algorithm"], "mu": 0.1}})
+    assert "mu" not in new["algorithm"] and config_differences(new, new) == []
