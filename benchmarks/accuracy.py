@@ -70,6 +70,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -144,6 +145,9 @@ class Run:
         return ["fedlabel", "simulate", *self.overrides, f"output_dir={out / self.name}"]
 
 
+COMPOSING = threading.Lock()  # Hydra's compose is not thread-safe (its global state)
+
+
 @cache
 def intended(run: Run) -> dict:
     """The config the run's overrides compose to (what its summary's config must say)."""
@@ -152,7 +156,9 @@ def intended(run: Run) -> dict:
     from fedlabel.errors import ConfigError
 
     try:
-        return config_to_dict(config_from_dict(compose([*run.overrides, "output_dir=."])))
+        with COMPOSING:
+            composed = compose([*run.overrides, "output_dir=."])
+        return config_to_dict(config_from_dict(composed))
     except ConfigError as err:
         raise SystemExit(f"{run.name}: {err}") from err
 

@@ -175,32 +175,6 @@ def test_val_fraction_0_leaves_the_run_identical(tmp_path):
     assert sum(s["num_labeled"] + s["num_unlabeled"] for s in held) == 2000 - 100
 
 
-def test_flower_server_evaluates_the_validation_set_the_clients_lack(tmp_path):
-    """The ServerApp builds the validation set itself and the ClientApps their partitions: the
-    same samples as in-process (one torch thread there, as Flower's Ray workers train)."""
-    try:
-        load_fashion_mnist(download=False)
-    except DataError as err:
-        pytest.skip(f"Fashion-MNIST not installed: {err}")
-    flower = fedlabel.run(tiny_config(tmp_path, engine="flower", name="flower"), progress=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        inproc = fedlabel.run(tiny_config(tmp_path, name="inproc"), progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    assert flower["status"] == "completed"
-    for f, i in zip(flower["rounds"], inproc["rounds"], strict=True):
-        assert f["val_accuracy"] == i["val_accuracy"] and f["accuracy"] == i["accuracy"]
-        assert f["val_loss"] == pytest.approx(i["val_loss"], rel=1e-5)
-        assert f["ece"] == pytest.approx(i["ece"], abs=1e-5)
-    assert flower["best_val_accuracy"] == inproc["best_val_accuracy"]
-    stats = json.loads((tmp_path / "flower" / "clients.json").read_text())
-    assert stats == json.loads((tmp_path / "inproc" / "clients.json").read_text())
-    assert sum(s["num_labeled"] + s["num_unlabeled"] for s in stats) == 1900
-    assert (tmp_path / "flower" / "reliability.png").stat().st_size > 0
-
-
 def test_test_samples_evaluates_a_seeded_stratified_subset_of_the_test_split():
     ds = indexed()
     images, labels = evaluation_test_set(ds, seed=0, test_samples=0)

@@ -42,14 +42,21 @@ def test_flower_engine_matches_inprocess(tmp_path):
         ):
             assert f[key] == i[key], key
         assert f["loss"] == pytest.approx(i["loss"], rel=1e-5)
+        # the ServerApp builds the validation set itself, the ClientApps their partitions
+        assert f["val_accuracy"] == i["val_accuracy"]
+        assert f["val_loss"] == pytest.approx(i["val_loss"], rel=1e-5)
+        assert f["ece"] == pytest.approx(i["ece"], abs=1e-5)
+    assert flower["best_val_accuracy"] == inproc["best_val_accuracy"]
     stats = json.loads((tmp_path / "flower" / "clients.json").read_text())
     assert stats == json.loads((tmp_path / "inproc" / "clients.json").read_text())
+    assert sum(s["num_labeled"] + s["num_unlabeled"] for s in stats) == 1900  # 5% held out
+    assert (tmp_path / "flower" / "reliability.png").stat().st_size > 0
 
 
-def test_failed_flower_run_is_reported(tmp_path):
+def test_failed_flower_run_is_reported(tmp_path, shared_ray):
     """`flwr run --stream` exits 0 on failure; the engine reads the run's state instead and
     reports the ServerApp's error (here: every client crashes, so round 1 fails)."""
-    cfg = tiny_config(tmp_path, engine="flower", name="bad")
+    cfg = tiny_config(tmp_path, engine="flower", name="bad", overrides=[shared_ray])
     cfg["faults"]["crash_prob"] = 1.0
     with pytest.raises(
         FlowerRunError, match=r"finished:failed; last error: round 1: client \d+ failed \(crashed\)"
