@@ -9,6 +9,13 @@ process's (all threads). The last column: the largest absolute difference betwee
 clipped, summed gradients and those of Opacus's hooks, on one batch of 32 records (q = 1, zero
 noise, clip norm 1).
 
+A second table times one SGD step's gradient on a fixed batch of 32 (same alternation): the
+non-private gradient, "ew", and Opacus's ghost clipping (GradSampleModuleFastGradientClipping:
+per-row norms without per-row gradients, then a second backward pass of the loss reweighted per
+row). Ghost clipping is not a grad_sample_mode: it needs each row's own loss (the project's
+losses return the mean over records) and clips rows, not records (wrong for losses that see k
+views of each record, as FedLabel's kl_input=clean does).
+
   python benchmarks/dpsgd_cost.py [--rounds 20] [--records 600] [--threads 1]
 """
 
@@ -26,7 +33,7 @@ from fedlabel.data import ClientData
 from fedlabel.models import SmallCNN
 from fedlabel.privacy import dpsgd
 from fedlabel.privacy.mechanism import private_client_update
-from fedlabel.training import SgdConfig, get_params
+from fedlabel.training import SgdConfig, forward, get_params
 
 CPU = torch.device("cpu")
 
@@ -118,6 +125,63 @@ def main() -> None:
         per = total / args.rounds
         diff = diffs.get(name, "-")
         print(f"| {name} | {per:.3f} | {per / base:.2f}x | {diff} |")
+    _one_step_table(model, params, client, args.rounds * 10)
+
+
+def _one_step_table(model, params, client: ClientData, repeats: int) -> None:
+    """CPU ms of one step's gradient on a fixed batch: non-private, ew and ghost clipping."""
+    import copy
+    import warnings
+
+    from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
+        GradSampleModuleFastGradientClipping,
+    )
+
+    x, y = client.labeled_images[:32].float() / 255, client.labeled_labels[:32]
+    ce = torch.nn.functional.cross_entropy
+    ew = dpsgd.grad_sample_module(model, CPU, "ew")
+    ghost = GradSampleModuleFastGradientClipping(
+        copy.deepcopy(model), loss_reduction="sum", max_grad_norm=1.0, use_ghost_clipping=True
+    )
+    ew.load_state_dict(dpsgd.to_wrapped(params))
+    ghost.load_state_dict(dpsgd.to_wrapped(params))
+
+    def plain():
+        p = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+        torch.autograd.grad(ce(forward(model, p, x), y), list(p.values()))
+
+    def with_ew():
+        ce(ew(x), y).backward()
+        weights = list(ew.parameters())
+        dpsgd.clip_and_sum([w.grad_sample for w in weights], 1.0, scale=len(x))
+        for w in weights:
+            w.grad, w.grad_sample = None, None
+
+    def with_ghost():
+        losses = ce(ghost(x), y, reduction="none")
+        losses.sum().backward(retain_graph=True)  # hooks: per-row norms
+        coef = ghost.get_clipping_coef()
+        ghost.zero_grad()
+        ghost.disable_hooks()
+        (losses * coef).sum().backward()  # the clipped sum, in .grad
+        ghost.enable_hooks()
+        ghost.zero_grad()
+
+    steps = {"non-private": plain, "ew": with_ew, "ghost clipping": with_ghost}
+    ms = dict.fromkeys(steps, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for r in range(repeats + 1):
+            for name, step in steps.items():
+                start = time.process_time()
+                step()
+                if r:
+                    ms[name] += (time.process_time() - start) * 1000 / repeats
+    print(f"\nOne step's gradient, fixed batch of 32, {repeats} repeats\n")
+    print("| gradient | CPU ms per step | ratio to non-private |")
+    print("|---|---|---|")
+    for name, t in ms.items():
+        print(f"| {name} | {t:.1f} | {t / ms['non-private']:.2f}x |")
 
 
 def _clipped_sum_differences(model, params, client: ClientData) -> dict[str, str]:
