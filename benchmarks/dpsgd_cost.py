@@ -101,7 +101,7 @@ def main() -> None:
 
     variants: dict[str, Callable[[int], object]] = {"non-private": update(PrivacyConfig())}
     variants["hooks, before"] = before
-    for mode in ("hooks", "functorch", "ew"):
+    for mode in ("hooks", "functorch", "ew", "bk"):
         variants[mode] = update(PrivacyConfig(name="dpsgd", grad_sample_mode=mode))
     seconds = dict.fromkeys(variants, 0.0)
     for r in range(args.rounds + 1):  # round 0 warms up (Opacus import, wrapped modules)
@@ -205,7 +205,7 @@ def _clipped_sum_differences(model, params, client: ClientData) -> dict[str, str
     ref = clipped_sum("hooks")
     with _Before():
         sums = {"hooks, before": clipped_sum("hooks")}
-    sums.update({m: clipped_sum(m) for m in ("hooks", "functorch", "ew")})
+    sums.update({m: clipped_sum(m) for m in ("hooks", "functorch", "ew", "bk")})
     return {
         name: f"{max(float((s[k] - ref[k]).abs().max()) for k in ref):.1e}"
         for name, s in sums.items()

@@ -164,9 +164,10 @@ class PrivacyConfig:
     delta: float = 1e-5  # epsilon is reported at this delta
     clipping: str = "server"  # central_dp: server | client (who clips each update)
     accountant: str = "rdp"  # rdp | prv (Opacus accountants)
-    # dpsgd: how Opacus computes per-sample gradients: ew | hooks | functorch (the same clipped
-    # sums to float tolerance; ew is the fastest on the default CNN, docs/privacy.md)
-    grad_sample_mode: str = "ew"
+    # dpsgd: how the clipped sum of per-record gradients is computed: bk (one backward pass,
+    # fedlabel/privacy/bookkeeping.py) | ew | hooks | functorch (Opacus's per-sample gradients);
+    # the same sums to float tolerance, bk the fastest on the default CNN (docs/privacy.md)
+    grad_sample_mode: str = "bk"
     # Draw every DP noise value (DP-SGD noise and Poisson batches, central-DP noise, bag-count
     # noise)
     # from generators seeded by the OS's entropy instead of the run's seed, so nobody who knows the

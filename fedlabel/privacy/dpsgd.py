@@ -3,7 +3,7 @@
 Every SGD step of a client under ``privacy=dpsgd``:
  1. Poisson sampling: each of the n records of the branch's data set joins the batch
     independently with probability q = min(1, batch_size / n) (Opacus's DPDataLoader);
- 2. per-record gradients from Opacus, in the mode ``grad_sample_mode`` (:data:`GRAD_SAMPLE_MODES`);
+ 2. per-record gradients (in the mode ``grad_sample_mode``, :data:`GRAD_SAMPLE_MODES`);
  3. each record's gradient clipped to L2 norm C = ``max_grad_norm``;
  4. g = (sum of clipped gradients + N(0, (z C)^2 I)) / (q n), z = ``noise_multiplier``.
 An empty Poisson batch is skipped for the forward/backward pass (there is nothing to
@@ -44,22 +44,24 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fedlabel.privacy.bookkeeping import BookKeeping
 from fedlabel.training import LossFn, Params, Sgd, SgdConfig, sgd_step
 
 WRAPPED_PREFIX = "_module."  # Opacus's GradSampleModule prefixes state_dict keys with this
 
-# Opacus's per-sample gradient modes, all giving the same per-record gradients (to float
-# tolerance): "ew" (PyTorch's expanded weights; the fastest on the default CNN, see
-# docs/privacy.md "DP-SGD's cost"), "hooks" (Opacus's default: a hook on every layer),
-# "functorch" (torch.func vmap + grad for every layer).
-GRAD_SAMPLE_MODES = ("ew", "hooks", "functorch")
+# How the clipped sum of per-record gradients is computed, all giving the same sum (to float
+# tolerance): "bk" (one backward pass, no per-record gradients of linear layers:
+# fedlabel.privacy.bookkeeping; the fastest on the default CNN, see docs/privacy.md "DP-SGD's
+# cost"), or Opacus's per-sample gradients: "ew" (PyTorch's expanded weights), "hooks" (Opacus's
+# default: a hook on every layer), "functorch" (torch.func vmap + grad for every layer).
+GRAD_SAMPLE_MODES = ("bk", "ew", "hooks", "functorch")
 
 
 @dataclass(frozen=True)
 class DpSgdSettings:
     noise_multiplier: float
     max_grad_norm: float
-    grad_sample_mode: str = "ew"  # one of GRAD_SAMPLE_MODES
+    grad_sample_mode: str = "bk"  # one of GRAD_SAMPLE_MODES
 
 
 @dataclass
@@ -128,6 +130,10 @@ class DpSgd(Sgd):
             n = len(batch)
             if n == 0:  # nothing to differentiate: the noise-only step of an empty Poisson batch
                 clipped = [torch.zeros_like(w) for w in weights.values()]
+            elif isinstance(gsm, BookKeeping):
+                loss = loss_fn(lambda x: gsm(x), batch)
+                clipped = gsm.clipped_sum(loss, n, settings.max_grad_norm)
+                total, nonempty = total + float(loss.detach()), nonempty + 1
             else:
                 loss = loss_fn(lambda x: gsm(x), batch)
                 with (
@@ -184,11 +190,12 @@ _wrapped: weakref.WeakKeyDictionary = (
 )  # model -> {(device, mode): Opacus grad-sample module}
 
 
-def grad_sample_module(model: nn.Module, device: torch.device, mode: str = "ew") -> nn.Module:
-    """Opacus's grad-sample module of ``mode`` (:data:`GRAD_SAMPLE_MODES`) around a private copy
-    of ``model`` on ``device`` (cached per model), so the shared skeleton never carries Opacus's
-    hooks. (Opacus is imported here, not at module load: it costs seconds, and runs without
-    DP-SGD never need it.)"""
+def grad_sample_module(model: nn.Module, device: torch.device, mode: str = "bk") -> nn.Module:
+    """The grad-sample module of ``mode`` (:data:`GRAD_SAMPLE_MODES`: a
+    :class:`~fedlabel.privacy.bookkeeping.BookKeeping` or Opacus's) around a private copy of
+    ``model`` on ``device`` (cached per model), so the shared skeleton never carries hooks.
+    (Opacus is imported here, not at module load: it costs seconds, and runs without DP-SGD
+    never need it.)"""
     from opacus import GradSampleModule
     from opacus.grad_sample.gsm_exp_weights import GradSampleModuleExpandedWeights
 
@@ -197,11 +204,14 @@ def grad_sample_module(model: nn.Module, device: torch.device, mode: str = "ew")
     per_key = _wrapped.setdefault(model, {})
     if (device, mode) not in per_key:
         copied = copy.deepcopy(model).to(device).train()
-        per_key[device, mode] = (
-            GradSampleModuleExpandedWeights(copied, loss_reduction="sum")
-            if mode == "ew"
-            else GradSampleModule(copied, loss_reduction="sum", force_functorch=mode == "functorch")
-        )
+        if mode == "bk":
+            per_key[device, mode] = BookKeeping(copied)
+        elif mode == "ew":
+            per_key[device, mode] = GradSampleModuleExpandedWeights(copied, loss_reduction="sum")
+        else:
+            per_key[device, mode] = GradSampleModule(
+                copied, loss_reduction="sum", force_functorch=mode == "functorch"
+            )
     return per_key[device, mode]
 
 

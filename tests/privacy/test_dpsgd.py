@@ -266,3 +266,29 @@ def test_server_privacy_state_survives_a_checkpoint():
     restored.load_state_dict(server.state_dict())
     assert restored.summary() == server.summary()
     assert restored.account([update]) == server.account([update]) > first
+
+
+def test_bookkeeping_takes_several_model_calls_per_loss():
+    """Two calls f(x), f(flipped x) in one loss give the clipped sum of one call on both views."""
+    model, params = tiny_model()
+    x, y = _data(6)
+    clip = 0.05
+    one_call, _ = _one_dp_step(model, params, x, y, clip=clip, batch_size=6, two_views=True)
+
+    def loss_fn(f, idx):
+        return (
+            F.cross_entropy(f(x[idx]), y[idx], reduction="none")
+            + F.cross_entropy(f(x[idx].flip(-1)), y[idx], reduction="none")
+        ).mean()
+
+    trainer = DpSgd(DpSgdSettings(0.0, clip, grad_sample_mode="bk"), torch.Generator())
+    batches = trainer.batches(6, batch_size=6, steps=1, generator=torch.Generator())
+    new, _ = trainer.train(model, params, batches=batches, loss_fn=loss_fn, sgd=SgdConfig(lr=1.0))
+    for k in params:
+        torch.testing.assert_close(params[k] - new[k], one_call[k], rtol=1e-4, atol=1e-6)
+
+
+def test_bookkeeping_refuses_layers_it_does_not_cover():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3), torch.nn.LayerNorm(3))
+    with pytest.raises(ValueError, match="LayerNorm.*grad_sample_mode=ew"):
+        dpsgd.grad_sample_module(model, torch.device("cpu"), "bk")
