@@ -10,7 +10,7 @@ clipped, summed gradients and those of Opacus's hooks, on one batch of 32 record
 noise, clip norm 1).
 
 A second table times one SGD step's gradient on a fixed batch of 32 (same alternation): the
-non-private gradient, "ew", and Opacus's ghost clipping (GradSampleModuleFastGradientClipping:
+non-private gradient, "ew", "bk", and Opacus's ghost clipping (GradSampleModuleFastGradientClipping:
 per-row norms without per-row gradients, then a second backward pass of the loss reweighted per
 row). Ghost clipping is not a grad_sample_mode: it needs each row's own loss (the project's
 losses return the mean over records) and clips rows, not records (wrong for losses that see k
@@ -129,7 +129,7 @@ def main() -> None:
 
 
 def _one_step_table(model, params, client: ClientData, repeats: int) -> None:
-    """CPU ms of one step's gradient on a fixed batch: non-private, ew and ghost clipping."""
+    """CPU ms of one step's gradient on a fixed batch: non-private, ew, bk, ghost clipping."""
     import copy
     import warnings
 
@@ -167,7 +167,13 @@ def _one_step_table(model, params, client: ClientData, repeats: int) -> None:
         ghost.enable_hooks()
         ghost.zero_grad()
 
-    steps = {"non-private": plain, "ew": with_ew, "ghost clipping": with_ghost}
+    bk = dpsgd.grad_sample_module(model, CPU, "bk")
+    bk.load_state_dict(dpsgd.to_wrapped(params))
+
+    def with_bk():
+        bk.clipped_sum(ce(bk(x), y), len(x), 1.0)
+
+    steps = {"non-private": plain, "ew": with_ew, "bk": with_bk, "ghost clipping": with_ghost}
     ms = dict.fromkeys(steps, 0.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
