@@ -75,7 +75,7 @@ class BookKeeping(nn.Module):
         (a mean over records) from record j's rows, in ``named_parameters()`` order."""
         kept, self._kept = self._kept, {}
         names = [name for name in self._layers if name in kept]
-        inputs = {name: torch.cat([a for a, _ in kept[name]]) for name in names}
+        inputs = {name: _cat([a for a, _ in kept[name]]) for name in names}
         outputs = [o for name in names for _, o in kept[name]]
         grads = torch.autograd.grad(loss, outputs, allow_unused=True)
         grad_of, i = {}, 0
@@ -84,7 +84,7 @@ class BookKeeping(nn.Module):
                 g if g is not None else torch.zeros_like(o)
                 for g, (_, o) in zip(grads[i : i + len(kept[name])], kept[name])
             ]
-            grad_of[name], i = torch.cat(parts), i + len(parts)
+            grad_of[name], i = _cat(parts), i + len(parts)
         n = num_records
         squared = loss.new_zeros(n)
         per_record: dict[str, tuple[torch.Tensor, ...]] = {}
@@ -133,3 +133,7 @@ class BookKeeping(nn.Module):
             sums[k] if k in sums else torch.zeros_like(w)
             for k, w in self._module.named_parameters()
         ]
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
