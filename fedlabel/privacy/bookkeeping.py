@@ -10,7 +10,8 @@ autograd). Per layer, with rows r = j, j + n, ... the k views of record j:
   norm", Goodfellow 2015; Li et al., ICLR 2022), and the clipped sum is one matrix product
   (c g)^T a with each row weighted by its record's clipping factor c ("book-keeping", Bu et al.,
   ICML 2023);
-- Conv2d: per-row gradients from the unfolded input (small for convolutions), summed per record;
+- Conv2d: per-row gradients (small for convolutions) from the weight gradient of the same
+  convolution grouped by row, summed per record;
 - GroupNorm: per-row gradients from the normalised input, summed per record.
 
 The clipping is Opacus's flat clipping (:func:`fedlabel.privacy.dpsgd.clip_and_sum`): each
@@ -102,10 +103,7 @@ class BookKeeping(nn.Module):
                 per_record[name] = (a, g)
             else:
                 if isinstance(layer, nn.Conv2d):
-                    unfolded = F.unfold(
-                        a, layer.kernel_size, layer.dilation, layer.padding, layer.stride
-                    )
-                    rows_w = torch.bmm(g.flatten(2), unfolded.transpose(1, 2))
+                    rows_w = _conv_row_gradients(layer, a, g)
                 else:  # GroupNorm
                     normalised = F.group_norm(a, layer.num_groups, eps=layer.eps)
                     rows_w = (normalised * g).flatten(2).sum(2)
@@ -137,3 +135,24 @@ class BookKeeping(nn.Module):
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _conv_row_gradients(layer: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Each row's weight gradient, R x C_out x C_in x kh x kw: the convolution over all rows
+    as one sample with R groups, whose weight gradient is the rows' gradients side by side (on
+    CPU faster than unfolding the input once the input has several channels)."""
+    rows, weight = len(a), layer.weight
+    grad = torch.ops.aten.convolution_backward(
+        g.reshape(1, -1, *g.shape[2:]),
+        a.reshape(1, -1, *a.shape[2:]),
+        weight.detach().repeat(rows, 1, 1, 1),
+        None,
+        list(layer.stride),
+        list(layer.padding),
+        list(layer.dilation),
+        False,
+        [0, 0],
+        rows,
+        [False, True, False],
+    )[1]
+    return grad.view(rows, *weight.shape)
