@@ -3,7 +3,7 @@
 Every SGD step of a client under ``privacy=dpsgd``:
  1. Poisson sampling: each of the n records of the branch's data set joins the batch
     independently with probability q = min(1, batch_size / n) (Opacus's DPDataLoader);
- 2. per-record gradients from Opacus's :class:`~opacus.GradSampleModule` (hooks on every layer);
+ 2. per-record gradients (in the mode ``grad_sample_mode``, :data:`GRAD_SAMPLE_MODES`);
  3. each record's gradient clipped to L2 norm C = ``max_grad_norm``;
  4. g = (sum of clipped gradients + N(0, (z C)^2 I)) / (q n), z = ``noise_multiplier``.
 An empty Poisson batch is skipped for the forward/backward pass (there is nothing to
@@ -44,15 +44,24 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fedlabel.privacy.bookkeeping import BookKeeping
 from fedlabel.training import LossFn, Params, Sgd, SgdConfig, sgd_step
 
 WRAPPED_PREFIX = "_module."  # Opacus's GradSampleModule prefixes state_dict keys with this
+
+# How the clipped sum of per-record gradients is computed, all giving the same sum (to float
+# tolerance): "bk" (one backward pass, no per-record gradients of linear layers:
+# fedlabel.privacy.bookkeeping; the fastest on the default CNN, see docs/privacy.md "DP-SGD's
+# cost"), or Opacus's per-sample gradients: "ew" (PyTorch's expanded weights), "hooks" (Opacus's
+# default: a hook on every layer), "functorch" (torch.func vmap + grad for every layer).
+GRAD_SAMPLE_MODES = ("bk", "ew", "hooks", "functorch")
 
 
 @dataclass(frozen=True)
 class DpSgdSettings:
     noise_multiplier: float
     max_grad_norm: float
+    grad_sample_mode: str = "bk"  # one of GRAD_SAMPLE_MODES
 
 
 @dataclass
@@ -112,7 +121,7 @@ class DpSgd(Sgd):
         self.last_draw = None
         center = {k: v.detach().clone() for k, v in params.items()} if prox_mu else None
         device = next(iter(params.values())).device
-        gsm = grad_sample_module(model, device)
+        gsm = grad_sample_module(model, device, settings.grad_sample_mode)
         gsm.load_state_dict(to_wrapped(params))  # Opacus's keys carry the "_module." prefix
         weights = dict(gsm.named_parameters())
         velocity = {k: torch.zeros_like(v) for k, v in weights.items()} if sgd.momentum else None
@@ -121,6 +130,10 @@ class DpSgd(Sgd):
             n = len(batch)
             if n == 0:  # nothing to differentiate: the noise-only step of an empty Poisson batch
                 clipped = [torch.zeros_like(w) for w in weights.values()]
+            elif isinstance(gsm, BookKeeping):
+                loss = loss_fn(lambda x: gsm(x), batch)
+                clipped = gsm.clipped_sum(loss, n, settings.max_grad_norm)
+                total, nonempty = total + float(loss.detach()), nonempty + 1
             else:
                 loss = loss_fn(lambda x: gsm(x), batch)
                 with (
@@ -136,7 +149,9 @@ class DpSgd(Sgd):
                     )
                     for w in weights.values()
                 ]
-                clipped = clip_and_sum(per_record, settings.max_grad_norm)
+                # the mean's 1/n is undone in the clipping factor (one pass less over the
+                # largest per-record tensors than scaling them)
+                clipped = clip_and_sum(per_record, settings.max_grad_norm, scale=n)
                 for w in weights.values():
                     w.grad, w.grad_sample = None, None
                 total, nonempty = total + float(loss.detach()), nonempty + 1
@@ -172,21 +187,32 @@ def poisson_batches(
 
 _wrapped: weakref.WeakKeyDictionary = (
     weakref.WeakKeyDictionary()
-)  # model -> {device: GradSampleModule}
+)  # model -> {(device, mode): Opacus grad-sample module}
 
 
-def grad_sample_module(model: nn.Module, device: torch.device) -> nn.Module:
-    """A GradSampleModule around a private copy of ``model`` on ``device`` (cached per model),
-    so the shared skeleton never carries Opacus's hooks. (Opacus is imported here, not at module
-    load: it costs seconds, and runs without DP-SGD never need it.)"""
+def grad_sample_module(model: nn.Module, device: torch.device, mode: str = "bk") -> nn.Module:
+    """The grad-sample module of ``mode`` (:data:`GRAD_SAMPLE_MODES`: a
+    :class:`~fedlabel.privacy.bookkeeping.BookKeeping` or Opacus's) around a private copy of
+    ``model`` on ``device`` (cached per model), so the shared skeleton never carries hooks.
+    (Opacus is imported here, not at module load: it costs seconds, and runs without DP-SGD
+    never need it.)"""
     from opacus import GradSampleModule
+    from opacus.grad_sample.gsm_exp_weights import GradSampleModuleExpandedWeights
 
-    per_device = _wrapped.setdefault(model, {})
-    if device not in per_device:
-        per_device[device] = GradSampleModule(
-            copy.deepcopy(model).to(device).train(), loss_reduction="sum"
-        )
-    return per_device[device]
+    if mode not in GRAD_SAMPLE_MODES:
+        raise ValueError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {mode!r}")
+    per_key = _wrapped.setdefault(model, {})
+    if (device, mode) not in per_key:
+        copied = copy.deepcopy(model).to(device).train()
+        if mode == "bk":
+            per_key[device, mode] = BookKeeping(copied)
+        elif mode == "ew":
+            per_key[device, mode] = GradSampleModuleExpandedWeights(copied, loss_reduction="sum")
+        else:
+            per_key[device, mode] = GradSampleModule(
+                copied, loss_reduction="sum", force_functorch=mode == "functorch"
+            )
+    return per_key[device, mode]
 
 
 def to_wrapped(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -208,26 +234,28 @@ def from_wrapped(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def per_record_gradients(grad_sample: torch.Tensor, num_records: int) -> torch.Tensor:
     """Opacus per-row gradients of a mean-over-records loss (loss_reduction="sum") ->
-    per-record gradients of that record's own term: rows j, j+n, j+2n... belong to record j,
-    and the mean's 1/n is undone."""
+    per-record gradients of that mean: rows j, j+n, j+2n... belong to record j (record j's own
+    term's gradient is n times this)."""
     rows = grad_sample.shape[0]
     if rows % num_records:
         raise ValueError(
             f"{rows} gradient rows for {num_records} records: rows must be k stacked views of the"
             " batch"
         )
-    return (
-        grad_sample.reshape(rows // num_records, num_records, *grad_sample.shape[1:]).sum(0)
-        * num_records
-    )
+    if rows == num_records:
+        return grad_sample
+    return grad_sample.reshape(rows // num_records, num_records, *grad_sample.shape[1:]).sum(0)
 
 
-def clip_and_sum(per_record: list[torch.Tensor], max_grad_norm: float) -> list[torch.Tensor]:
-    """Scale each record's gradient (over all parameters together) to L2 norm <= C, then sum
-    over records: sum_i g_i min(1, C / ||g_i||) (Opacus's flat clipping)."""
-    norms = torch.stack([g.flatten(1).norm(dim=1) for g in per_record]).norm(dim=0)
-    factor = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-    return [torch.einsum("i,i...->...", factor, g) for g in per_record]
+def clip_and_sum(
+    per_record: list[torch.Tensor], max_grad_norm: float, *, scale: float = 1.0
+) -> list[torch.Tensor]:
+    """Scale each record's gradient g_i = ``scale`` x its row of ``per_record`` (over all
+    parameters together) to L2 norm <= C, then sum over records: sum_i g_i min(1, C / ||g_i||)
+    (Opacus's flat clipping)."""
+    norms = torch.stack([g.flatten(1).norm(dim=1) for g in per_record]).norm(dim=0) * scale
+    factor = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0) * scale
+    return [(factor @ g.flatten(1)).view(g.shape[1:]) for g in per_record]
 
 
 def noisy_mean(

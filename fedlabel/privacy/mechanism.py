@@ -49,7 +49,9 @@ def private_client_update(
             )
             sampler = None
         settings = DpSgdSettings(
-            noise_multiplier=privacy.noise_multiplier, max_grad_norm=privacy.max_grad_norm
+            noise_multiplier=privacy.noise_multiplier,
+            max_grad_norm=privacy.max_grad_norm,
+            grad_sample_mode=privacy.grad_sample_mode,
         )
         trainer = DpSgd(settings, noise, sampler)
         update = algorithm.client_update(

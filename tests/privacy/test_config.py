@@ -25,6 +25,7 @@ from fedlabel.config import (
         ({"privacy": {"name": "dpsgd", "delta": 1.0}}, "privacy.delta"),
         ({"privacy": {"name": "central_dp", "clipping": "both"}}, "privacy.clipping"),
         ({"privacy": {"name": "dpsgd", "accountant": "gdp"}}, "privacy.accountant"),
+        ({"privacy": {"name": "dpsgd", "grad_sample_mode": "ghost"}}, "privacy.grad_sample_mode"),
         ({"privacy": {"name": "dpsgd", "epsilon": 1.0}}, "privacy.epsilon"),
         (
             {

@@ -22,7 +22,17 @@ def _data(n: int, seed: int = 0):
     return torch.rand(n, 1, 8, 8, generator=g) * 4, torch.randint(0, 3, (n,), generator=g)
 
 
-def _one_dp_step(model, params, x, y, *, clip: float, batch_size: int, two_views: bool = False):
+def _one_dp_step(
+    model,
+    params,
+    x,
+    y,
+    *,
+    clip: float,
+    batch_size: int,
+    two_views: bool = False,
+    mode: str = DpSgdSettings.grad_sample_mode,
+):
     """One DP-SGD step with zero noise and lr 1 on all n records (q = 1 when batch_size >= n)."""
 
     def loss_fn(f, idx):
@@ -37,7 +47,8 @@ def _one_dp_step(model, params, x, y, *, clip: float, batch_size: int, two_views
         return F.cross_entropy(f(x[idx]), y[idx])
 
     trainer = DpSgd(
-        DpSgdSettings(noise_multiplier=0.0, max_grad_norm=clip), torch.Generator().manual_seed(0)
+        DpSgdSettings(noise_multiplier=0.0, max_grad_norm=clip, grad_sample_mode=mode),
+        torch.Generator().manual_seed(0),
     )
     ctx = ClientContext(torch.device("cpu"), torch.Generator().manual_seed(1), trainer)
     batches = ctx.batches(len(x), batch_size=batch_size, steps=1)
@@ -72,6 +83,34 @@ def test_per_sample_gradients_clipped_equal_slow_reference(clip, two_views):
     ref = _reference(model, params, x, y, clip=clip, expected=6.0, two_views=two_views)
     for k in params:
         torch.testing.assert_close(applied[k], ref[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("two_views", [False, True])
+@pytest.mark.parametrize("mode", [m for m in dpsgd.GRAD_SAMPLE_MODES if m != "hooks"])
+def test_every_grad_sample_mode_gives_the_clipped_sum_of_opacus_hooks(mode, two_views):
+    """The default CNN on tiny images, a clip norm between the records' gradient norms (some
+    records clipped, some not): the applied gradient of each mode equals Opacus's default
+    hooks mode's to float tolerance."""
+    model, params = tiny_model()
+    x, y = _data(8)
+    x[:3] *= 30.0  # records with larger gradients
+    norms = []
+    for i in range(len(x)):  # each record's unclipped gradient norm (q n = 1, no clipping)
+        one = _reference(
+            model, params, x[i : i + 1], y[i : i + 1], clip=1e9, expected=1.0, two_views=two_views
+        )
+        norms.append(float(torch.sqrt(sum((g**2).sum() for g in one.values()))))
+    clip = float(torch.tensor(norms).median())
+    assert min(norms) < clip < max(norms)  # some records clipped, some not
+    hooks, _ = _one_dp_step(
+        model, params, x, y, clip=clip, batch_size=8, two_views=two_views, mode="hooks"
+    )
+    other, _ = _one_dp_step(
+        model, params, x, y, clip=clip, batch_size=8, two_views=two_views, mode=mode
+    )
+    for k in params:
+        torch.testing.assert_close(other[k], hooks[k], rtol=1e-4, atol=1e-6)
+        assert not torch.equal(hooks[k], torch.zeros_like(hooks[k]))
 
 
 def test_one_record_moves_the_step_by_at_most_clip_over_expected_batch():
@@ -227,3 +266,29 @@ def test_server_privacy_state_survives_a_checkpoint():
     restored.load_state_dict(server.state_dict())
     assert restored.summary() == server.summary()
     assert restored.account([update]) == server.account([update]) > first
+
+
+def test_bookkeeping_takes_several_model_calls_per_loss():
+    """Two calls f(x), f(flipped x) in one loss give the clipped sum of one call on both views."""
+    model, params = tiny_model()
+    x, y = _data(6)
+    clip = 0.05
+    one_call, _ = _one_dp_step(model, params, x, y, clip=clip, batch_size=6, two_views=True)
+
+    def loss_fn(f, idx):
+        return (
+            F.cross_entropy(f(x[idx]), y[idx], reduction="none")
+            + F.cross_entropy(f(x[idx].flip(-1)), y[idx], reduction="none")
+        ).mean()
+
+    trainer = DpSgd(DpSgdSettings(0.0, clip, grad_sample_mode="bk"), torch.Generator())
+    batches = trainer.batches(6, batch_size=6, steps=1, generator=torch.Generator())
+    new, _ = trainer.train(model, params, batches=batches, loss_fn=loss_fn, sgd=SgdConfig(lr=1.0))
+    for k in params:
+        torch.testing.assert_close(params[k] - new[k], one_call[k], rtol=1e-4, atol=1e-6)
+
+
+def test_bookkeeping_refuses_layers_it_does_not_cover():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3), torch.nn.LayerNorm(3))
+    with pytest.raises(ValueError, match="LayerNorm.*grad_sample_mode=ew"):
+        dpsgd.grad_sample_module(model, torch.device("cpu"), "bk")
