@@ -26,7 +26,8 @@ FORMAT = 1
 # go on on CPUs. Engines and devices compute the same rounds with other float sums (and the
 # vectorized engine with its own per-client random streams), so a run resumed on another engine
 # is not bitwise the run that would have gone on where it started.
-# stop and mlflow only decide when the run ends and where it is logged.
+# stop and mlflow only decide when the run ends and where it is logged; privacy.grad_sample_mode
+# is how DP-SGD computes the same clipped sums (other float sums, like engine and device).
 MAY_DIFFER = {
     "rounds",
     "output_dir",
@@ -40,6 +41,7 @@ MAY_DIFFER = {
     "device",
     "stop",
     "mlflow",
+    "privacy.grad_sample_mode",
 }
 # Fields added after checkpoints were first written, with the value that runs what a checkpoint
 # without the field ran: such a checkpoint goes on where the current config has that value.
