@@ -19,7 +19,13 @@ from typing import Any
 
 from fedlabel.algorithms import ALGORITHMS, AlgorithmParams
 from fedlabel.errors import ConfigError, check
-from fedlabel.privacy.dpsgd import GRAD_SAMPLE_MODES
+
+GRAD_SAMPLE_MODES = (
+    "bk",
+    "ew",
+    "hooks",
+    "functorch",
+)  # privacy.grad_sample_mode (privacy/dpsgd.py)
 
 
 @dataclass(frozen=True)

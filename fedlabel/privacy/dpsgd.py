@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fedlabel.config import GRAD_SAMPLE_MODES
 from fedlabel.privacy.bookkeeping import BookKeeping
 from fedlabel.training import LossFn, Params, Sgd, SgdConfig, sgd_step
 
@@ -53,8 +54,8 @@ WRAPPED_PREFIX = "_module."  # Opacus's GradSampleModule prefixes state_dict key
 # tolerance): "bk" (one backward pass, no per-record gradients of linear layers:
 # fedlabel.privacy.bookkeeping; the fastest on the default CNN, see docs/privacy.md "DP-SGD's
 # cost"), or Opacus's per-sample gradients: "ew" (PyTorch's expanded weights), "hooks" (Opacus's
-# default: a hook on every layer), "functorch" (torch.func vmap + grad for every layer).
-GRAD_SAMPLE_MODES = ("bk", "ew", "hooks", "functorch")
+# default: a hook on every layer), "functorch" (torch.func vmap + grad for every layer). The names:
+# fedlabel.config.GRAD_SAMPLE_MODES, where the config checks them.
 
 
 @dataclass(frozen=True)
