@@ -468,29 +468,13 @@ def build_grid(
     for key, values in sweeps.items():
         for v in values:
             for seed in args.sweep_seeds:
-                if v == getattr(
-                    defaults, SWEEP_KEYS[key][0].split(".")[1]
-                ):  # the default: one run for every sweep
-                    run = run_of(
-                        "fedlabel",
-                        alpha_s,
-                        ratio_s,
-                        seed,
-                        rounds_s,
-                        tag=rtag,
-                        more=tuned("fedlabel"),
-                    )
-                else:
+                tag, more = rtag, tuned("fedlabel")
+                if v != getattr(defaults, SWEEP_KEYS[key][0].split(".")[1]):
+                    # not the default (that one run serves every sweep)
                     value = f"{int(v)}" if key == "tau" else f"{v:g}"
-                    run = run_of(
-                        "fedlabel",
-                        alpha_s,
-                        ratio_s,
-                        seed,
-                        rounds_s,
-                        tag=f"_{key}{value}{rtag}",
-                        more=[*tuned("fedlabel"), *(f"{k}={value}" for k in SWEEP_KEYS[key])],
-                    )
+                    tag = f"_{key}{value}{rtag}"
+                    more = [*more, *(f"{k}={value}" for k in SWEEP_KEYS[key])]
+                run = run_of("fedlabel", alpha_s, ratio_s, seed, rounds_s, tag=tag, more=more)
                 sweep_runs[(key, v, seed)] = run
     return grid, sweep_runs, sweeps
 
