@@ -264,6 +264,7 @@ def flops_per_sample(cfg, fed, device) -> float:
         in_channels=fed.in_channels,
         num_classes=fed.num_classes,
         image_size=fed.image_size,
+        activation=cfg.model.activation,
     ).to(device)
     b = 8
     x = torch.rand(b, fed.in_channels, fed.image_size, fed.image_size, device=device)

@@ -40,10 +40,16 @@ def _federated(data: DataConfig, seed: int) -> FederatedData:
 
 
 @functools.lru_cache(maxsize=2)
-def _model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+def _model(
+    name: str, activation: str, in_channels: int, num_classes: int, image_size: int
+) -> nn.Module:
     """A resident model skeleton per worker process; its parameters come with each message."""
     return build_model(
-        name, in_channels=in_channels, num_classes=num_classes, image_size=image_size
+        name,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        image_size=image_size,
+        activation=activation,
     )
 
 
@@ -144,7 +150,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg, client, shape = _setup(msg, context)
     request, params, extras = codec.decode_train(msg.content)
     device = resolve_device(cfg.device)
-    model = _model(cfg.model.name, *shape)
+    model = _model(cfg.model.name, cfg.model.activation, *shape)
     global_params = {k: v.to(device) for k, v in params.items()}
     extras = {name: {k: v.to(device) for k, v in arrays.items()} for name, arrays in extras.items()}
     update = private_client_update(

@@ -50,6 +50,7 @@ ADDED_SINCE = {
     "data.test_samples": 0,
     "algorithm.strong_magnitude_scale": 30,
     "algorithm.mu": 0.0,  # FedAvg, FixMatch and UDA before FedProx became their mu
+    "model.activation": "relu",
 }
 
 

@@ -75,6 +75,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "cnn"  # cnn | resnet18 (both GroupNorm)
+    activation: str = "relu"  # relu | tanh (bounded activations help DP-SGD)
 
 
 ENGINES = ("flower", "inprocess", "vectorized")
@@ -494,6 +495,11 @@ def validate(cfg: Config) -> None:
         cfg.model.name in ("cnn", "resnet18"),
         "model.name",
         f"unknown model {cfg.model.name!r}; choose cnn or resnet18",
+    )
+    check(
+        cfg.model.activation in ("relu", "tanh"),
+        "model.activation",
+        f"unknown activation {cfg.model.activation!r}; choose relu or tanh",
     )
     e = cfg.engine
     check(

@@ -123,7 +123,11 @@ def initial_model(
     torch.manual_seed(cfg.seed)
     try:
         model = build_model(
-            cfg.model.name, in_channels=in_channels, num_classes=num_classes, image_size=image_size
+            cfg.model.name,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            image_size=image_size,
+            activation=cfg.model.activation,
         )
     except ValueError as err:
         raise DataError(

@@ -77,7 +77,11 @@ def _serve(
     clients = [shared.client(i) for i in range(shared.num_clients)]
     in_channels, num_classes, image_size = shape
     model = build_model(
-        cfg.model.name, in_channels=in_channels, num_classes=num_classes, image_size=image_size
+        cfg.model.name,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        image_size=image_size,
+        activation=cfg.model.activation,
     )
     algorithm = build_algorithm(cfg.algorithm)
     device = resolve_device(cfg.device)
