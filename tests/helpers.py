@@ -26,7 +26,7 @@ def tiny_client(
     )
 
 
-def tiny_model(num_classes: int = 3, seed: int = 0):
+def tiny_model(num_classes: int = 3, seed: int = 0, activation: str = "relu"):
     torch.manual_seed(seed)
-    model = SmallCNN(in_channels=1, num_classes=num_classes, image_size=8)
+    model = SmallCNN(in_channels=1, num_classes=num_classes, image_size=8, activation=activation)
     return model, get_params(model)

@@ -85,13 +85,14 @@ def test_per_sample_gradients_clipped_equal_slow_reference(clip, two_views):
         torch.testing.assert_close(applied[k], ref[k], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
 @pytest.mark.parametrize("two_views", [False, True])
 @pytest.mark.parametrize("mode", [m for m in dpsgd.GRAD_SAMPLE_MODES if m != "hooks"])
-def test_every_grad_sample_mode_gives_the_clipped_sum_of_opacus_hooks(mode, two_views):
-    """The default CNN on tiny images, a clip norm between the records' gradient norms (some
-    records clipped, some not): the applied gradient of each mode equals Opacus's default
-    hooks mode's to float tolerance."""
-    model, params = tiny_model()
+def test_every_grad_sample_mode_gives_the_clipped_sum_of_opacus_hooks(mode, two_views, activation):
+    """The default CNN (each model.activation) on tiny images, a clip norm between the records'
+    gradient norms (some records clipped, some not): the applied gradient of each mode equals
+    Opacus's default hooks mode's to float tolerance."""
+    model, params = tiny_model(activation=activation)
     x, y = _data(8)
     x[:3] *= 30.0  # records with larger gradients
     norms = []
