@@ -61,20 +61,14 @@ table --untuned-archive adds to the report as a section, read as archived, unche
 from __future__ import annotations
 
 import argparse
-import fcntl
-import gzip
 import json
 import math
-import os
 import shlex
 import statistics
-import subprocess
 import sys
-import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cache, partial
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +78,7 @@ ARCHIVE = ROOT / "benchmarks" / "runs"
 sys.path.insert(0, str(ROOT))
 
 from fedlabel.algorithms import ALGORITHMS  # noqa: E402
-from fedlabel.checkpoint import config_differences  # noqa: E402
+from fedlabel.runset import Run, Store, intended, run_all  # noqa: E402
 
 # Display names and order of known methods; any other registered name is appended as is.
 LABELS = {
@@ -130,37 +124,6 @@ SWEEP_KEYS = {
     "lambda0": ["algorithm.lambda0"],
     "tau": ["algorithm.local_steps", "algorithm.unlabeled_steps"],
 }
-
-
-@dataclass(frozen=True)
-class Run:
-    name: str  # run directory name under --out
-    overrides: tuple[str, ...]
-
-    @property
-    def rounds(self) -> int:
-        return int(dict(o.split("=", 1) for o in self.overrides)["rounds"])
-
-    def command(self, out: Path) -> list[str]:
-        return ["fedlabel", "simulate", *self.overrides, f"output_dir={out / self.name}"]
-
-
-COMPOSING = threading.Lock()  # Hydra's compose is not thread-safe (its global state)
-
-
-@cache
-def intended(run: Run) -> dict:
-    """The config the run's overrides compose to (what its summary's config must say)."""
-    from fedlabel import compose
-    from fedlabel.config import config_from_dict, config_to_dict
-    from fedlabel.errors import ConfigError
-
-    try:
-        with COMPOSING:
-            composed = compose([*run.overrides, "output_dir=."])
-        return config_to_dict(config_from_dict(composed))
-    except ConfigError as err:
-        raise SystemExit(f"{run.name}: {err}") from err
 
 
 @dataclass
@@ -216,132 +179,23 @@ def grid_run(
     return Run(f"a{alpha:g}_{algo}_{pct(ratio)}{tag}_s{seed}", overrides)
 
 
-@dataclass(frozen=True)
-class Store:
-    """Where runs are: ``out`` holds their folders (checkpoints, logs; not committed), ``archive``
-    (if set) one gzipped summary.json per completed run (committed; read when ``out`` lacks the
-    run).
-    """
-
-    out: Path
-    archive: Path | None = None
-    checked: bool = True  # False: trust a finished run's name (an archive of older runs)
-
-    def summary(self, run: Run) -> dict | None:
-        try:
-            return json.loads((self.out / run.name / "summary.json").read_bytes())
-        except (OSError, ValueError):
-            pass
-        data = self.archived(run)
-        return json.loads(data) if data is not None else None
-
-    def archived(self, run: Run) -> bytes | None:
-        """The run's archived summary.json, or None (none, or unreadable: said, and then run
-        again)."""
-        path = self.archive / f"{run.name}.json.gz" if self.archive else None
-        if path is None or not path.is_file():
-            return None
-        try:
-            data = gzip.decompress(path.read_bytes())
-            json.loads(data)
-            return data
-        except (OSError, ValueError, EOFError) as e:
-            print(f"unreadable, ignored: {path} ({e})", file=sys.stderr, flush=True)
-            return None
-
-    def completed(self, run: Run, s: dict | None = None) -> bool:
-        """A finished run with the same algorithm, seed and rounds (fewer rounds: it goes on);
-        ``s``: its summary, if already read. Where ``checked``, one computed with other settings
-        than the run's overrides compose to (where and how it ran aside: checkpoint.MAY_DIFFER)
-        is an error naming it."""
-        s = s or self.summary(run)
-        if s is None or s["status"] != "completed":
-            return False
-        want = dict(o.split("=", 1) for o in run.overrides)
-        cfg = s["config"]
-        diffs = self.checked and config_differences(cfg, intended(run), saved_as="run")
-        if diffs:
-            folder = self.out / run.name
-            archived = f"{self.archive}/{run.name}.json.gz"
-            where = folder if (folder / "summary.json").is_file() else archived
-            raise SystemExit(
-                f"{where}: a completed run with other settings than this benchmark's:"
-                f" {'; '.join(diffs)}; move it away or use another --out and --archive"
-            )
-        return (
-            cfg["algorithm"]["name"] == want["algorithm"]
-            and cfg["rounds"] == run.rounds
-            and cfg["seed"] == int(want["seed"])
-        )
-
-    def keep(self, run: Run) -> None:
-        """Copy the run's summary into the archive if it completed there in ``out`` and is not
-        archived yet."""
-        path = self.out / run.name / "summary.json"
-        if self.archive is None or not path.is_file():
-            return
-        data = path.read_bytes()
-        try:
-            finished = self.completed(run, json.loads(data))
-        except ValueError:  # not JSON: not a finished run
-            return
-        if not finished or self.archived(run) == data:
-            return
-        self.archive.mkdir(parents=True, exist_ok=True)
-        tmp = self.archive / f"{run.name}.json.gz.tmp"
-        tmp.write_bytes(gzip.compress(data, mtime=0))
-        tmp.replace(self.archive / f"{run.name}.json.gz")
-
-    def execute(self, run: Run, evaluation: list[str]) -> str | None:
-        """Run (or continue) one run; the error text if it failed."""
-        if (self.out / "STOP").exists():
-            print(f"not started: {run.name} ({self.out / 'STOP'} exists)", flush=True)
-            return None
-        (self.out / run.name).mkdir(parents=True, exist_ok=True)
-        with open(
-            self.out / run.name / ".benchmark.lock", "w"
-        ) as lock:  # beside the run's own .lock; freed on exit
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                print(f"skipped: {run.name} (another benchmark process is running it)", flush=True)
-                return None
-            if self.completed(run):
-                return None
-            cmd = [sys.executable, "-m", "fedlabel", *run.command(self.out)[1:], *evaluation]
-            if (self.out / run.name / "checkpoint.pt").exists():
-                cmd.append("resume=true")
-            env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(
-                    f"FAILED: {run.name}:"
-                    f" {proc.stderr.strip().splitlines()[-1:] or proc.returncode}",
-                    flush=True,
-                )
-                return f"{shlex.join(cmd)}\n{proc.stderr[-2000:]}"
-            self.keep(run)
-            print(f"done: {run.name}", flush=True)
-            return None
-
-    def load(self, run: Run) -> Result | None:
-        s = self.summary(run)
-        if not self.completed(run, s):
-            return None
-        evals = [(r["round"], r["accuracy"]) for r in s["rounds"] if r["accuracy"] is not None]
-        val = [
-            (r["round"], r["val_accuracy"])
-            for r in s["rounds"]
-            if r.get("val_accuracy") is not None
-        ]
-        return Result(
-            evals,
-            val,
-            s["wall_seconds"],
-            s["rounds"],
-            s.get("environment") or [],
-            s["config"]["engine"]["name"],
-        )
+def load(store: Store, run: Run) -> Result | None:
+    """The completed run's curves and times, or None."""
+    s = store.summary(run)
+    if not store.completed(run, s):
+        return None
+    evals = [(r["round"], r["accuracy"]) for r in s["rounds"] if r["accuracy"] is not None]
+    val = [
+        (r["round"], r["val_accuracy"]) for r in s["rounds"] if r.get("val_accuracy") is not None
+    ]
+    return Result(
+        evals,
+        val,
+        s["wall_seconds"],
+        s["rounds"],
+        s.get("environment") or [],
+        s["config"]["engine"]["name"],
+    )
 
 
 def last_mean(r: Result, last: int) -> float:
@@ -635,23 +489,17 @@ def main() -> None:
         )
         if args.sweeps_only:
             order = list(sweep_runs.values())
-        errors += run_all(args, store, order)
+        errors += run_grid(args, store, order)
     if not args.no_report:
         write_report(args, store, methods, settings, grid, sweeps, sweep_runs, tuned)
     if errors:
         raise SystemExit(f"{len(errors)} run(s) failed (above)")
 
 
-def run_all(args, store: Store, runs: list[Run]) -> list[str]:
+def run_grid(args, store: Store, runs: list[Run]) -> list[str]:
     """Run (or continue) those of ``runs`` not completed, --jobs at a time; their errors."""
-    todo = list({r.name: r for r in runs if not store.completed(r)}.values())
-    print(f"{len(todo)} of {len({r.name for r in runs})} runs to do", flush=True)
     evaluation = [f"eval_every={args.eval_every}", f"eval_last={args.last}"]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        errors = [e for e in pool.map(lambda r: store.execute(r, evaluation), todo) if e]
-    for e in errors:
-        print(e, file=sys.stderr)
-    return errors
+    return run_all(store, runs, extra=evaluation, jobs=args.jobs)
 
 
 def tune(args, store: Store, methods: list[str], errors: list[str]) -> dict:
@@ -676,8 +524,8 @@ def tune(args, store: Store, methods: list[str], errors: list[str]) -> dict:
     }
     runs = tuning_runs(protocol)
     if not args.report_only:
-        errors += run_all(args, store, list(runs.values()))
-    chosen = choose(protocol, {k: store.load(r) for k, r in runs.items()})
+        errors += run_grid(args, store, list(runs.values()))
+    chosen = choose(protocol, {k: load(store, r) for k, r in runs.items()})
     tuned = {
         "protocol": protocol,
         "selection": SELECTION.format(last=args.last),
@@ -820,7 +668,7 @@ def tuning_section(store: Store, tuned: dict, rows: list[str]) -> list[str]:
     """The protocol, the whole tuning table and the lr each of ``rows`` runs with."""
     p, chosen = tuned["protocol"], tuned["chosen"]
     runs = tuning_runs(p)
-    results = {k: store.load(r) for k, r in runs.items()}
+    results = {k: load(store, r) for k, r in runs.items()}
     val_fraction = intended(next(iter(runs.values())))["data"]["val_fraction"]
     lines = [
         "",
@@ -872,7 +720,7 @@ def untuned_section(args, methods, settings) -> list[str]:
     old = argparse.Namespace(**{**vars(args), "rounds": args.untuned_rounds or args.rounds})
     grid, _, _ = build_grid(old, methods, settings)
     store = Store(args.untuned_archive, args.untuned_archive, checked=False)
-    cell = cell_of({k: store.load(r) for k, r in grid.items()}, args.seeds)
+    cell = cell_of({k: load(store, r) for k, r in grid.items()}, args.seeds)
     rows = ([] if args.no_reference else ["reference"]) + methods
     lines = [
         "",
@@ -897,8 +745,8 @@ def write_report(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = {k: store.load(r) for k, r in grid.items()}
-    sweep_results = {k: store.load(r) for k, r in sweep_runs.items()}
+    results = {k: load(store, r) for k, r in grid.items()}
+    sweep_results = {k: load(store, r) for k, r in sweep_runs.items()}
     done = {k: v for k, v in results.items() if v is not None}
     report: Path = args.report
     (report.parent / "figures").mkdir(parents=True, exist_ok=True)

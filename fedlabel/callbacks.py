@@ -204,6 +204,7 @@ class Checkpointing(Callback):
                 rounds=r.rounds,
                 config=r.config,
                 wall_seconds=r.wall_seconds(),
+                cpu_seconds=r.cpu_seconds(),
                 privacy_state=self.privacy.state_dict(),
                 stop_reason=run.stop_reason,
             )

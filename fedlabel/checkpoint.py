@@ -77,6 +77,7 @@ def save_checkpoint(
     rounds: list[dict],
     config: dict,
     wall_seconds: float,
+    cpu_seconds: float = 0.0,
     privacy_state: dict | None = None,
     stop_reason: str | None = None,
 ) -> Path:
@@ -93,6 +94,7 @@ def save_checkpoint(
         "rounds": rounds,
         "config": config,
         "wall_seconds": wall_seconds,
+        "cpu_seconds": cpu_seconds,
         "privacy": privacy_state or {},  # fedlabel.privacy's accountant history
         "stop_reason": stop_reason,
     }

@@ -159,7 +159,11 @@ def open_recorder(
         fields=round_fields(ROUND_FIELDS),
     )
     if state is not None:
-        recorder.restore(state["rounds"], wall_seconds=state["wall_seconds"])
+        recorder.restore(
+            state["rounds"],
+            wall_seconds=state["wall_seconds"],
+            cpu_seconds=state.get("cpu_seconds", 0.0),  # absent before 2026-12
+        )
     return recorder
 
 

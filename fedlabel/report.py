@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +43,17 @@ def round_fields(algorithm_fields: Sequence[str] = ()) -> list[str]:
         "epsilon",
         "seconds",
     ]
+
+
+def cpu_time() -> float:
+    """CPU seconds (user + system) of this process, all its threads, and its finished child
+    processes: all of a run's work on the in-process and vectorized engines; on the Flower
+    engine the ServerApp's share (its clients run in other processes)."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -107,7 +119,7 @@ class RunRecorder:
         # more top-level summary entries: "privacy", and "environment" (one entry per process
         # that computed rounds of this run, in order: a resumed run may span machines)
         self.extra: dict[str, Any] = {"environment": [environment()]}
-        self.start = time.perf_counter()
+        self.start, self.cpu_start = time.perf_counter(), cpu_time()
         self.csv_path = self.dir / "rounds.csv"
         self.bar = tqdm(
             total=total_rounds,
@@ -118,11 +130,14 @@ class RunRecorder:
             dynamic_ncols=True,
         )
         if not resume:
-            self.restore([], wall_seconds=0.0)
+            self.restore([], wall_seconds=0.0, cpu_seconds=0.0)
 
-    def restore(self, rounds: list[dict[str, Any]], *, wall_seconds: float) -> None:
+    def restore(
+        self, rounds: list[dict[str, Any]], *, wall_seconds: float, cpu_seconds: float
+    ) -> None:
         """Start from the records of a checkpoint: rounds.csv and summary.json are rewritten
-        (atomically) with exactly these rounds; the wall clock continues from wall_seconds; the
+        (atomically) with exactly these rounds; the wall and CPU clocks continue from
+        wall_seconds and cpu_seconds; the
         environments of the earlier processes (from the old summary.json) come before this one's
         unless it is the same."""
         earlier = self._earlier_environments()
@@ -131,6 +146,7 @@ class RunRecorder:
         self.extra["environment"] = earlier + self.extra["environment"][-1:]
         self.rounds = [dict(r) for r in rounds]
         self.start = time.perf_counter() - wall_seconds
+        self.cpu_start = cpu_time() - cpu_seconds
         tmp = self.csv_path.with_name(self.csv_path.name + ".tmp")
         with open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)
@@ -149,6 +165,9 @@ class RunRecorder:
 
     def wall_seconds(self) -> float:
         return time.perf_counter() - self.start
+
+    def cpu_seconds(self) -> float:
+        return cpu_time() - self.cpu_start
 
     def _csv_row(self, record: dict[str, Any]) -> list[Any]:
         return ["" if record.get(k) is None else record.get(k) for k in self.fields]
@@ -203,6 +222,7 @@ class RunRecorder:
             "final_accuracy": self.final_accuracy(),
             **self.selection(),
             "wall_seconds": self.wall_seconds(),
+            "cpu_seconds": self.cpu_seconds(),
             "rounds": self.rounds,
             "config": self.config,
             **self.extra,

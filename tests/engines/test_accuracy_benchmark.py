@@ -320,7 +320,7 @@ def test_tuning_chooses_by_validation_and_the_grid_runs_with_the_choice(tmp_path
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [
         f"{tmp_path / 'runs' / 'a0.1_fedavg_5_s0'}: a completed run with other settings than this"
-        " benchmark's: algorithm.lr (run 0.01, now 0.2); move it away or use another --out and"
+        " study's: algorithm.lr (run 0.01, now 0.2); move it away or use another --out and"
         " --archive"
     ]
 
@@ -349,7 +349,7 @@ def test_a_run_from_before_the_validation_split_is_not_taken_as_done(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.strip() == (
         f"{old}/a0.1_fedavg_5_s0.json.gz: a completed run with other settings than this"
-        " benchmark's: data.val_fraction (run 0.0, now 0.05); move it away or use another --out"
+        " study's: data.val_fraction (run 0.0, now 0.05); move it away or use another --out"
         " and --archive"
     )
     # as the untuned grid beside a new one, it is reported as it is
