@@ -93,7 +93,7 @@ LABELS = {
     "fedlabel_local_only": "FedLabel, local expert only",
     "fedlabel_global_only": "FedLabel, global expert only",
     "fedlabel": "FedLabel",
-    "fedlabel_paper": "FedLabel, equations as written",
+    "fedlabel_paper": "FedLabel, paper preset",
 }
 REFERENCE = "FedAvg, 100% labels"
 # configs/experiment/ files the grid runs on, and how the report describes them

@@ -14,8 +14,10 @@ s* and s- are computed once per round on the unaugmented x; CE(., y_hat) always 
 RandAugment view drawn anew at every step.
 
 The consistency term D(x), with q = softmax(s-) and KL(a, b) = sum_c a_c log(a_c / b_c):
- - the paper's equations (6) and (8) as written: D(x) = KL(softmax(f(w_U, x)), q), the student
-   on the unaugmented x and first in the KL. Preset fedlabel_paper (kl_input="clean",
+ - our reading of the paper's equations (6) and (8) (the paper's text was not available to us
+   beyond the summary in ../shared/reference/fedlabel-method.md, which says the KL's direction
+   and input are not fixed; the reading is the review's): D(x) = KL(softmax(f(w_U, x)), q), the
+   student on the unaugmented x and first in the KL. Preset fedlabel_paper (kl_input="clean",
    kl_direction="student_teacher", strong_magnitude_scale=10; the rest as below).
  - the defaults (kl_input="strong", kl_direction="teacher_student"): D(x) =
    KL(q, softmax(f(w_U, psi(x)))), the student on the same psi(x) as in the CE term and second
@@ -102,7 +104,7 @@ from fedlabel.training import (
 )
 
 CONFIDENCES = ("variance", "entropy", "maxprob")
-# The settings that make the default FedLabel the paper's equations as written (module docstring).
+# The settings that make the default FedLabel our reading of the paper's equations (module docstring).
 FEDLABEL_PAPER = {
     "kl_input": "clean",
     "kl_direction": "student_teacher",
