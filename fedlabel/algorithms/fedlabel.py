@@ -104,7 +104,7 @@ from fedlabel.training import (
 )
 
 CONFIDENCES = ("variance", "entropy", "maxprob")
-# The settings that make the default FedLabel our reading of the paper's equations (module docstring).
+# What makes the default FedLabel our reading of the paper's equations (module docstring).
 FEDLABEL_PAPER = {
     "kl_input": "clean",
     "kl_direction": "student_teacher",
