@@ -113,6 +113,12 @@ SEMI_SUPERVISED = [
     "fedtrinet",
     "fedmatch",
 ]
+# Settings kept below the method's paper for equal compute, and the paper's value, run at one
+# cell (--sweep-setting) beside the grid's (FixMatch's and UDA's unlabeled batch: mu = 7)
+PAPER_SETTINGS = {
+    "fedavg_fixmatch": "algorithm.unlabeled_ratio=7",
+    "fedavg_uda": "algorithm.unlabeled_ratio=7",
+}
 TUNED_KEY = "algorithm.lr"  # the tuned setting
 DEFAULT_TUNED = ROOT / "benchmarks" / "tuned.json"
 SELECTION = (
@@ -313,6 +319,12 @@ def build_grid(
                 grid[(alpha, ratio, m, seed)] = run_of(
                     m, alpha, ratio, seed, args.rounds, more=tuned(m)
                 )
+    for m, value in PAPER_SETTINGS.items():  # one cell at the paper's setting (no weakening)
+        for seed in [] if args.no_paper_cell or m not in methods else args.seeds:
+            key, tag = f"{m}@{value}", "_" + value.split(".")[-1].replace("=", "")
+            grid[(*args.sweep_setting, key, seed)] = run_of(
+                m, *args.sweep_setting, seed, args.rounds, tag=tag, more=[*tuned(m), value]
+            )
     sweeps = {} if args.no_sweeps or "fedlabel" not in ALGORITHMS else parse_sweeps(args.sweep)
     sweep_runs: dict[tuple, Run] = {}
     alpha_s, ratio_s = args.sweep_setting
@@ -364,6 +376,11 @@ def main() -> None:
         help="FedLabel sensitivity sweeps, KEY=v1,v2 with KEY in beta, lambda0, tau",
     )
     ap.add_argument("--no-sweeps", action="store_true")
+    ap.add_argument(
+        "--no-paper-cell",
+        action="store_true",
+        help="leave out the runs at the paper's settings (PAPER_SETTINGS) at --sweep-setting",
+    )
     ap.add_argument(
         "--no-reference", action="store_true", help="leave out FedAvg with 100%% labels"
     )
@@ -560,6 +577,8 @@ def command_line(args, methods) -> str:
             f"--sweep {' '.join(args.sweep)} --sweep-seeds {' '.join(map(str, args.sweep_seeds))} "
             f"--sweep-rounds {args.sweep_rounds}"
         )
+    if args.no_paper_cell:
+        parts.append("--no-paper-cell")
     if args.tune:
         parts.append(
             f"--tune --tune-lrs {' '.join(f'{lr:g}' for lr in args.tune_lrs)}"

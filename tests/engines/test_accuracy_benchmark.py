@@ -191,6 +191,7 @@ def test_cross_silo_grid_runs_the_cross_silo_experiment(bench):
         extra=["device=cpu"],
         no_reference=False,
         no_sweeps=True,
+        no_paper_cell=False,
         sweep=[],
         sweep_setting=[0.1, 0.05],
         sweep_rounds=0,
@@ -217,6 +218,35 @@ def test_cross_silo_grid_runs_the_cross_silo_experiment(bench):
         )
         ratio = 1.0 if run.name == "a0.1_fedavg_100_s0" else 0.05
         assert got == ("resnet18", "inprocess", 10, 10, 100, 0, "cpu", f"/tmp/x/{run.name}", ratio)
+
+
+def test_paper_cell_runs_fixmatch_at_mu_7_beside_the_grid(bench):
+    args = argparse.Namespace(
+        experiment="fmnist_cross_device",
+        seeds=[0, 1],
+        rounds=5,
+        extra=[],
+        no_reference=True,
+        no_sweeps=True,
+        no_paper_cell=False,
+        sweep=[],
+        sweep_setting=[0.1, 0.05],
+        sweep_rounds=0,
+    )
+    lrs = {"fedavg_fixmatch": 0.05}
+    grid, _, _ = bench.build_grid(args, ["fedavg_fixmatch"], [(1.0, 0.01)], lrs)
+    paper = {k: r for k, r in grid.items() if "@" in k[2]}
+    assert sorted(r.name for r in paper.values()) == [
+        "a0.1_fedavg_fixmatch_5_unlabeled_ratio7_s0",
+        "a0.1_fedavg_fixmatch_5_unlabeled_ratio7_s1",
+    ]
+    for run in paper.values():
+        built = config_from_dict(fedlabel.compose(run.command(Path("/tmp/x"))[2:]))
+        assert (built.algorithm.unlabeled_ratio, built.algorithm.lr) == (7, 0.05)
+        assert (built.data.alpha, built.data.label_ratio) == (0.1, 0.05)
+    args.no_paper_cell = True
+    grid, _, _ = bench.build_grid(args, ["fedavg_fixmatch"], [(1.0, 0.01)], lrs)
+    assert not [k for k in grid if "@" in k[2]]
 
 
 def test_difference_says_above_below_or_within_noise(bench):
