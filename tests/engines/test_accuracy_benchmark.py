@@ -72,6 +72,11 @@ def test_tiny_grid_reports_then_extends_its_runs(tmp_path):
     assert "±" in row and "(n=" not in row
     assert "| beta | 0.5 | 0.9 |" in report
     assert (tmp_path / "docs" / "figures" / "results_dir0.1_5pct.png").stat().st_size > 0
+    # the calibration table: the test ECE of the last round (--last 1), mean ± std over seeds
+    eces = [_rounds(tmp_path, f"a0.1_fedavg_5_s{s}")[-1]["ece"] for s in (0, 1)]
+    ece_rows = report.split("## Calibration")[1].splitlines()
+    mean, std = statistics.fmean(eces), statistics.stdev(eces)
+    assert f"| FedAvg, labeled part only | {mean:.4f} ± {std:.4f} |" in ece_rows
     before = _rounds(tmp_path, "a0.1_fedavg_5_s0")
 
     # more rounds: every run continues from its checkpoint; the first two rounds stay as they were
