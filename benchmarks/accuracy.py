@@ -32,8 +32,8 @@ beside the grid's. Chosen per method: the lr with the highest validation accurac
 data.val_fraction holds out of every client) averaged over the last --last evaluated rounds, the
 smaller lr on a tie; the test accuracy is only shown. --tune runs these runs, not the grid, and
 writes --tuned (default benchmarks/tuned.json, committed): the protocol, the command, and per
-method whose runs all completed the chosen lr and its score. Where --tuned exists the grid and
-the sweeps run each method at its chosen lr (the override algorithm.lr=...; others at their
+method whose runs all completed the chosen lr and its score. Where --tuned exists (the default
+file: for the experiment it was tuned on) the grid and the sweeps run each method at its chosen lr (the override algorithm.lr=...; others at their
 default, "untuned" in the report), and the report gains a Tuning section: the protocol, every
 tuning run's validation / test accuracy, the chosen values and the command.
 
@@ -479,6 +479,10 @@ def main() -> None:
         tuned = tune(args, store, methods, errors)
     else:
         tuned = json.loads(args.tuned.read_text()) if args.tuned.is_file() else None
+    default_elsewhere = args.tuned.resolve() == DEFAULT_TUNED and not args.tune
+    if tuned and default_elsewhere and tuned["protocol"]["experiment"] != args.experiment:
+        print(f"{shown(args.tuned)}: tuned on another experiment; {args.experiment} runs untuned")
+        tuned = None
     if tuned:
         protocol = tuned["protocol"]
         if protocol["experiment"] != args.experiment:

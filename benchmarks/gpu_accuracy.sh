@@ -8,7 +8,7 @@
 #     ResNet-18): benchmarks/accuracy.py --experiment cross_silo, 100 rounds, seed 0, for the
 #     methods in CROSS_SILO and FedAvg with 100% labels, all at once on the GPU. Its FedLabel run
 #     took 19-22 s per round beside the grid and about 4 s alone; off by default.
-# Runs completed anywhere before (their summaries are committed in benchmarks/runs/accuracy and
+# Runs completed anywhere before (their summaries are committed in benchmarks/runs/accuracy-tuned and
 # benchmarks/runs/cross_silo, which travel with the working tree) are not run again; a rehearsal
 # with a tiny config sets ARCHIVE to another folder, so as not to write over those.
 # PRIOR (CROSS_SILO_PRIOR): a carried folder of unfinished run folders, which continue from their
@@ -17,7 +17,7 @@
 # finished runs, and checkpoints of unfinished ones, which go on on any machine (engine and
 # device may change on resume). Here, add the run folders that are not here yet:
 #   mkdir -p /tmp/acc && cat <files_at>/acc.tgz.* | tar xz -C /tmp/acc
-#   for d in /tmp/acc/*/; do [ -e outputs/bench/accuracy/$(basename $d) ] || cp -r $d outputs/bench/accuracy/; done
+#   for d in /tmp/acc/*/; do [ -e outputs/bench/accuracy-tuned/$(basename $d) ] || cp -r $d outputs/bench/accuracy-tuned/; done
 # (cross_silo.tgz.* likewise into outputs/bench/cross_silo) and rerun benchmarks/accuracy.py to
 # continue, or --report-only (for cross-silo: the CROSS_SILO_ARGS below and --experiment cross_silo);
 # either archives the finished ones into benchmarks/runs/ (commit them).
@@ -33,7 +33,9 @@ JOBS=${JOBS:-16}  # grid runs at a time; 0: none
 CROSS_SILO=${CROSS_SILO:-}  # methods, e.g. "fedlabel fedavg" (FedAvg with 100% labels comes with them)
 CROSS_SILO_ARGS=${CROSS_SILO_ARGS:-"--rounds 100 --seeds 0 --alphas 0.1 --label-ratios 0.05 --no-sweeps"}
 CROSS_SILO_EXTRA=${CROSS_SILO_EXTRA:-"device=cuda"}  # the experiment's in-process engine; or add engine=vectorized
-GRID_ARGS=${GRID_ARGS:-"--alphas 0.1 1.0 --label-ratios 0.05 0.01 0.2 --methods fedlabel fedlabel_local_only fedlabel_global_only --no-reference --no-sweeps --seeds-first"}
+# the tuned grid (docs/results.md; each method at its lr in benchmarks/tuned.json), FedLabel's family
+GRID_ARGS=${GRID_ARGS:-"--alphas 0.1 1 --label-ratios 0.05 0.01 --seeds 0 1 2 --rounds 250 --methods fedlabel fedlabel_local_only fedlabel_global_only fedlabel_paper --no-reference --no-sweeps --no-paper-cell --seeds-first"}
+GRID_NAME=${GRID_NAME:-accuracy-tuned}  # its archive: benchmarks/runs/$GRID_NAME
 # the grid's runs on the GPU; methods without a batched form (13 of them sharing the GPU ran 5x slower
 # per run than on one CPU core here, docs/results-gpu.md) may do better on the machine's CPU cores,
 # one run per core: GRID_EXTRA="device=cpu engine=inprocess" JOBS=16
@@ -59,7 +61,7 @@ if [ -n "$CROSS_SILO" ]; then  # a second call on a still-warm machine (same /tm
   groups+=($!)
 fi
 if [ "$JOBS" -gt 0 ]; then  # JOBS=0: no grid (the cross-silo runs alone)
-  setsid "$PY" benchmarks/accuracy.py $GRID_ARGS --jobs "$JOBS" --no-report --out "$WORK/acc" --archive "$ARCHIVE/accuracy" \
+  setsid "$PY" benchmarks/accuracy.py $GRID_ARGS --jobs "$JOBS" --no-report --out "$WORK/acc" --archive "$ARCHIVE/$GRID_NAME" \
     --extra $GRID_EXTRA >"$OUT/grid.log" 2>&1 &
   groups+=($!)
 fi

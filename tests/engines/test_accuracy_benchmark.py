@@ -254,6 +254,18 @@ def test_paper_cell_runs_fixmatch_at_mu_7_beside_the_grid(bench):
     assert not [k for k in grid if "@" in k[2]]
 
 
+def test_lrs_tuned_on_another_experiment_apply_only_when_asked_for(tmp_path):
+    flags = ["--experiment", "cross_silo", *GRID, "--seeds", "0", "--no-sweeps", "--report-only"]
+    proc = _bench(tmp_path, *flags)  # the committed tuned.json is for fmnist_cross_device
+    assert proc.returncode == 0, proc.stderr
+    assert "tuned on another experiment; cross_silo runs untuned" in proc.stdout
+    mine = tmp_path / "tuned.json"
+    shutil.copy(ROOT / "benchmarks" / "tuned.json", mine)
+    proc = _bench(tmp_path, *flags, "--tuned", str(mine))
+    assert proc.returncode != 0
+    assert "tuned on fmnist_cross_device, not cross_silo" in proc.stderr
+
+
 def test_difference_says_above_below_or_within_noise(bench):
     # 10 points apart, standard error sqrt(2e-4/2 + 2e-4/2) = 1.4 points
     assert bench.difference([0.80, 0.82], [0.70, 0.72]) == "+10.0 ± 1.4, above"
