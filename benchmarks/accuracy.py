@@ -33,8 +33,9 @@ data.val_fraction holds out of every client) averaged over the last --last evalu
 smaller lr on a tie; the test accuracy is only shown. --tune runs these runs, not the grid, and
 writes --tuned (default benchmarks/tuned.json, committed): the protocol, the command, and per
 method whose runs all completed the chosen lr and its score. Where --tuned exists (the default
-file: for the experiment it was tuned on) the grid and the sweeps run each method at its chosen lr (the override algorithm.lr=...; others at their
-default, "untuned" in the report), and the report gains a Tuning section: the protocol, every
+file: for the experiment it was tuned on) the grid and the sweeps run each method at its chosen
+lr (the override algorithm.lr=...; others at their default, "untuned" in the report), and the
+report gains a Tuning section: the protocol, every
 tuning run's validation / test accuracy, the chosen values and the command.
 
 A completed run counts as done only if its summary's config is what its overrides compose to now
