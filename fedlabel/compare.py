@@ -5,8 +5,9 @@ Each run folder holds summary.json (fedlabel/report.py) and, when the CLI made i
 runs: a group choice (``algorithm=fedavg``) shows as its name, and a key that only some runs have
 (one algorithm's own setting) counts only where an override set it. Then, per run: the final test
 accuracy, the mean of the last N evaluated accuracies, the best validation accuracy and its
-round, ECE, epsilon (private runs), wall time, rounds done and status. Written as compare.md,
-compare.csv and compare.png (the runs' test-accuracy curves overlaid).
+round, ECE, epsilon (DP-SGD or central DP) and label_epsilon (label-DP bag counts) where
+private, wall time, rounds done and status. Written as compare.md, compare.csv and compare.png
+(the runs' test-accuracy curves overlaid).
 
 :class:`MultirunCompare` (configs/config.yaml, hydra.callbacks) writes them into the sweep folder
 at the end of every `fedlabel simulate -m ...`.
@@ -36,6 +37,7 @@ METRICS = (
     ("best_val_round", "d"),
     ("ece", ".4f"),
     ("epsilon", ".3g"),
+    ("label_epsilon", ".3g"),
     ("wall_seconds", ".1f"),
     ("rounds_done", "s"),
     ("status", "s"),
@@ -143,6 +145,7 @@ def metrics(summary: dict[str, Any], *, last: int = 5) -> dict[str, Any]:
         "best_val_round": best_round,
         "ece": summary["ece"] if summary.get("ece") is not None else _last(rounds, "ece"),
         "epsilon": _last(rounds, "epsilon"),
+        "label_epsilon": _last(rounds, "proportion_epsilon"),  # label-DP bag counts
         "wall_seconds": summary.get("wall_seconds"),
         "rounds_done": f"{len(rounds)}/{config.get('rounds', '?')}",
         "status": summary.get("status"),

@@ -27,6 +27,7 @@ METRICS = [
     "best_val_round",
     "ece",
     "epsilon",
+    "label_epsilon",
     "wall_seconds",
     "rounds_done",
     "status",
@@ -127,6 +128,7 @@ def test_validation_ece_epsilon_and_unfinished_runs(tmp_path):
         {"round": 2, "accuracy": 0.7, "val_accuracy": 0.8, "ece": 0.1, "epsilon": 2.5},
         {"round": 3, "accuracy": 0.6, "val_accuracy": 0.8, "ece": None, "epsilon": 3.25},
     ]
+    labeled = [{**r, "epsilon": None, "proportion_epsilon": 2.0} for r in rounds]  # label-DP
     config = {"rounds": 3, "seed": 0, "output_dir": "x", "algorithm": {"name": "fedlabel"}}
     write_run(
         tmp_path / "a",
@@ -155,20 +157,30 @@ def test_validation_ece_epsilon_and_unfinished_runs(tmp_path):
         rounds=[{"round": 1, "accuracy": 0.4}],
         config={**config, "rounds": 10},
     )
-    rows = table(compare([tmp_path / n for n in "abc"], last=2))
+    write_run(
+        tmp_path / "d",
+        status="completed",
+        final_accuracy=0.6,
+        wall_seconds=12.0,
+        rounds=labeled,
+        config=config,
+    )
+    rows = table(compare([tmp_path / n for n in "abcd"], last=2))
     assert rows[0] == ["run", "algorithm", "rounds", *METRICS]
-    a, b, c = rows[1:]
+    a, b, c, d = rows[1:]
     # computed: the first round with the best validation accuracy, the last round's ECE
     assert a == ["a", "fedlabel", "3", "0.6000", "0.6500", "0.8000", "2", "0.1000", "3.25"] + [
+        "-",
         "12.0",
         "3/3",
         "completed",
     ]
     assert b[4:8] == ["0.6500", "0.7500", "7", "0.0500"]  # as the summary records them
-    assert c == ["c", "fedlabel", "10", "0.4000", "0.4000", "-", "-", "-", "-", "3.0"] + [
+    assert c == ["c", "fedlabel", "10", "0.4000", "0.4000", "-", "-", "-", "-", "-", "3.0"] + [
         "1/10",
         "running",
     ]
+    assert d[8:10] == ["-", "2"]  # label-DP: its own column, not DP-SGD's epsilon
 
 
 def test_multirun_writes_the_comparison_into_the_sweep_folder(fashion_mnist, tmp_path):
