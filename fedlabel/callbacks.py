@@ -224,7 +224,8 @@ def _hparams(cfg: Config) -> dict[str, Any]:
 
 
 def _final_metrics(rounds: list[dict[str, Any]]) -> dict[str, float]:
-    """The run's final accuracy and loss, best accuracy, rounds run and latest epsilon."""
+    """The run's final accuracy, loss and ECE, best test and validation accuracy, rounds run
+    and latest epsilons (DP-SGD/central DP, and label-DP's as label_epsilon)."""
     evaluated = [r for r in rounds if r.get("accuracy") is not None]
     out: dict[str, float] = {"rounds_run": float(len(rounds))}
     if evaluated:
@@ -232,10 +233,15 @@ def _final_metrics(rounds: list[dict[str, Any]]) -> dict[str, float]:
             "final_accuracy": evaluated[-1]["accuracy"],
             "best_accuracy": max(r["accuracy"] for r in evaluated),
         }
-        if evaluated[-1].get("loss") is not None:
-            out["final_loss"] = evaluated[-1]["loss"]
-    if rounds and rounds[-1].get("epsilon") is not None:
-        out["epsilon"] = rounds[-1]["epsilon"]
+        for key, name in (("loss", "final_loss"), ("ece", "final_ece")):
+            if evaluated[-1].get(key) is not None:
+                out[name] = evaluated[-1][key]
+    validated = [r["val_accuracy"] for r in rounds if r.get("val_accuracy") is not None]
+    if validated:
+        out["best_val_accuracy"] = max(validated)
+    for key, name in (("epsilon", "epsilon"), ("proportion_epsilon", "label_epsilon")):
+        if rounds and rounds[-1].get(key) is not None:
+            out[name] = rounds[-1][key]
     return out
 
 

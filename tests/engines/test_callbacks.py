@@ -94,7 +94,13 @@ def test_mlflow_store_and_tensorboard_hparams_hold_the_run(tmp_path):
         hparams["algorithm.name"].string_value == "fedavg"
         and hparams["algorithm.lr"].number_value > 0
     )
-    final = events.Scalars("hparam/final_accuracy")
-    assert [pytest.approx(e.value) for e in final] == [summary["final_accuracy"]]
+    for tag, key in (
+        ("final_accuracy", "final_accuracy"),
+        ("best_val_accuracy", "best_val_accuracy"),
+        ("final_ece", "ece"),
+    ):
+        final = events.Scalars(f"hparam/{tag}")
+        assert summary[key] is not None
+        assert [pytest.approx(e.value) for e in final] == [summary[key]]
     assert [e.step for e in events.Scalars("accuracy")] == [1, 2]
     assert torch.load(out / "model.pt")  # the run itself is unchanged by its loggers
