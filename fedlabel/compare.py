@@ -213,13 +213,22 @@ def _natural(path: Path) -> list[Any]:
 
 
 class MultirunCompare(Callback):
-    """At the end of a Hydra multirun: compare.md/csv/png over the sweep's runs (its folders
-    with a summary.json, in job order), in the sweep folder. Jobs that left no summary.json (a
-    config error) are named; a comparison that fails is reported, the sweep's result is kept."""
+    """At the end of a Hydra multirun: compare.md/csv/png over this sweep's runs (the folders
+    of its jobs with a summary.json, in job order), in the sweep folder. Jobs that left no
+    summary.json (a config error) are named; a comparison that fails is reported, the sweep's
+    result is kept. The jobs are those this launcher ran (folders an earlier sweep left in a
+    reused sweep folder are not); a launcher running jobs in other processes reports none, and
+    then every run folder under the sweep folder counts."""
+
+    def __init__(self) -> None:
+        self.jobs: set[Path] = set()
+
+    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        self.jobs.add(Path(config.hydra.runtime.output_dir))
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        jobs = {p.parent for p in sweep.rglob(".hydra")} | {
+        jobs = self.jobs or {p.parent for p in sweep.rglob(".hydra")} | {
             p.parent for p in sweep.rglob("summary.json") if ".hydra" not in p.parts
         }
         runs = sorted((j for j in jobs if (j / "summary.json").is_file()), key=_natural)

@@ -196,6 +196,11 @@ def test_multirun_writes_the_comparison_into_the_sweep_folder(fashion_mnist, tmp
         summary = json.loads((sweep / job / "summary.json").read_text())
         assert row[2] == f"{summary['final_accuracy']:.4f}" and row[-1] == "completed"
     assert (sweep / "compare.csv").is_file() and (sweep / "compare.png").is_file()
+    # the sweep folder again, one job (over job 0): job 1 of the sweep before is not this sweep's
+    again = ["rounds=1", "seed=5", "overwrite=true", f"hydra.sweep.dir={sweep}"]
+    done = cli("simulate", "-m", *smoke, *again)
+    assert done.returncode == 0, done.stderr
+    assert [r[0] for r in table((sweep / "compare.md").read_text())] == ["run", "0"]
     single = tmp_path / "single" / "run"
     done = cli("simulate", *smoke, "rounds=1", f"output_dir={single}")
     assert done.returncode == 0, done.stderr
