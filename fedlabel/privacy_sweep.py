@@ -75,14 +75,14 @@ STUDIES = {
             "cross-silo",
             "Cross-silo: record-level DP-SGD",
             "10 silos hold all of Fashion-MNIST's training set (IID, about 5,700 records each"
-            " after the 5% validation split), all in every round, 100 rounds, the default CNN;"
+            " after the 5% validation split), all in every round, 200 rounds, the default CNN;"
             " DP-SGD in every training loop of every silo (record-level DP; FedLabel's"
             " unlabeled branch too).",
             (
                 "data.num_clients=10",
                 "clients_per_round=10",
                 "data.partition=iid",
-                "rounds=100",
+                "rounds=200",
                 *EVALUATION,
             ),
             (
