@@ -12,5 +12,6 @@ core=(
   fedlabel/training.py fedlabel/calibration.py fedlabel/augment.py fedlabel/robust.py fedlabel/models.py fedlabel/stopping.py
   fedlabel/algorithms/batching.py fedlabel/llp fedlabel/privacy/accountant.py fedlabel/privacy/noise.py
   fedlabel/privacy/central.py fedlabel/data/partition.py fedlabel/data/bags.py fedlabel/data/label_dp.py
+  fedlabel/compare.py fedlabel/runset.py fedlabel/privacy_sweep.py fedlabel/report.py
 )
 .venv/bin/mypy --ignore-missing-imports --follow-imports=silent "${core[@]}"
