@@ -930,7 +930,10 @@ def write_report(
                 "Every method runs with its documented defaults (batch size 32, local steps 10"
                 " labeled and 10 unlabeled where a method has them, weak augmentation) except the"
                 " lr, tuned per method on a validation set with the same budget for every method"
-                " (section Tuning); a method marked untuned runs its default lr."
+                " (section Tuning); a method marked untuned runs its default lr. FixMatch and"
+                " UDA draw as many unlabeled as labeled samples per step (mu = 1, their papers"
+                ' 7) for equal compute; section "At the papers\' settings" runs mu = 7 at one'
+                " cell."
             ]
             if tuned
             else [
