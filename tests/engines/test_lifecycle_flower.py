@@ -124,8 +124,8 @@ def test_a_signalled_flower_run_leaves_nothing_running_and_resumes_exactly(tmp_p
 
 
 def test_infeasible_partition_fails_before_flower_starts(tmp_path):
-    """A Dirichlet split that cannot be made fails in the starting process: one line, seconds."""
-    start = time.monotonic()
+    """A Dirichlet split that cannot be made fails in the starting process with one line, before
+    any Flower process starts (no flower/ folder: no SuperLink, no wait on one)."""
     proc = _simulate(
         tmp_path / "run",
         "data.num_clients=100",
@@ -135,7 +135,6 @@ def test_infeasible_partition_fails_before_flower_starts(tmp_path):
     )
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
-    assert time.monotonic() - start < 20
     errors = [ln for ln in err.splitlines() if "error" in ln]
     assert len(errors) == 1 and "Dirichlet partition failed" in errors[0], err
     assert not (tmp_path / "run" / "flower").exists()
