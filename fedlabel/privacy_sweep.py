@@ -153,7 +153,9 @@ STUDIES = {
             "FedAvg trained only from bags (every record labeled, held as random bags of k that"
             " keep only their class counts) on the default setup: 100 clients, Dirichlet 0.1, 10"
             " per round, the default CNN, 200 rounds. Noisy proportions: DLLP with bags of 8 and"
-            " Laplace label-DP noise on every count.",
+            " Laplace label-DP noise on every count. DLLP, IID clients: the same with the records"
+            " spread IID over the clients, so that a bag mixes classes as in the anchors' random"
+            " bags (under Dirichlet 0.1 a client's bag is mostly one class).",
             (
                 "algorithm=fedavg",
                 "data.label_ratio=1.0",
@@ -168,6 +170,12 @@ STUDIES = {
                     {"bag_size": (1, 8, 32, 128), "proportion": (0.5, 1.0, 2.0, 4.0, 8.0)},
                 ),
                 Arm("BP", "bp", ("data.llp_method=bp",), {"bag_size": (8, 32, 128)}, False),
+                Arm(
+                    "DLLP, IID clients",
+                    "dllp-iid",
+                    ("data.llp_method=dllp", "data.partition=iid"),
+                    {"bag_size": (8, 32, 128)},
+                ),
             ),
             {},
         ),

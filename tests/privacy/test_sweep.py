@@ -36,6 +36,8 @@ def test_studies_plan_a_baseline_per_arm_and_every_series_point():
     llp = {p.run.name: p.run.settings() for p in sweep.plan(sweep.STUDIES["llp"], [], None)}
     assert llp["bp_bag_size32"]["data.llp_method"] == "bp"
     assert llp["dllp_proportion2"]["data.proportion_epsilon"] == "2"
+    assert llp["dllp-iid_bag_size128"]["data.partition"] == "iid" and "dllp-iid_none" in llp
+    assert "data.partition" not in llp["dllp_bag_size128"]  # the default setup's Dirichlet split
 
 
 @pytest.mark.parametrize("history", [[(0.1, 1000)], [(0.028, 1000), (0.007, 1000)]])
