@@ -701,7 +701,7 @@ def calibration_section(args, settings, cell, rows) -> list[str]:
         "| method | " + " | ".join(f"Dir({a:g}), {pct(r)}%" for a, r in settings) + " |",
         "|---|" + "---|" * len(settings),
     ]
-    better_acc = better_both = 0
+    better_acc = better_both = worse_ece = 0
     for m in others:
         cols = []
         for a, r in settings:
@@ -713,11 +713,13 @@ def calibration_section(args, settings, cell, rows) -> list[str]:
             if da.endswith("above"):
                 better_acc += 1
                 better_both += de.endswith("below")
+                worse_ece += de.endswith("above")
         lines.append(f"| {label(m)} | " + " | ".join(cols) + " |")
     lines += [
         "",
         f"Accuracy above labeled-only FedAvg in {better_acc} (method, setting) pairs; in"
-        f" {better_both} of them the ECE is also below FedAvg's beyond twice its standard error.",
+        f" {better_both} of them the ECE is also below FedAvg's beyond twice its standard error"
+        f" (better calibrated), in {worse_ece} above it (worse).",
     ]
     return lines
 
