@@ -50,6 +50,7 @@ class Arm:
     overrides: tuple[str, ...] = ()
     series: dict[str, tuple[float, ...]] | None = None  # None: the study's
     baseline: bool = True  # a non-private run of this arm
+    shares: str = ""  # without one: the label of the arm whose non-private run it is compared to
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,15 @@ STUDIES = {
                     (*SILO, "algorithm.local_steps=20"),
                     {"epsilon": (3.0,)},
                 ),
+                # clipping with almost no noise: how much of DP-SGD's loss is the clipping itself
+                Arm(
+                    "FedAvg 20%, clipping, z = 0.1",
+                    "fedavg-20-clip",
+                    SILO,
+                    {"noise": (0.1,)},
+                    baseline=False,
+                    shares="FedAvg, 20% labels",
+                ),
             ),
             {"epsilon": DP_TARGETS},
             anchors=(
@@ -143,7 +153,13 @@ STUDIES = {
             ),
             (
                 Arm("server-side clipping", "server", ("privacy.clipping=server",)),
-                Arm("client-side clipping", "client", ("privacy.clipping=client",), baseline=False),
+                Arm(
+                    "client-side clipping",
+                    "client",
+                    ("privacy.clipping=client",),
+                    baseline=False,
+                    shares="server-side clipping",
+                ),
             ),
             {"central": DP_TARGETS},
         ),
@@ -341,7 +357,9 @@ def _f(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def _table(kind: str, rows: list[dict], bases: dict[str, dict]) -> list[str]:
+def _table(
+    kind: str, rows: list[dict], bases: dict[str, dict], base_of: dict[str, dict | None]
+) -> list[str]:
     given = kind in ("noise", "central_z")  # the series' value is z itself
     head = (
         f"| arm | {'' if given else KINDS[kind][0] + ' | '}z | epsilon | final acc | mean of last"
@@ -349,7 +367,7 @@ def _table(kind: str, rows: list[dict], bases: dict[str, dict]) -> list[str]:
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in [*bases.values(), *rows]:
-        base = bases.get(r["arm"]) or next(iter(bases.values()), None)
+        base = base_of.get(r["arm"])
         ratio = (
             r["cpu_seconds"] / base["cpu_seconds"]
             if base and r["cpu_seconds"] and base.get("cpu_seconds")
@@ -405,6 +423,7 @@ def render(
 ) -> str:
     done = [p for p in points if p.run.name in results]
     bases = {p.arm.label: results[p.run.name] for p in done if p.kind is None}
+    base_of = {a.label: bases.get(a.label) or bases.get(a.shares) for a in study.arms}
     wall = sum(results[p.run.name]["wall_seconds"] for p in done)
     cpu = sum(results[p.run.name]["cpu_seconds"] or 0 for p in done)
     delta = next((r["delta"] for r in results.values()), None)
@@ -434,7 +453,7 @@ def render(
         out += [
             f"### Accuracy against {KINDS[kind][1]}",
             "",
-            *_table(kind, rows, bases),
+            *_table(kind, rows, bases, base_of),
             "",
             f"![{study.title}: accuracy against {KINDS[kind][1]}]({png.name})",
             "",
