@@ -553,6 +553,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def study_argv(argv: list[str]) -> list[str]:
+    """The arguments that define the runs (the report shows them as the study's command):
+    without --render-only, --report and --jobs, which only say where and how fast."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--report", "--jobs"):
+            skip = True
+        elif a != "--render-only" and not a.startswith(("--report=", "--jobs=")):
+            out.append(a)
+    return out
+
+
 def main(argv: list[str]) -> int:
     from fedlabel.data import DataError
 
@@ -590,7 +604,7 @@ def main(argv: list[str]) -> int:
         s = store.summary(p.run)
         if s is not None and store.completed(p.run, s):
             results[p.run.name] = result(p, s, study.last)
-    argv_shown = shlex.join(argv)
+    argv_shown = shlex.join(study_argv(argv))
     if results:
         report = Path(args.report).resolve()
         text = render(study, points, results, report=report, argv=argv_shown)

@@ -118,3 +118,8 @@ def test_a_tiny_study_resumes_extends_archives_and_refuses_other_settings(tmp_pa
 
     with pytest.raises(SystemExit, match="run_none.json.gz: a completed run with other settings"):
         _sweep(tmp_path, "--render-only", "rounds=2", "algorithm.lr=0.5")
+
+
+def test_the_report_shows_the_command_that_runs_the_study():
+    argv = ["--study", "llp", "--render-only", "--report", "x.md", "--jobs=2", "rounds=3"]
+    assert sweep.study_argv(argv) == ["--study", "llp", "rounds=3"]
