@@ -185,7 +185,14 @@ STUDIES = {
                     ("data.llp_method=dllp",),
                     {"bag_size": (1, 8, 32, 128), "proportion": (0.5, 1.0, 2.0, 4.0, 8.0)},
                 ),
-                Arm("BP", "bp", ("data.llp_method=bp",), {"bag_size": (8, 32, 128)}, False),
+                Arm(
+                    "BP",
+                    "bp",
+                    ("data.llp_method=bp",),
+                    {"bag_size": (8, 32, 128)},
+                    baseline=False,
+                    shares="DLLP",  # the same instance-label run
+                ),
                 Arm(
                     "DLLP, IID clients",
                     "dllp-iid",
