@@ -209,6 +209,11 @@ def last_mean(r: Result, last: int) -> float:
     return statistics.fmean(a for _, a in r.evals[-last:])
 
 
+def accuracies(runs: list[Result], last: int) -> list[float]:
+    """Each run's test accuracy averaged over its last ``last`` evaluated rounds (one per seed)."""
+    return [last_mean(x, last) for x in runs]
+
+
 def ece_mean(r: Result, last: int) -> float | None:
     """The test ECE (15 bins) averaged over the last ``last`` evaluated rounds; None before ECE."""
     eces = [x["ece"] for x in r.rounds if x.get("ece") is not None][-last:]
@@ -327,8 +332,10 @@ def build_grid(
                     m, alpha, ratio, seed, args.rounds, more=tuned(m)
                 )
     for m, value in PAPER_SETTINGS.items():  # one cell at the paper's setting (no weakening)
-        for seed in [] if args.no_paper_cell or m not in methods else args.seeds:
-            key, tag = f"{m}@{value}", "_" + value.split(".")[-1].replace("=", "")
+        if args.no_paper_cell or m not in methods:
+            continue
+        key, tag = f"{m}@{value}", "_" + value.split(".")[-1].replace("=", "")
+        for seed in args.seeds:
             grid[(*args.sweep_setting, key, seed)] = run_of(
                 m, *args.sweep_setting, seed, args.rounds, tag=tag, more=[*tuned(m), value]
             )
@@ -480,8 +487,8 @@ def main() -> None:
         tuned = tune(args, store, methods, errors)
     else:
         tuned = json.loads(args.tuned.read_text()) if args.tuned.is_file() else None
-    default_elsewhere = args.tuned.resolve() == DEFAULT_TUNED and not args.tune
-    if tuned and default_elsewhere and tuned["protocol"]["experiment"] != args.experiment:
+    default_file = args.tuned.resolve() == DEFAULT_TUNED
+    if tuned and default_file and tuned["protocol"]["experiment"] != args.experiment:
         print(f"{shown(args.tuned)}: tuned on another experiment; {args.experiment} runs untuned")
         tuned = None
     if tuned:
@@ -620,7 +627,7 @@ def command_line(args, methods) -> str:
 
 def claims_section(args, settings, cell, label) -> list[str]:
     """The paper's claims about FedLabel, setting by setting: differences of the cell means."""
-    acc = lambda a, r, m: [last_mean(x, args.last) for x in cell(a, r, m)]  # noqa: E731
+    acc = lambda a, r, m: accuracies(cell(a, r, m), args.last)  # noqa: E731
     lines = [
         "",
         "## The paper's claims, setting by setting",
@@ -670,7 +677,7 @@ def calibration_section(args, settings, cell, rows) -> list[str]:
     """ECE per method and setting, and whether semi-supervised learning improves it where it
     improves accuracy (the radio-galaxy paper's finding: it does not)."""
     ece = lambda a, r, m: [e for x in cell(a, r, m) if (e := ece_mean(x, args.last)) is not None]  # noqa: E731
-    acc = lambda a, r, m: [last_mean(x, args.last) for x in cell(a, r, m)]  # noqa: E731
+    acc = lambda a, r, m: accuracies(cell(a, r, m), args.last)  # noqa: E731
     lines = [
         "",
         "## Calibration",
@@ -727,7 +734,7 @@ def calibration_section(args, settings, cell, rows) -> list[str]:
 def paper_cell_section(args, cell, methods) -> list[str]:
     """FixMatch/UDA at the grid's unlabeled batch and at the paper's, at --sweep-setting."""
     a, r = args.sweep_setting
-    acc = lambda m: [last_mean(x, args.last) for x in cell(a, r, m)]  # noqa: E731
+    acc = lambda m: accuracies(cell(a, r, m), args.last)  # noqa: E731
 
     def wall(m: str) -> str:
         walls = [x.wall for x in cell(a, r, m)]
@@ -777,8 +784,7 @@ def accuracy_table(cell, alpha, ratios, rows, args, marked=lambda m: "") -> list
     ]
     for m in rows:
         means = [
-            mean_std([last_mean(x, args.last) for x in cell(alpha, r, m)], len(args.seeds))
-            for r in ratios
+            mean_std(accuracies(cell(alpha, r, m), args.last), len(args.seeds)) for r in ratios
         ]
         lines.append(f"| {label(m)}{marked(m)} | " + " | ".join(means) + " |")
     return lines
@@ -835,9 +841,9 @@ def tuning_section(store: Store, tuned: dict, rows: list[str]) -> list[str]:
     return [*lines, "", "Produced by:", "", "```bash", tuned["command"], "```"]
 
 
-def untuned_section(args, methods, settings, now=None, tuned=None) -> list[str]:
-    """--untuned-archive: the same grid's table from runs made before tuning, and (``now``: the
-    tuned grid's cell function) the tuned minus the untuned accuracy per method and setting."""
+def untuned_section(args, methods, settings, now, tuned) -> list[str]:
+    """--untuned-archive: the same grid's table from runs made before tuning, and the tuned grid's
+    (``now``: its cell function) minus the untuned accuracy per method and setting."""
     old = argparse.Namespace(**{**vars(args), "rounds": args.untuned_rounds or args.rounds})
     grid, _, _ = build_grid(old, methods, settings)
     store = Store(args.untuned_archive, args.untuned_archive, checked=False)
@@ -855,10 +861,7 @@ def untuned_section(args, methods, settings, now=None, tuned=None) -> list[str]:
         ratios = [r for a, r in settings if a == alpha]
         lines += ["", f"### Dirichlet({alpha:g}), untuned", ""]
         lines += accuracy_table(cell, alpha, ratios, rows, args)
-    if now is None:
-        return lines
     chosen = (tuned or {}).get("chosen", {})
-    acc = lambda c, a, r, m: [last_mean(x, args.last) for x in c(a, r, m)]  # noqa: E731
     lines += [
         "",
         "### Tuned minus untuned",
@@ -876,7 +879,10 @@ def untuned_section(args, methods, settings, now=None, tuned=None) -> list[str]:
     for m in rows:
         default = ALGORITHMS["fedavg" if m == "reference" else m].params().lr
         lr = f"{default:g} -> {chosen[m]['lr']:g}" if m in chosen else f"{default:g}"
-        cols = [difference(acc(now, a, r, m), acc(cell, a, r, m)) for a, r in settings]
+        cols = [
+            difference(accuracies(now(a, r, m), args.last), accuracies(cell(a, r, m), args.last))
+            for a, r in settings
+        ]
         lines.append(f"| {label(m)} | {lr} | " + " | ".join(cols) + " |")
     return lines
 
@@ -1029,7 +1035,7 @@ def write_report(
             ]
             for m in ABLATION:
                 cells = [
-                    f"{mean_std([last_mean(x, last) for x in cell(alpha, r, m)], len(seeds))} / "
+                    f"{mean_std(accuracies(cell(alpha, r, m), last), len(seeds))} / "
                     f"{pooled(cell(alpha, r, m), 'pseudo_label_coverage', last)} / "
                     f"{pooled(cell(alpha, r, m), 'pseudo_label_accuracy', last)}"
                     for r in ratios

@@ -188,19 +188,14 @@ def bench():
     return module
 
 
+def _grid_args(**given) -> argparse.Namespace:
+    """What build_grid reads of the command line: no sweeps, the sweep cell Dir(0.1), 5%."""
+    base = dict(no_reference=False, no_sweeps=True, no_paper_cell=False, sweep=[])
+    return argparse.Namespace(**base, sweep_setting=[0.1, 0.05], sweep_rounds=0, **given)
+
+
 def test_cross_silo_grid_runs_the_cross_silo_experiment(bench):
-    args = argparse.Namespace(
-        experiment="cross_silo",
-        seeds=[0],
-        rounds=100,
-        extra=["device=cpu"],
-        no_reference=False,
-        no_sweeps=True,
-        no_paper_cell=False,
-        sweep=[],
-        sweep_setting=[0.1, 0.05],
-        sweep_rounds=0,
-    )
+    args = _grid_args(experiment="cross_silo", seeds=[0], rounds=100, extra=["device=cpu"])
     grid, sweep_runs, _ = bench.build_grid(args, ["fedavg", "fedlabel"], [(0.1, 0.05)])
     assert sorted(r.name for r in grid.values()) == [
         "a0.1_fedavg_100_s0",
@@ -226,18 +221,8 @@ def test_cross_silo_grid_runs_the_cross_silo_experiment(bench):
 
 
 def test_paper_cell_runs_fixmatch_at_mu_7_beside_the_grid(bench):
-    args = argparse.Namespace(
-        experiment="fmnist_cross_device",
-        seeds=[0, 1],
-        rounds=5,
-        extra=[],
-        no_reference=True,
-        no_sweeps=True,
-        no_paper_cell=False,
-        sweep=[],
-        sweep_setting=[0.1, 0.05],
-        sweep_rounds=0,
-    )
+    args = _grid_args(experiment="fmnist_cross_device", seeds=[0, 1], rounds=5, extra=[])
+    args.no_reference = True
     lrs = {"fedavg_fixmatch": 0.05}
     grid, _, _ = bench.build_grid(args, ["fedavg_fixmatch"], [(1.0, 0.01)], lrs)
     paper = {k: r for k, r in grid.items() if "@" in k[2]}
