@@ -21,14 +21,17 @@ the epsilon each run measured. Noise multipliers are cached in <archive>/calibra
 --section). Runs live in --out (checkpoints; a run stopped half-way continues) and, for the
 named studies, every finished one is archived in --archive (benchmarks/runs/privacy-<study>,
 committed): runs already finished are not run again, `--render-only` rewrites the report from
-them. Only the section between the study's markers in --report is rewritten. Extra overrides
-after the options are added to every run of the study (changing what has finished is an error
-naming the run: use another --out and --archive).
+them; `--runs PATTERN` (repeatable) runs only the runs whose names match a shell-style pattern
+(e.g. 'fedavg-20-*'; the report still shows every finished run). Only the section between the
+study's markers in --report is rewritten. Extra overrides after the options are added to every
+run of the study (changing what has finished is an error naming the run: use another --out and
+--archive).
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import shlex
 import sys
@@ -539,6 +542,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (each one torch thread)")
     ap.add_argument(
+        "--runs",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="run only the runs whose names match this shell-style pattern (e.g. 'fedavg-20-*';"
+        " repeat for more); the report still shows every finished run",
+    )
+    ap.add_argument(
         "--report", default="docs/privacy.md", help="markdown file to write the section into"
     )
     ap.add_argument("--section", default="DP", help="heading of a study made from the flags")
@@ -562,14 +573,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def study_argv(argv: list[str]) -> list[str]:
     """The arguments that define the runs (the report shows them as the study's command):
-    without --render-only, --report and --jobs, which only say where and how fast."""
+    without --render-only, --report, --jobs and --runs, which only say where, how fast and what
+    first."""
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
-        elif a in ("--report", "--jobs"):
+        elif a in ("--report", "--jobs", "--runs"):
             skip = True
-        elif a != "--render-only" and not a.startswith(("--report=", "--jobs=")):
+        elif a != "--render-only" and not a.startswith(("--report=", "--jobs=", "--runs=")):
             out.append(a)
     return out
 
@@ -601,8 +613,17 @@ def main(argv: list[str]) -> int:
     errors: list[str] = []
     if not args.render_only:
         out.mkdir(parents=True, exist_ok=True)
+        chosen = [
+            p.run
+            for p in points
+            if not args.runs or any(fnmatch.fnmatchcase(p.run.name, pat) for pat in args.runs)
+        ]
+        if not chosen:
+            names = " ".join(sorted({p.run.name for p in points}))
+            print(f"fedlabel privacy-sweep: --runs matches none of: {names}", file=sys.stderr)
+            return 2
         try:
-            errors = run_all(store, [p.run for p in points], extra=[], jobs=args.jobs)
+            errors = run_all(store, chosen, extra=[], jobs=args.jobs)
         except DataError as err:
             print(f"fedlabel privacy-sweep: data error: {err}", file=sys.stderr)
             return 2

@@ -121,5 +121,25 @@ def test_a_tiny_study_resumes_extends_archives_and_refuses_other_settings(tmp_pa
 
 
 def test_the_report_shows_the_command_that_runs_the_study():
-    argv = ["--study", "llp", "--render-only", "--report", "x.md", "--jobs=2", "rounds=3"]
+    argv = [
+        "--study",
+        "llp",
+        "--render-only",
+        "--report",
+        "x.md",
+        "--jobs=2",
+        "--runs",
+        "bp*",
+        "rounds=3",
+    ]
     assert sweep.study_argv(argv) == ["--study", "llp", "rounds=3"]
+
+
+def test_runs_patterns_run_only_the_matching_runs(tmp_path, capsys):
+    assert _sweep(tmp_path, "--runs", "run_noise*", "rounds=1") == 0
+    assert "1 of 1 runs to do" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "archive").iterdir()) == ["run_noise2.json.gz"]
+    assert "1 of 2 runs finished" in (tmp_path / "privacy.md").read_text()
+    assert _sweep(tmp_path, "--runs", "fedavg-*", "rounds=1") == 2
+    assert "--runs matches none of: run_noise2 run_none" in capsys.readouterr().err
+    assert not (tmp_path / "out/run_none").exists()
