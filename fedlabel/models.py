@@ -39,20 +39,64 @@ def _group_norm(channels: int, *, max_groups: int = 32) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels)
 
 
+def _window_views(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The four strided views of the 2x2 windows, in ``max_pool2d``'s scan order."""
+    return x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+
+
+class _MaxPool2x2Function(torch.autograd.Function):
+    """2x2 max-pool with autograd, for CPU: the maximum of the four strided views and, for the
+    backward, the flat index of each window's first maximum (``max_pool2d``'s tie rule: the
+    first in scan order), which ``max_pool2d_with_indices_backward`` scatters the gradient to.
+    Equal bitwise to ``max_pool2d`` in values and gradients for inputs without NaN; 2x faster
+    forward and backward on CPU (the pools took a third of a CNN training step). Works under
+    ``torch.func`` transforms (the vectorized engine's vmap)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        v00, v01, v10, v11 = _window_views(x)
+        top, bottom = torch.maximum(v00, v01), torch.maximum(v10, v11)
+        height, width = x.shape[-2:]
+        corner = (  # flat index of each window's top-left element
+            torch.arange(0, height, 2, device=x.device).view(-1, 1) * width
+            + torch.arange(0, width, 2, device=x.device)
+        )
+        offset = torch.where(bottom > top, (v11 > v10).long() + width, (v01 > v00).long())
+        return torch.maximum(top, bottom), offset + corner
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        ctx.save_for_backward(inputs[0], output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _indices: Tensor) -> Tensor:  # type: ignore[override]
+        x, indices = ctx.saved_tensors
+        return torch.ops.aten.max_pool2d_with_indices_backward(
+            grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices
+        )
+
+
 class _MaxPool2x2(nn.MaxPool2d):
-    """2x2 max-pool, stride 2. Without autograd (evaluation, pseudo-labeling) it takes the maximum
-    of
-    the four strided views, which gives the same values bitwise and is 5-10x faster on CPU than
-    ``max_pool2d``; with autograd it is ``max_pool2d`` (whose backward is the faster one)."""
+    """2x2 max-pool, stride 2, equal bitwise to ``max_pool2d`` (values and gradients) but faster
+    on CPU: without autograd (evaluation, pseudo-labeling) the maximum of the four strided views
+    (5-10x faster), with autograd on CPU :class:`_MaxPool2x2Function` (2x). Odd sizes, and
+    autograd on other devices, take ``max_pool2d``."""
 
     def __init__(self) -> None:
         super().__init__(2)
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled() or x.shape[-1] % 2 or x.shape[-2] % 2:
+        if x.shape[-1] % 2 or x.shape[-2] % 2:
             return super().forward(x)
-        top = torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2])
-        return torch.maximum(top, torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+        if not torch.is_grad_enabled():
+            v00, v01, v10, v11 = _window_views(x)
+            return torch.maximum(torch.maximum(v00, v01), torch.maximum(v10, v11))
+        if x.device.type == "cpu":
+            return _MaxPool2x2Function.apply(x)[0]
+        return super().forward(x)
 
 
 class SmallCNN(nn.Module):

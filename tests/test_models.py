@@ -118,3 +118,32 @@ def test_cnn_pool_without_autograd_equals_max_pool2d() -> None:
     odd = torch.rand(2, 3, 5, 6)
     with torch.no_grad():
         assert torch.equal(model.body[3](odd), torch.nn.functional.max_pool2d(odd, 2))
+
+
+@pytest.mark.parametrize("values", ["continuous", "ties"])
+def test_cnn_pool_with_autograd_equals_max_pool2d_in_values_and_gradients(values) -> None:
+    """The CPU autograd path routes each window's gradient to its first maximum, as max_pool2d:
+    with many exact ties (ReLU's zeros, small integers) too."""
+    pool = _model("cnn", 1).body[3]
+    g = torch.Generator().manual_seed(0)
+    shape = (5, 4, 8, 6)
+    if values == "ties":
+        x = torch.randint(0, 3, shape, generator=g).float()
+    else:
+        x = torch.relu(torch.randn(shape, generator=g))
+    x.requires_grad_(True)
+    upstream = torch.randn(5, 4, 4, 3, generator=g)
+    ours, theirs = pool(x), nn.functional.max_pool2d(x, 2)
+    assert torch.equal(ours, theirs)
+    assert torch.equal(
+        torch.autograd.grad(ours, x, upstream)[0], torch.autograd.grad(theirs, x, upstream)[0]
+    )
+    # under the vectorized engine's transforms: per-sample gradients through vmap(grad(...))
+    batch = torch.randn(3, *shape, generator=g)
+
+    def loss(pooled):
+        return lambda v: (pooled(v) ** 2).sum()
+
+    per_sample = vmap(grad(loss(pool)))(batch)
+    expected = vmap(grad(loss(lambda v: nn.functional.max_pool2d(v, 2))))(batch)
+    assert torch.equal(per_sample, expected)
