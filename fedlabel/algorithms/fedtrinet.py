@@ -55,7 +55,12 @@ are our reading; docs/results.md, "FedTriNet against its paper", lists them too)
    the other baselines here); unlabeled_batch_size=32 and unlabeled_weight=1 (FedLabel's batch
    and the unit weight of the FixMatch/UDA baselines);
  - the extra heads start from PyTorch's Linear initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
-   drawn from the run's seed, so the three heads differ from the start.
+   drawn from the run's seed, so the three heads differ from the start;
+ - FedTriNet's demo code (main_fed.py) differs further: two players (the global model and one
+   with the client's own upper layers), a decaying threshold on their summed probabilities,
+   permanent accumulating pseudo-labels, an unlabeled weight ramped to 0.15, an unweighted server
+   mean with personal upper layers (docs/fedlabel-investigation.md, "FedTriNet against its
+   paper", lists each).
 """
 
 from __future__ import annotations
