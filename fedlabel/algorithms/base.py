@@ -16,7 +16,7 @@ Optional server-side hooks (defaults keep FedAvg-style algorithms unchanged):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from fedlabel.config import Config
 
 StateDict = dict[str, torch.Tensor]
+# training.Params (the model's parameters) for annotations inside Algorithm classes, where the
+# class attribute ``Params`` (the hyperparameter dataclass) shadows the name
+ModelParams = Params
 
 
 @dataclass(frozen=True)
@@ -103,9 +106,13 @@ def mean(updates: list[ClientUpdate], key: str) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-class Algorithm:
+P = TypeVar("P", bound=AlgorithmParams)
+
+
+class Algorithm(Generic[P]):
     """Base class. Subclasses set ``Params`` and override what differs; fedlabel.algorithms
-    registers them under their names (ALGORITHMS)."""
+    registers them under their names (ALGORITHMS). ``P``: the type of ``self.params`` (a
+    subclass is ``Algorithm[ItsParams]``)."""
 
     # True when the supervised branch runs through fedavg.train_labeled, which also trains on
     # LLP bags (data.bag_size / data.bag_key); config validation refuses bags otherwise.
@@ -124,13 +131,13 @@ class Algorithm:
     # The pooled metrics of this algorithm's own that rounds.csv (and TensorBoard) get as columns.
     round_fields: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, params: AlgorithmParams) -> None:
-        self.params = params
+    def __init__(self, params: P) -> None:
+        self.params: P = params
 
     def client_update(
         self,
         model: nn.Module,
-        global_params: Params,
+        global_params: ModelParams,
         data: ClientData,
         ctx: ClientContext,
         *,
@@ -173,16 +180,16 @@ class Algorithm:
         """The names of the deltas every client update must carry (checked before aggregation)."""
         return frozenset({"model"})
 
-    def init_global(self, params: Params, *, setup: ServerSetup) -> Params:
+    def init_global(self, params: ModelParams, *, setup: ServerSetup) -> ModelParams:
         """The initial global state from the seeded initial model parameters."""
         return params
 
-    def eval_params(self, global_params: Params) -> Params:
+    def eval_params(self, global_params: ModelParams) -> ModelParams:
         """The model parameters the central evaluation runs (and model.pt stores)."""
         return global_params
 
     def client_payload(
-        self, rnd: int, cohort: list[int], global_params: Params
+        self, rnd: int, cohort: list[int], global_params: ModelParams
     ) -> dict[int, dict[str, StateDict]]:
         """Extra named arrays per client id, sent with the train message of round ``rnd``."""
         return {}
@@ -196,11 +203,11 @@ class Algorithm:
 
     def aggregate(
         self,
-        global_params: Params,
+        global_params: ModelParams,
         updates: list[ClientUpdate],
         *,
         combine: Combine = weighted_mean,
-    ) -> Params:
+    ) -> ModelParams:
         """w + combine(Delta_k, r_k) over the updates with r_k > 0, in client-id order so every
         engine does identical arithmetic; the default is FedAvg with server learning rate 1,
         w + sum_k (r_k / sum_j r_j) Delta_k (fedlabel.robust for the robust rules)."""

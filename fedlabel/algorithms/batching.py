@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import cast
+from typing import Generic, cast
 
 import torch
 from torch import Tensor, nn
 
-from fedlabel.algorithms.base import Algorithm, ClientUpdate
+from fedlabel.algorithms.base import Algorithm, ClientUpdate, P
 from fedlabel.data import ClientData
 from fedlabel.training import Params, SgdConfig
 
@@ -64,21 +64,22 @@ class ClientImages:
         return torch.tensor(self.offsets)[[d.client_id for d in clients]]
 
 
-class BatchedUpdate:
+class BatchedUpdate(Generic[P]):
     """Base of a batched client update. ``train`` returns one ClientUpdate per client, equal to
-    the algorithm's ``client_update`` with that client's generator (up to float rounding)."""
+    the algorithm's ``client_update`` with that client's generator (up to float rounding).
+    ``P``: the algorithm's Params type (of ``self.p``)."""
 
     algorithm_class: type[Algorithm]  # set by @batches
 
     def __init__(
         self,
         model: nn.Module,
-        algorithm: Algorithm,
+        algorithm: Algorithm[P],
         clients: list[ClientData],
         device: torch.device,
     ) -> None:
         self.model, self.algorithm, self.device = model, algorithm, device
-        self.p = algorithm.params
+        self.p: P = algorithm.params
         self.sample_shape = tuple(clients[0].labeled_images.shape[1:])
 
     def train(

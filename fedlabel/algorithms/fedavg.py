@@ -17,6 +17,7 @@ Choices FedProx leaves open, as config values (defaults and why):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -96,8 +97,11 @@ def _joint(
         for i in range(max(len(labeled), len(extra)))
     ]
 
-    def loss_fn(f, pair) -> torch.Tensor:
-        return sum(fn(f, b) for fn, b in zip((labeled_loss, extra_loss), pair) if b is not None)
+    def loss_fn(f, pair) -> torch.Tensor:  # every pair holds at least one batch: a Tensor sum
+        return cast(
+            torch.Tensor,
+            sum(fn(f, b) for fn, b in zip((labeled_loss, extra_loss), pair) if b is not None),
+        )
 
     return pairs, loss_fn
 
@@ -117,7 +121,7 @@ class FedAvgParams(AlgorithmParams):
         check(self.mu >= 0, "algorithm.mu", f"must be >= 0 (0 = FedAvg), got {self.mu}")
 
 
-class FedAvg(Algorithm):
+class FedAvg(Algorithm[FedAvgParams]):
     dpsgd_supported = True
     Params = FedAvgParams
     trains_on_bags = True
@@ -189,6 +193,7 @@ class BatchedLabeled:
             )
         steps = torch.tensor([len(bs) for bs in batch_lists])
         index, mask, width = padded(batch_lists, int(steps.max()))
+        assert self.images.labels is not None  # labeled images always come with their labels
         # every step's shifts in one tensor, moved to the device once (padding rows: no shift)
         shifts = torch.full((*index.shape, 2), p.weak_shift, dtype=torch.long)
         for i, ds in enumerate(draws):
@@ -214,7 +219,7 @@ class BatchedLabeled:
 
 
 @batches(FedAvg)
-class FedAvgBatched(BatchedUpdate):
+class FedAvgBatched(BatchedUpdate[FedAvgParams]):
     def __init__(self, model, algorithm, clients, device) -> None:
         super().__init__(model, algorithm, clients, device)
         self.labeled = BatchedLabeled(model, self.p, clients, device, mu=self.p.mu)

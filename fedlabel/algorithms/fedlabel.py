@@ -70,7 +70,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 
-from fedlabel.algorithms.base import Algorithm, AlgorithmParams, ClientUpdate, knows_truth, total
+from fedlabel.algorithms.base import (
+    Algorithm,
+    AlgorithmParams,
+    ClientUpdate,
+    ModelParams,
+    knows_truth,
+    total,
+)
 from fedlabel.algorithms.batching import (
     BatchedUpdate,
     ClientImages,
@@ -312,7 +319,7 @@ def fedlabel_update(
 # --------------------------------------------------------------------------------------------
 
 
-class FedLabel(Algorithm):
+class FedLabel(Algorithm[FedLabelParams]):
     dpsgd_supported = True
     Params = FedLabelParams
     trains_on_bags = True
@@ -430,11 +437,11 @@ class FedLabel(Algorithm):
 
     def aggregate(
         self,
-        global_params: Params,
+        global_params: ModelParams,
         updates: list[ClientUpdate],
         *,
         combine: Combine = weighted_mean,
-    ) -> Params:
+    ) -> ModelParams:
         """ "weighted": the base class's. "split": the fixed mix of the two deltas below (config
         validation refuses a robust ``combine`` with it)."""
         if self.params.aggregation != "split":
@@ -459,7 +466,7 @@ _LOGIT_CHUNK = 256  # unlabeled samples per client per forward when choosing exp
 
 
 @batches(FedLabel)
-class FedLabelBatched(BatchedUpdate):
+class FedLabelBatched(BatchedUpdate[FedLabelParams]):
     def __init__(self, model, algorithm, clients, device) -> None:
         super().__init__(model, algorithm, clients, device)
         p: FedLabelParams = self.p
@@ -545,11 +552,11 @@ class FedLabelBatched(BatchedUpdate):
                 if p.unlabeled_sampling == "all"
                 else keep_cpu[i].nonzero().flatten()
             )
-            steps = p.unlabeled_steps if n_kept[i] > 0 else 0
+            n_steps = p.unlabeled_steps if n_kept[i] > 0 else 0
             bs = [
                 pool[j]
                 for j in ClientContext(self.device, g).batches(
-                    len(pool), batch_size=p.batch_size, steps=steps
+                    len(pool), batch_size=p.batch_size, steps=n_steps
                 )
             ]
             batch_lists.append(bs)

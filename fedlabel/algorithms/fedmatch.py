@@ -52,7 +52,9 @@ Choices (config values), and why:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -63,6 +65,7 @@ from fedlabel.algorithms.base import (
     Algorithm,
     AlgorithmParams,
     ClientUpdate,
+    ModelParams,
     ServerSetup,
     StateDict,
     total,
@@ -231,8 +234,8 @@ def decomposition_penalty(
     sigma: Params, psi: Params, *, lambda_l1: float, lambda_l2: float
 ) -> torch.Tensor:
     """lambda_l1 sum |psi| + lambda_l2 sum (sigma - psi)^2 over all decomposed parameters."""
-    l1 = sum(p.abs().sum() for p in psi.values())
-    l2 = sum((sigma[k] - psi[k]).pow(2).sum() for k in psi)
+    l1 = cast(torch.Tensor, sum(p.abs().sum() for p in psi.values()))
+    l2 = cast(torch.Tensor, sum((sigma[k] - psi[k]).pow(2).sum() for k in psi))
     return lambda_l1 * l1 + lambda_l2 * l2
 
 
@@ -264,7 +267,9 @@ class _Sgd:
         self.velocity: dict[str, torch.Tensor] | None = None
 
     def step(self, params: Params, loss: torch.Tensor) -> None:
-        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        grads: Sequence[torch.Tensor | None] = torch.autograd.grad(
+            loss, list(params.values()), allow_unused=True
+        )
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads)]
         if self.cfg.momentum and self.velocity is None:
             self.velocity = zeros_like(params)
@@ -274,7 +279,7 @@ class _Sgd:
 # --------------------------------------------------------------------------------------------
 
 
-class FedMatch(Algorithm):
+class FedMatch(Algorithm[FedMatchParams]):
     Params = FedMatchParams
     central_dp_conflict = (
         "stores each client's returned model for the helpers (no helper would ever be sent)"
@@ -292,23 +297,23 @@ class FedMatch(Algorithm):
 
     # ---- server side
 
-    def init_global(self, params: Params, *, setup: ServerSetup) -> Params:
+    def init_global(self, params: ModelParams, *, setup: ServerSetup) -> ModelParams:
         self._model = setup.model
         self._probe = random_probe(
             (self.params.embedding_inputs, *setup.input_shape), seed=setup.seed
         )
         return decompose(params, psi_factor=self.params.psi_factor)
 
-    def eval_params(self, global_params: Params) -> Params:
+    def eval_params(self, global_params: ModelParams) -> ModelParams:
         return compose(*split(global_params), l1_thres=self.params.l1_thres)
 
     def aggregate(
         self,
-        global_params: Params,
+        global_params: ModelParams,
         updates: list[ClientUpdate],
         *,
         combine: Combine = weighted_mean,
-    ) -> Params:
+    ) -> ModelParams:
         """Embed and keep every returned client model, then FedAvg over (sigma, psi)."""
         for u in sorted(updates, key=lambda u: u.client_id):
             sigma, psi = split(
@@ -316,6 +321,7 @@ class FedMatch(Algorithm):
             )
             theta = compose(sigma, psi)
             with torch.no_grad():
+                assert self._probe is not None and self._model is not None  # set by init_global
                 probe = self._probe.to(next(iter(theta.values())).device)
                 self.embeddings[u.client_id] = (
                     forward(self._model, theta, probe).softmax(1).flatten().cpu()
@@ -325,7 +331,7 @@ class FedMatch(Algorithm):
         return super().aggregate(global_params, updates, combine=combine)
 
     def client_payload(
-        self, rnd: int, cohort: list[int], global_params: Params
+        self, rnd: int, cohort: list[int], global_params: ModelParams
     ) -> dict[int, dict[str, StateDict]]:
         if rnd % self.params.helper_interval:
             return {}
@@ -355,10 +361,13 @@ class FedMatch(Algorithm):
 
     # ---- client side
 
-    def _helpers(self, extras: dict[str, StateDict] | None, sigma: Params) -> list[Params]:
+    def _helpers(
+        self, extras: dict[str, StateDict] | None, sigma: ModelParams
+    ) -> list[ModelParams]:
         """The helper models, nearest first: own sigma + helper psi, or the sent model."""
+        extras = extras or {}
         names = sorted(
-            (n for n in extras or {} if n.startswith(HELPER)), key=lambda n: int(n[len(HELPER) :])
+            (n for n in extras if n.startswith(HELPER)), key=lambda n: int(n[len(HELPER) :])
         )
         sent = [{k: v.to(sigma[k].device) for k, v in extras[n].items()} for n in names]
         return [compose(sigma, h) for h in sent] if self.params.helper_payload == "psi" else sent

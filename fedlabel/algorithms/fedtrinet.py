@@ -66,7 +66,9 @@ are our reading; docs/results.md, "FedTriNet against its paper", lists them too)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -78,6 +80,7 @@ from fedlabel.algorithms.base import (
     Algorithm,
     AlgorithmParams,
     ClientUpdate,
+    ModelParams,
     ServerSetup,
     StateDict,
 )
@@ -264,17 +267,20 @@ class TriNet(nn.Module):
     are the model's plus head1.*, head2.* (the extra heads live on the meta device: their values
     always come from the parameter dict given to functional_call)."""
 
+    classifier: nn.Linear  # the model's head 0 (fedlabel.models: features(x) and a Linear head)
+    _features: Callable[[torch.Tensor], torch.Tensor]
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         for name, child in model.named_children():
             self.add_module(name, child)
-        self._features = model.features  # runs on the shared (reparametrised) child modules
+        # runs on the shared (reparametrised) child modules
+        self._features = cast(Callable[[torch.Tensor], torch.Tensor], model.features)
+        classifier = cast(nn.Linear, model.classifier)
         for h in HEADS:
             self.add_module(
                 h,
-                nn.Linear(
-                    model.classifier.in_features, model.classifier.out_features, device="meta"
-                ),
+                nn.Linear(classifier.in_features, classifier.out_features, device="meta"),
             )
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -337,10 +343,10 @@ def _stream(ctx_generator: torch.Generator, tag: int) -> torch.Generator:
 # --------------------------------------------------------------------------------------------
 
 
-class FedTriNet(Algorithm):
+class FedTriNet(Algorithm[FedTriNetParams]):
     Params = FedTriNetParams
 
-    def init_global(self, params: Params, *, setup: ServerSetup) -> Params:
+    def init_global(self, params: ModelParams, *, setup: ServerSetup) -> ModelParams:
         state = dict(params)
         gen = torch.Generator().manual_seed(
             int(np.random.SeedSequence([setup.seed, 5]).generate_state(1)[0])
@@ -356,13 +362,13 @@ class FedTriNet(Algorithm):
             )
         return state
 
-    def eval_params(self, global_params: Params) -> Params:
+    def eval_params(self, global_params: ModelParams) -> ModelParams:
         if self.params.evaluation == "head0":
             return {k: v for k, v in global_params.items() if not k.startswith(HEADS)}
         return ensemble_head(global_params)
 
     def client_payload(
-        self, rnd: int, cohort: list[int], global_params: Params
+        self, rnd: int, cohort: list[int], global_params: ModelParams
     ) -> dict[int, dict[str, StateDict]]:
         p = self.params
         budget = pseudo_label_budget(

@@ -36,6 +36,7 @@ baselines), as config values:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -99,14 +100,19 @@ def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, *, thr
     return (F.cross_entropy(strong_logits, pseudo, reduction="none") * keep).mean(), keep, pseudo
 
 
-class FixMatch(Algorithm):
-    Params = FixMatchParams
+# FixMatch is generic in its Params type: UDA (FixMatch[UdaParams]) shares its client update
+S = TypeVar("S", bound=SemiSupervisedParams)
+
+
+class FixMatch(Algorithm[S]):
+    Params: ClassVar[type[SemiSupervisedParams]] = FixMatchParams
     trains_on_bags = True
     counts_unlabeled_per_step = True
 
     def unlabeled_loss(self, weak_logits: torch.Tensor, strong_logits: torch.Tensor):
         """(loss, keep mask, pseudo-labels) of one unlabeled batch; UDA overrides this."""
-        return fixmatch_loss(weak_logits, strong_logits, threshold=self.params.threshold)
+        p = cast(FixMatchParams, self.params)  # FixMatch's own params: UDA overrides this method
+        return fixmatch_loss(weak_logits, strong_logits, threshold=p.threshold)
 
     def client_update(self, model, global_params, data, ctx, *, extras=None) -> ClientUpdate:
         p: SemiSupervisedParams = self.params

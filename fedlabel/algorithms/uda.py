@@ -64,7 +64,7 @@ def uda_loss(
     return (kl * keep).mean(), keep, pseudo
 
 
-class Uda(FixMatch):
+class Uda(FixMatch[UdaParams]):
     Params = UdaParams
 
     def unlabeled_loss(self, weak_logits, strong_logits):
