@@ -131,12 +131,12 @@ STUDIES = {
                     shares="FedAvg, 20% labels",
                 ),
                 # a larger lr against clipping's shorter steps (clipping alone capped lr 0.05 at
-                # the epsilon-8 accuracy): non-private, epsilon 3 and clipping with z = 0.1
+                # the epsilon-8 accuracy): non-private, epsilon 3 and 8, clipping with z = 0.1
                 Arm(
                     "FedAvg 20%, lr 0.2",
                     "fedavg-20-lr0.2",
                     (*SILO, "algorithm.lr=0.2"),
-                    {"epsilon": (3.0,), "noise": (0.1,)},
+                    {"epsilon": (3.0, 8.0), "noise": (0.1,)},
                 ),
             ),
             {"epsilon": DP_TARGETS},

@@ -30,7 +30,9 @@ def test_studies_plan_a_baseline_per_arm_and_every_series_point():
     clip = next(p.run for p in silo if p.run.name == "fedavg-20-clip_noise0.1").settings()
     assert clip["privacy.noise_multiplier"] == "0.1" and "fedavg-20-clip_none" not in names
     lr = {p.run.name: p.run.settings() for p in silo if p.run.name.startswith("fedavg-20-lr")}
-    assert sorted(lr) == [f"fedavg-20-lr0.2_{x}" for x in ("epsilon3", "noise0.1", "none")]
+    assert sorted(lr) == [
+        f"fedavg-20-lr0.2_{x}" for x in ("epsilon3", "epsilon8", "noise0.1", "none")
+    ]
     assert {s["algorithm.lr"] for s in lr.values()} == {"0.2"}
     run = next(p.run for p in silo if p.run.name == "fedlabel-20_epsilon3").settings()
     assert run["privacy"] == "dpsgd" and run["algorithm"] == "fedlabel"
